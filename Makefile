@@ -1,0 +1,62 @@
+# kasm — the commands a newcomer types: `make run` and `make test`.
+#
+# One cargo profile (dev, with optimized dependencies) serves build, run and test, so a
+# clean machine compiles wasmtime once. `make bench` uses the release profile.
+
+CARGO        ?= cargo
+KASM         := target/debug/kasm
+export KASM_CACHE_DIR ?= $(CURDIR)/target/kasm-cache
+
+.PHONY: setup handlers build run test test-host test-handlers lint fmt bench clean
+
+## setup: add the wasm32-wasip2 target that handlers are built for
+setup:
+	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 \
+	  || rustup target add wasm32-wasip2 \
+	  || { echo "error: could not add the Rust target wasm32-wasip2 (rustup target add wasm32-wasip2 failed);" \
+	            "kasm handlers are built for it. Check that rustup can reach its download server." >&2; exit 1; }
+
+## handlers: build the four handlers and the test fixtures into handlers/dist/
+handlers: setup
+	handlers/build.sh
+
+## build: the kasm binary and the handlers
+build: handlers
+	$(CARGO) build -p kasm-host --bins
+
+## run: run every handler on its demo event (kasm invoke: no Kafka needed)
+run: build
+	@set -e; for pair in notification:reminders recurring:task-events audit:task-events live-updates:task-updates; do \
+	  h=$${pair%%:*}; t=$${pair#*:}; \
+	  echo "== $$h (record from topic $$t)"; \
+	  $(KASM) invoke handlers/dist/$$h.wasm handlers/$$h/demo/event.json --name $$h --topic $$t; \
+	  echo; \
+	done
+
+## test: everything: host unit tests, end-to-end tests, handler logic tests
+test: build test-host test-handlers
+
+test-host:
+	$(CARGO) test --workspace
+
+test-handlers:
+	$(CARGO) test --manifest-path handlers/Cargo.toml
+
+## lint: formatting and clippy with warnings denied, host and handlers
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) fmt --manifest-path handlers/Cargo.toml --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --manifest-path handlers/Cargo.toml --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+	$(CARGO) fmt --manifest-path handlers/Cargo.toml --all
+
+## bench: handler call benchmarks (release build); numbers go in BENCHMARKS.md
+bench: handlers
+	$(CARGO) bench -p kasm-host --bench invoke
+
+clean:
+	$(CARGO) clean
+	rm -rf handlers/target handlers/dist

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Build every handler and test fixture for wasm32-wasip2 and copy the components to
+# handlers/dist/ under stable names (the host's tests and `make run` load them from there).
+#
+# Usage: handlers/build.sh        (from anywhere; honours CARGO_BUILD_JOBS and CARGO_TARGET_DIR)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+target=wasm32-wasip2
+
+sysroot="$(rustc --print sysroot)"
+if [[ ! -d "$sysroot/lib/rustlib/$target" ]]; then
+    echo "error: the Rust target $target is not installed (run \`make setup\`, or \`rustup target add $target\`)" >&2
+    exit 1
+fi
+
+cargo build --release --target "$target" --workspace --manifest-path "$here/Cargo.toml"
+
+out="${CARGO_TARGET_DIR:-$here/target}/$target/release"
+dist="$here/dist"
+mkdir -p "$dist"
+
+# <file cargo writes> <name in dist/>: cargo writes library crates with `_` for `-`.
+components=(
+    "notification.wasm notification.wasm"
+    "recurring.wasm recurring.wasm"
+    "audit.wasm audit.wasm"
+    "live_updates.wasm live-updates.wasm"
+    "fixture.wasm fixture.wasm"
+    "fixture_publisher.wasm fixture-publisher.wasm"
+    "other-world.wasm other-world.wasm"
+)
+for pair in "${components[@]}"; do
+    read -r built name <<<"$pair"
+    if [[ ! -f "$out/$built" ]]; then
+        echo "error: cargo did not produce $out/$built" >&2
+        exit 1
+    fi
+    cp "$out/$built" "$dist/$name.tmp"
+    mv "$dist/$name.tmp" "$dist/$name"
+    printf '%8d  %s\n' "$(wc -c <"$dist/$name")" "dist/$name"
+done

@@ -1,0 +1,481 @@
+//! The `kasm` command line: `validate` and `invoke` (the handler author's inner loop).
+//!
+//! Exit codes: 0 success; 1 the handler ran and did not return `ok`; 2 the command could not
+//! run (bad arguments, a refused component, an unreadable file).
+
+// Printing to stdout and stderr is this module's job.
+#![allow(clippy::print_stderr, clippy::print_stdout)]
+
+use std::collections::BTreeSet;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use crate::capabilities::{Grants, TopicGrant};
+use crate::event::Event;
+use crate::runtime::{
+    ComponentInfo, HandlerSpec, ImportKind, Invocation, LoadReport, LoadSource, Outcome, Runtime,
+    RuntimeConfig,
+};
+
+/// kasm: consume Kafka and run each record through a sandboxed WebAssembly component.
+#[derive(Debug, Parser)]
+#[command(name = "kasm", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Folder for precompiled component artifacts (keyed by component sha256 and engine).
+    #[arg(long, global = true, env = "KASM_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not read or write precompiled artifacts.
+    #[arg(long, global = true)]
+    pub no_cache: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a component: print its world, imports, exports, size and hash, or why it is refused.
+    Validate(ValidateArgs),
+    /// Run one event through a handler without Kafka and print the outcome and every effect.
+    Invoke(InvokeArgs),
+}
+
+/// Grant options shared by `validate` and `invoke`.
+#[derive(Debug, Args)]
+pub struct GrantArgs {
+    /// Grant a capability: `producer` (any topic), `producer=topic-a,topic-b`, `kv` or `log`.
+    /// Repeatable. Without any `--grant`, every capability is granted.
+    #[arg(long = "grant", value_name = "CAPABILITY[=TOPICS]")]
+    pub grants: Vec<String>,
+}
+
+impl GrantArgs {
+    fn grants(&self) -> anyhow::Result<Grants> {
+        if self.grants.is_empty() {
+            return Ok(Grants::all());
+        }
+        let mut g = Grants::none();
+        for spec in &self.grants {
+            let (cap, topics) = match spec.split_once('=') {
+                Some((c, t)) => (c.trim(), Some(t)),
+                None => (spec.trim(), None),
+            };
+            match (cap, topics) {
+                ("producer", None) => g.producer = Some(TopicGrant::Any),
+                ("producer", Some(t)) => {
+                    let set: BTreeSet<String> = t
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                    g.producer = Some(TopicGrant::Only(set));
+                }
+                ("kv", None) => g.kv = true,
+                ("log", None) => {}
+                (other, _) => bail!(
+                    "--grant `{spec}`: unknown capability `{other}` (known: producer[=topics], kv, log)"
+                ),
+            }
+        }
+        Ok(g)
+    }
+}
+
+/// `kasm validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The component file.
+    pub component: PathBuf,
+    /// Capabilities to check the component against.
+    #[command(flatten)]
+    pub grants: GrantArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `kasm invoke`.
+#[derive(Debug, Args)]
+pub struct InvokeArgs {
+    /// The component file.
+    pub component: PathBuf,
+    /// File holding the record payload (`-` for stdin).
+    pub payload: PathBuf,
+    /// Handler name (tags logs, seeds output event ids). Default: the file stem.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Topic the record pretends to come from.
+    #[arg(long, default_value = "invoke")]
+    pub topic: String,
+    /// Partition the record pretends to come from.
+    #[arg(long, default_value_t = 0)]
+    pub partition: i32,
+    /// Offset the record pretends to have.
+    #[arg(long, default_value_t = 0)]
+    pub offset: i64,
+    /// Record key (UTF-8).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Record header `name=value`; repeatable. `event-id=...` sets the event id.
+    #[arg(long = "header", value_name = "NAME=VALUE")]
+    pub headers: Vec<String>,
+    /// Attempt number the handler sees.
+    #[arg(long, default_value_t = 1)]
+    pub attempt: u32,
+    /// Call deadline in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub deadline_ms: u64,
+    /// Memory cap in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub memory_mib: usize,
+    /// Capabilities granted to the handler.
+    #[command(flatten)]
+    pub grants: GrantArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Set up logging to stderr; `RUST_LOG` overrides the default (warnings only).
+pub fn init_tracing(_cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Run a parsed command line.
+pub async fn run(cli: Cli) -> ExitCode {
+    let result = match &cli.command {
+        Command::Validate(args) => validate(&cli, args).await,
+        Command::Invoke(args) => invoke(&cli, args).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("kasm").join("artifacts"))
+}
+
+fn runtime_for(cli: &Cli) -> anyhow::Result<Runtime> {
+    let cache_dir = if cli.no_cache {
+        None
+    } else {
+        cli.cache_dir.clone().or_else(default_cache_dir)
+    };
+    Runtime::new(RuntimeConfig {
+        cache_dir,
+        max_instances: 16,
+        ..RuntimeConfig::default()
+    })
+}
+
+async fn load_blocking(
+    runtime: &Runtime,
+    path: &Path,
+    spec: HandlerSpec,
+) -> anyhow::Result<Result<crate::runtime::LoadedHandler, crate::runtime::LoadError>> {
+    let runtime = runtime.clone();
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || runtime.load_file(&path, spec))
+        .await
+        .context("component loading task failed")
+}
+
+#[derive(Serialize)]
+struct ValidateReport<'a> {
+    file: String,
+    #[serde(flatten)]
+    info: &'a ComponentInfo,
+    load: &'a LoadReport,
+}
+
+async fn validate(cli: &Cli, args: &ValidateArgs) -> anyhow::Result<ExitCode> {
+    let runtime = runtime_for(cli)?;
+    let mut spec = HandlerSpec::new(file_stem(&args.component));
+    spec.grants = args.grants.grants()?;
+    let loaded = match load_blocking(&runtime, &args.component, spec).await? {
+        Ok(l) => l,
+        Err(e) => {
+            if args.json {
+                let v = serde_json::json!({ "file": args.component.display().to_string(), "refused": e.to_string() });
+                println!("{v}");
+            } else {
+                println!("refused    {}", args.component.display());
+                println!("reason     {e}");
+            }
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let info = loaded.info();
+    if args.json {
+        let report = ValidateReport {
+            file: args.component.display().to_string(),
+            info,
+            load: loaded.load_report(),
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("valid      {}", args.component.display());
+    println!("world      {}", info.world);
+    println!("sha256     {}", info.sha256);
+    println!(
+        "size       {} bytes ({:.1} KiB)",
+        info.size,
+        info.size as f64 / 1024.0
+    );
+    let caps: Vec<String> = info.capabilities.iter().map(|c| c.to_string()).collect();
+    println!(
+        "needs      {}",
+        if caps.is_empty() {
+            "no capability".to_owned()
+        } else {
+            caps.join(", ")
+        }
+    );
+    for (i, imp) in info.imports.iter().enumerate() {
+        let what = match &imp.kind {
+            ImportKind::Capability { capability } => format!("capability {capability}"),
+            ImportKind::ContractTypes => "contract types".to_owned(),
+            ImportKind::Wasi => "WASI, nothing granted".to_owned(),
+        };
+        let label = if i == 0 { "imports" } else { "" };
+        println!("{label:<10} {} ({what})", imp.name);
+    }
+    println!("exports    {}", info.exports.join(", "));
+    println!("{}", describe_load(loaded.load_report()));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe_load(r: &LoadReport) -> String {
+    let how = match r.source {
+        LoadSource::Compiled => "compiled",
+        LoadSource::Cache => "loaded precompiled artifact",
+    };
+    format!(
+        "load       {how} in {:.1} ms",
+        r.elapsed.as_secs_f64() * 1000.0
+    )
+}
+
+fn file_stem(p: &Path) -> String {
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "handler".to_owned())
+}
+
+fn read_payload(path: &Path) -> anyhow::Result<Vec<u8>> {
+    if path == Path::new("-") {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("reading the payload from stdin")?;
+        return Ok(buf);
+    }
+    std::fs::read(path).with_context(|| format!("reading payload file {}", path.display()))
+}
+
+fn parse_headers(raw: &[String]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    raw.iter()
+        .map(|h| match h.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                Ok((k.trim().to_owned(), v.as_bytes().to_vec()))
+            }
+            _ => bail!("--header `{h}`: expected NAME=VALUE"),
+        })
+        .collect()
+}
+
+/// Bytes shown as text when they are UTF-8, else summarized.
+fn show_bytes(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) => s.to_owned(),
+        Err(_) => format!(
+            "<{} bytes, not UTF-8: {}…>",
+            b.len(),
+            hex::encode(&b[..b.len().min(16)])
+        ),
+    }
+}
+
+#[derive(Serialize)]
+struct PublishView {
+    topic: String,
+    key: Option<String>,
+    event_id: String,
+    headers: Vec<(String, String)>,
+    payload: serde_json::Value,
+}
+
+#[derive(Serialize)]
+struct InvokeReport<'a> {
+    handler: &'a str,
+    sha256: &'a str,
+    event_id: &'a str,
+    #[serde(flatten)]
+    outcome: &'a Outcome,
+    duration_us: u128,
+    publishes: Vec<PublishView>,
+    logs: &'a [crate::capabilities::LogLine],
+    guest_output: &'a str,
+}
+
+fn payload_value(b: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(b).unwrap_or_else(|_| serde_json::Value::String(show_bytes(b)))
+}
+
+async fn invoke(cli: &Cli, args: &InvokeArgs) -> anyhow::Result<ExitCode> {
+    let payload = read_payload(&args.payload)?;
+    let headers = parse_headers(&args.headers)?;
+    let runtime = runtime_for(cli)?;
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| file_stem(&args.component));
+    let mut spec = HandlerSpec::new(name.clone());
+    spec.grants = args.grants.grants()?;
+    spec.deadline = Duration::from_millis(args.deadline_ms);
+    spec.memory_bytes = args.memory_mib.saturating_mul(1 << 20);
+    let handler = match load_blocking(&runtime, &args.component, spec).await? {
+        Ok(h) => h,
+        Err(e) => bail!("component {} refused: {e}", args.component.display()),
+    };
+    let mut event = Event::from_record(
+        args.topic.clone(),
+        args.partition,
+        args.offset,
+        args.key.as_ref().map(|k| k.as_bytes().to_vec()),
+        payload,
+        headers,
+        Some(now_ms()),
+    );
+    event.attempt = args.attempt;
+    let inv = handler.invoke(&event).await.with_context(|| {
+        format!(
+            "handler={name} topic={} partition={} offset={}",
+            event.topic, event.partition, event.offset
+        )
+    })?;
+    let code = if matches!(inv.outcome, Outcome::Ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    };
+    if args.json {
+        print_invoke_json(&handler, &event, &inv)?;
+    } else {
+        print_invoke_text(&handler, &event, &inv);
+    }
+    Ok(code)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn print_invoke_json(
+    handler: &crate::runtime::LoadedHandler,
+    event: &Event,
+    inv: &Invocation,
+) -> anyhow::Result<()> {
+    let publishes = inv
+        .effects
+        .publishes
+        .iter()
+        .map(|p| PublishView {
+            topic: p.topic.clone(),
+            key: p.key.as_deref().map(show_bytes),
+            event_id: p.event_id.clone(),
+            headers: p
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), show_bytes(v)))
+                .collect(),
+            payload: payload_value(&p.payload),
+        })
+        .collect();
+    let report = InvokeReport {
+        handler: handler.name(),
+        sha256: &handler.info().sha256,
+        event_id: &event.id,
+        outcome: &inv.outcome,
+        duration_us: inv.duration.as_micros(),
+        publishes,
+        logs: &inv.effects.logs,
+        guest_output: &inv.guest_output,
+    };
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn print_invoke_text(handler: &crate::runtime::LoadedHandler, event: &Event, inv: &Invocation) {
+    let sha = &handler.info().sha256;
+    println!(
+        "handler    {} (sha256 {}…)",
+        handler.name(),
+        &sha[..sha.len().min(12)]
+    );
+    println!("{}", describe_load(handler.load_report()));
+    println!(
+        "event      id={} topic={} partition={} offset={} attempt={}",
+        event.id, event.topic, event.partition, event.offset, event.attempt
+    );
+    let took = format!("{:.2} ms", inv.duration.as_secs_f64() * 1000.0);
+    match &inv.outcome {
+        Outcome::Ok => println!("outcome    ok in {took}"),
+        Outcome::Failed(f) => println!("outcome    {} in {took}: {}", f.kind, f.message),
+    }
+    for (i, p) in inv.effects.publishes.iter().enumerate() {
+        let key = p
+            .key
+            .as_deref()
+            .map(show_bytes)
+            .unwrap_or_else(|| "none".to_owned());
+        println!(
+            "publish    #{i} topic={} key={key} event-id={}",
+            p.topic, p.event_id
+        );
+        println!("           {}", show_bytes(&p.payload));
+    }
+    if !inv.effects.publishes.is_empty() && !matches!(inv.outcome, Outcome::Ok) {
+        println!("           (not sent: effects are applied only when the handler returns ok)");
+    }
+    for l in &inv.effects.logs {
+        println!("log        {:<5} {}", l.level, l.message);
+    }
+    if inv.effects.logs_dropped > 0 {
+        println!(
+            "log        ({} lines dropped over the per-call limit)",
+            inv.effects.logs_dropped
+        );
+    }
+    if inv.effects.publishes.is_empty() && inv.effects.logs.is_empty() {
+        println!("effects    none");
+    }
+    if !inv.guest_output.is_empty() && matches!(inv.outcome, Outcome::Ok) {
+        println!("output     {}", inv.guest_output);
+    }
+}

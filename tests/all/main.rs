@@ -1,0 +1,6 @@
+//! All of kasm's end-to-end tests, linked as one binary (one link step on 2 cores).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod cli;
+mod loading;
+mod sandbox;

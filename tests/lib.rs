@@ -1,0 +1,88 @@
+//! Shared helpers for kasm's end-to-end tests.
+//!
+//! Guest components are built once per run by `make handlers` into `handlers/dist/`; tests
+//! load them by name and fail loudly when one is missing. The `kasm` binary is built by
+//! `make build` (`cargo build -p kasm-host --bins`) before the tests run.
+//!
+//! This crate is test support: failing loudly (panicking) is its job.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kasm_host::capabilities::Grants;
+use kasm_host::runtime::{HandlerSpec, LoadedHandler, Runtime, RuntimeConfig};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Path of a built component in `handlers/dist/` (`fixture`, `audit`, ...).
+pub fn component(name: &str) -> PathBuf {
+    let p = root()
+        .join("handlers")
+        .join("dist")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.is_file(),
+        "component {} is missing: run `make handlers` (or `make test`, which builds them)",
+        p.display()
+    );
+    p
+}
+
+/// Bytes of a built component.
+pub fn component_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(component(name)).expect("read component")
+}
+
+/// The `kasm` binary built by `make build`.
+pub fn kasm_bin() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let p = target.join("debug").join("kasm");
+    assert!(
+        p.is_file(),
+        "kasm binary {} is missing: run `make build` first",
+        p.display()
+    );
+    p
+}
+
+/// Artifact cache shared by the tests of one run, so each component compiles once.
+pub fn shared_cache_dir() -> PathBuf {
+    root().join("target").join("kasm-test-cache")
+}
+
+/// A runtime for tests: small pool, shared artifact cache.
+pub fn runtime() -> Runtime {
+    Runtime::new(RuntimeConfig {
+        max_instances: 32,
+        cache_dir: Some(shared_cache_dir()),
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime")
+}
+
+/// Load component `name` as handler `handler` with `grants`, other settings from `tweak`.
+pub fn load(
+    rt: &Runtime,
+    name: &str,
+    grants: Grants,
+    tweak: impl FnOnce(&mut HandlerSpec),
+) -> Arc<LoadedHandler> {
+    let mut spec = HandlerSpec::new(name);
+    spec.grants = grants;
+    tweak(&mut spec);
+    Arc::new(
+        rt.load(&component_bytes(name), spec)
+            .unwrap_or_else(|e| panic!("load {name}: {e}")),
+    )
+}
+
+/// A short random suffix for names that must not collide between tests.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
