@@ -5,7 +5,15 @@
 //! `make build` (`cargo build -p kasm-host --bins`) before the tests run.
 //!
 //! This crate is test support: failing loudly (panicking) is its job.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
+
+pub mod broker;
+pub mod hostproc;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -85,4 +93,17 @@ pub fn load(
 /// A short random suffix for names that must not collide between tests.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand::random::<u32>())
+}
+
+/// Write `kasm.toml` in `dir` with `body` (handler tables etc.), the data folder inside `dir`,
+/// an admin server on a free port, and fast commits.
+pub fn write_config(dir: &std::path::Path, body: &str) -> PathBuf {
+    let text = format!(
+        "data_dir = \"{data}\"\ncommit_interval = \"200ms\"\ndrain_timeout = \"5s\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\n{body}",
+        data = dir.join("data").display()
+    );
+    let path = dir.join("kasm.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
 }

@@ -45,6 +45,32 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Run one event through a handler without Kafka and print the outcome and every effect.
     Invoke(InvokeArgs),
+    /// Consume Kafka with the handlers of a config file (connection from KAFKA_* variables).
+    Run(RunArgs),
+    /// Run the task app on an embedded Kafka cluster, with demo events and a live view.
+    Dev(DevArgs),
+}
+
+/// `kasm run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The configuration file.
+    #[arg(long, short, default_value = "kasm.toml")]
+    pub config: PathBuf,
+}
+
+/// `kasm dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Folder holding the built handlers (notification.wasm, recurring.wasm, ...).
+    #[arg(long, default_value = "handlers/dist")]
+    pub handlers_dir: PathBuf,
+    /// Demo task events per second (0 for none).
+    #[arg(long, default_value_t = 5.0)]
+    pub rate: f64,
+    /// Admin (health) server address.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub admin: std::net::SocketAddr,
 }
 
 /// Grant options shared by `validate` and `invoke`.
@@ -144,10 +170,16 @@ pub struct InvokeArgs {
     pub json: bool,
 }
 
-/// Set up logging to stderr; `RUST_LOG` overrides the default (warnings only).
-pub fn init_tracing(_cli: &Cli) {
+/// Set up logging to stderr; `RUST_LOG` overrides the default: `info` for `kasm run`, errors
+/// only for `kasm dev` (its live view is the output), warnings otherwise.
+pub fn init_tracing(cli: &Cli) {
+    let default = match cli.command {
+        Command::Run(_) => "info",
+        Command::Dev(_) => "error",
+        _ => "warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -159,6 +191,14 @@ pub async fn run(cli: Cli) -> ExitCode {
     let result = match &cli.command {
         Command::Validate(args) => validate(&cli, args).await,
         Command::Invoke(args) => invoke(&cli, args).await,
+        Command::Run(args) => run_host(args).await,
+        Command::Dev(args) => crate::dev::run(crate::dev::DevOptions {
+            handlers_dir: args.handlers_dir.clone(),
+            rate: args.rate,
+            admin: args.admin,
+        })
+        .await
+        .map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -167,6 +207,20 @@ pub async fn run(cli: Cli) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+async fn run_host(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let config = match crate::config::Config::load(&args.config) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("config error: {e}");
+            }
+            return Ok(ExitCode::from(2));
+        }
+    };
+    crate::app::run(config, crate::config::KafkaEnv::from_env()).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn default_cache_dir() -> Option<PathBuf> {

@@ -9,10 +9,17 @@
 //! - [`config`]: `kasm.toml` and the Kafka connection from the environment.
 //! - [`cli`]: the `kasm` command line.
 
+pub mod admin;
+pub mod app;
 pub mod capabilities;
 pub mod cli;
 pub mod config;
+pub mod dev;
 pub mod event;
+pub mod health;
+pub mod kafka;
+pub mod ledger;
+pub mod pipeline;
 pub mod runtime;
 
 pub use event::{Event, identify_event_id};

@@ -3,4 +3,5 @@
 
 mod cli;
 mod loading;
+mod pipeline;
 mod sandbox;

@@ -1,0 +1,182 @@
+//! `kasm run`: load the handlers, serve health, run the pipeline, shut down gracefully.
+//!
+//! Shutdown (SIGTERM or SIGINT): readiness turns false → each consumer loop stops fetching →
+//! in-flight records finish within `drain_timeout` (the rest are abandoned uncommitted and
+//! redelivered to the next owner) → done offsets are committed synchronously → the consumer
+//! leaves its group → the producer is flushed → exit 0. A second signal exits at once with
+//! status 130, committing nothing more.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, KafkaEnv};
+use crate::health::Health;
+use crate::kafka::producer::KafkaProducer;
+use crate::ledger::{FileLedger, Ledger};
+use crate::pipeline::{HandlerCtx, Pipeline};
+use crate::runtime::{HandlerSpec, Runtime, RuntimeConfig};
+
+/// A started host: what [`start`] returns and [`Host::shutdown`] stops.
+#[derive(Debug)]
+pub struct Host {
+    /// Health registry.
+    pub health: Arc<Health>,
+    /// Admin server address.
+    pub admin_addr: std::net::SocketAddr,
+    /// The handlers (stats, active component).
+    pub handlers: Vec<Arc<HandlerCtx>>,
+    pipeline: Pipeline,
+    producer: KafkaProducer,
+    admin_stop: CancellationToken,
+    admin_task: tokio::task::JoinHandle<()>,
+    sweeper: tokio::task::JoinHandle<()>,
+}
+
+/// Load everything and start consuming.
+pub async fn start(config: &Config, env: &KafkaEnv) -> anyhow::Result<Host> {
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(config.data_dir.join("artifacts")),
+        ..RuntimeConfig::default()
+    })?;
+    let ledger_path = config.data_dir.join("ledger.redb");
+    let ledger: Arc<dyn Ledger> = Arc::new(
+        FileLedger::open(&ledger_path)
+            .with_context(|| format!("opening the ledger {}", ledger_path.display()))?,
+    );
+    let props = config.kafka_properties();
+    let producer = KafkaProducer::new(env, &props)?;
+    let health = Arc::new(Health::default());
+
+    let mut handlers = Vec::new();
+    for (name, hc) in &config.handlers {
+        let mut spec = HandlerSpec::new(name.clone());
+        spec.grants = hc.grants.to_grants();
+        spec.deadline = hc.deadline;
+        spec.memory_bytes = hc.memory_mib.saturating_mul(1 << 20);
+        let (rt2, path) = (runtime.clone(), hc.component.clone());
+        let loaded = tokio::task::spawn_blocking(move || rt2.load_file(&path, spec))
+            .await
+            .context("component loading task failed")?
+            .with_context(|| format!("handler `{name}`: component {}", hc.component.display()))?;
+        tracing::info!(handler = %name, sha256 = %loaded.info().sha256, "component loaded");
+        handlers.push(Arc::new(HandlerCtx {
+            name: name.clone(),
+            group_id: hc.group_id(name),
+            config: hc.clone(),
+            component: ArcSwap::from_pointee(loaded),
+            ledger: ledger.clone(),
+            producer: producer.clone(),
+            health: health.clone(),
+            stats: Default::default(),
+            drain_timeout: config.drain_timeout,
+            commit_interval: config.commit_interval,
+        }));
+    }
+
+    let admin_stop = CancellationToken::new();
+    let (admin_addr, admin_task) =
+        crate::admin::serve(config.admin.listen, health.clone(), admin_stop.clone()).await?;
+
+    let pipeline = Pipeline::start(
+        handlers.clone(),
+        env,
+        &props,
+        tokio::runtime::Handle::current(),
+    )?;
+    let sweeper = tokio::spawn(sweep_ledger(ledger, handlers.clone()));
+    Ok(Host {
+        health,
+        admin_addr,
+        handlers,
+        pipeline,
+        producer,
+        admin_stop,
+        admin_task,
+        sweeper,
+    })
+}
+
+/// Remove expired and excess ledger entries, every minute.
+async fn sweep_ledger(ledger: Arc<dyn Ledger>, handlers: Vec<Arc<HandlerCtx>>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        for h in &handlers {
+            match ledger
+                .sweep(
+                    &h.name,
+                    h.config.ledger_retention,
+                    h.config.ledger_max_entries,
+                )
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(handler = %h.name, removed = n, "ledger swept"),
+                Err(e) => {
+                    tracing::warn!(handler = %h.name, error = %format!("{e:#}"), "ledger sweep failed")
+                }
+            }
+        }
+    }
+}
+
+impl Host {
+    /// The graceful shutdown sequence (see the module docs).
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.health.shutting_down();
+        self.sweeper.abort();
+        let pipeline = self.pipeline;
+        tokio::task::spawn_blocking(move || pipeline.stop())
+            .await
+            .context("stopping the consumer loops")?;
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10)))
+            .await
+            .context("flushing the producer")??;
+        self.admin_stop.cancel();
+        let _ = self.admin_task.await;
+        Ok(())
+    }
+}
+
+/// `kasm run`: start, print where the admin server listens, wait for a signal, shut down.
+pub async fn run(config: Config, env: KafkaEnv) -> anyhow::Result<()> {
+    let host = start(&config, &env).await?;
+    println!("kasm: admin listening on http://{}", host.admin_addr);
+    println!(
+        "kasm: consuming with {} handler(s): {}",
+        host.handlers.len(),
+        host.handlers
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    wait_for_signal().await?;
+    println!("kasm: shutting down (a second signal exits at once)");
+    tokio::spawn(async {
+        if wait_for_signal().await.is_ok() {
+            println!("kasm: second signal: exiting now");
+            std::process::exit(130);
+        }
+    });
+    host.shutdown().await?;
+    println!("kasm: stopped cleanly");
+    Ok(())
+}
+
+/// Wait for SIGTERM or SIGINT.
+pub async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}

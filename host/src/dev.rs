@@ -1,0 +1,243 @@
+//! `kasm dev`: the whole task app on one machine, no Kafka install needed.
+//!
+//! Starts the embedded Kafka cluster (librdkafka's mock cluster, in this process, on a
+//! loopback port any Kafka client can join), creates the task-app topics, loads the four
+//! handlers from `handlers/dist/`, produces a stream of demo task events (with the odd
+//! duplicate and malformed record, to show deduplication and dead-lettering), and shows one
+//! progress line per handler until Ctrl-C.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::config::{
+    AdminConfig, Config, GrantsConfig, HandlerConfig, KafkaEnv, PayloadFormat, RetryPolicy,
+};
+use crate::kafka::mock::EmbeddedCluster;
+use crate::kafka::producer::{KafkaProducer, OutRecord};
+
+/// `kasm dev` options.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    /// Folder with the built handlers (`notification.wasm`, ...).
+    pub handlers_dir: PathBuf,
+    /// Demo events per second (0: none).
+    pub rate: f64,
+    /// Admin server address.
+    pub admin: std::net::SocketAddr,
+}
+
+const SOURCE_TOPICS: [(&str, i32); 3] = [("task-events", 4), ("task-updates", 4), ("reminders", 2)];
+const OUTPUT_TOPICS: [&str; 3] = ["notifications", "audit-log", "live-updates"];
+
+fn handler(dir: &Path, name: &str, topic: &str, publish_to: &str) -> HandlerConfig {
+    HandlerConfig {
+        component: dir.join(format!("{name}.wasm")),
+        topics: vec![topic.to_owned()],
+        group_id: None,
+        dlq_topic: None,
+        payload: PayloadFormat::Json,
+        max_payload_bytes: 1 << 20,
+        deadline: Duration::from_secs(1),
+        memory_mib: 64,
+        partition_buffer: 64,
+        retry: RetryPolicy {
+            attempts: 3,
+            ..RetryPolicy::default()
+        },
+        grants: GrantsConfig {
+            producer: Some(vec![publish_to.to_owned()]),
+            kv: false,
+        },
+        ledger_retention: Duration::from_secs(24 * 3600),
+        ledger_max_entries: 1_000_000,
+    }
+}
+
+/// The dev configuration: the four task-app handlers.
+pub fn dev_config(handlers_dir: &Path, data_dir: &Path, admin: std::net::SocketAddr) -> Config {
+    let mut handlers = BTreeMap::new();
+    handlers.insert(
+        "notification".into(),
+        handler(handlers_dir, "notification", "reminders", "notifications"),
+    );
+    handlers.insert(
+        "recurring".into(),
+        handler(handlers_dir, "recurring", "task-events", "task-events"),
+    );
+    handlers.insert(
+        "audit".into(),
+        handler(handlers_dir, "audit", "task-events", "audit-log"),
+    );
+    handlers.insert(
+        "live-updates".into(),
+        handler(handlers_dir, "live-updates", "task-updates", "live-updates"),
+    );
+    Config {
+        data_dir: data_dir.to_owned(),
+        drain_timeout: Duration::from_secs(5),
+        commit_interval: Duration::from_millis(500),
+        admin: AdminConfig { listen: admin },
+        kafka: BTreeMap::new(),
+        handlers,
+        source: PathBuf::from("(kasm dev)"),
+    }
+}
+
+/// Run `kasm dev` until Ctrl-C / SIGTERM.
+pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
+    for name in ["notification", "recurring", "audit", "live-updates"] {
+        let p = opts.handlers_dir.join(format!("{name}.wasm"));
+        if !p.is_file() {
+            anyhow::bail!(
+                "{} is missing: build the handlers first (`make handlers`)",
+                p.display()
+            );
+        }
+    }
+    let cluster = EmbeddedCluster::start(1)?;
+    for (t, n) in SOURCE_TOPICS {
+        cluster.create_topic(t, n)?;
+        cluster.create_topic(&format!("{t}.dlq"), 1)?;
+    }
+    for t in OUTPUT_TOPICS {
+        cluster.create_topic(t, 4)?;
+    }
+    let data = tempfile::tempdir().context("creating the dev data folder")?;
+    let config = dev_config(&opts.handlers_dir, data.path(), opts.admin);
+    config.validate()?;
+    let env = KafkaEnv {
+        bootstrap_servers: Some(cluster.bootstrap_servers().to_owned()),
+        ..KafkaEnv::default()
+    };
+
+    let host = crate::app::start(&config, &env).await?;
+    println!(
+        "kasm dev: embedded Kafka at {}  (any Kafka client can connect)",
+        cluster.bootstrap_servers()
+    );
+    println!(
+        "kasm dev: admin at http://{}  (/healthz, /readyz)",
+        host.admin_addr
+    );
+    println!(
+        "kasm dev: topics: task-events, task-updates, reminders -> notifications, audit-log, live-updates (+ .dlq)"
+    );
+    println!("kasm dev: Ctrl-C to stop\n");
+
+    let producer = KafkaProducer::new(&env, &[])?;
+    let demo = tokio::spawn(demo_stream(producer, opts.rate));
+    let view = tokio::spawn(live_view(host.handlers.clone()));
+    crate::app::wait_for_signal().await?;
+    demo.abort();
+    view.abort();
+    println!("\nkasm dev: shutting down");
+    print_lines(&host.handlers);
+    host.shutdown().await?;
+    drop(cluster);
+    Ok(())
+}
+
+fn print_lines(handlers: &[Arc<crate::pipeline::HandlerCtx>]) {
+    for h in handlers {
+        let s = h.stats.snapshot();
+        println!(
+            "  {:<13} processed {:>6}   duplicates skipped {:>4}   retried {:>4}   dead-lettered {:>4}",
+            h.name, s.processed, s.skipped, s.retried, s.dead_lettered
+        );
+    }
+}
+
+async fn live_view(handlers: Vec<Arc<crate::pipeline::HandlerCtx>>) {
+    let tty = std::io::stdout().is_terminal();
+    let mut tick = tokio::time::interval(if tty {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(5)
+    });
+    let mut first = true;
+    loop {
+        tick.tick().await;
+        if tty && !first {
+            print!("\x1b[{}A", handlers.len());
+        }
+        first = false;
+        print_lines(&handlers);
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// Demo task events: users creating, updating and completing tasks (one weekly recurring),
+/// reminders, a duplicate now and then, and a malformed record now and then.
+async fn demo_stream(producer: KafkaProducer, rate: f64) {
+    if rate <= 0.0 {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        n += 1;
+        let user = format!("user-{}", n % 5);
+        let task = format!("task-{}", n / 3);
+        let kind = ["task.created", "task.updated", "task.completed"][(n % 3) as usize];
+        let recurring = n % 9 == 8;
+        let recurrence = if recurring {
+            serde_json::json!({"frequency": "weekly", "interval": 1, "weekdays": ["mon", "thu"]})
+        } else {
+            serde_json::Value::Null
+        };
+        let event = serde_json::json!({
+            "event_id": format!("demo-{n}"),
+            "event_type": kind,
+            "task_id": task,
+            "user_id": user,
+            "task": {
+                "title": format!("Demo task {}", n / 3),
+                "due_date": "2026-12-03",
+                "completed": kind == "task.completed",
+                "recurrence": recurrence,
+            },
+            "timestamp": "2026-11-27T09:00:00Z",
+        });
+        let payload = event.to_string().into_bytes();
+        let key = user.clone().into_bytes();
+        let mut sends = vec![
+            ("task-events", payload.clone()),
+            ("task-updates", payload.clone()),
+        ];
+        if n.is_multiple_of(7) {
+            // A duplicate: the same event id again, at a new offset.
+            sends.push(("task-events", payload.clone()));
+        }
+        if n.is_multiple_of(25) {
+            sends.push(("task-events", b"{not json".to_vec()));
+        }
+        if n.is_multiple_of(4) {
+            let reminder = serde_json::json!({
+                "event_id": format!("rem-{n}"),
+                "task_id": task,
+                "user_id": user,
+                "title": format!("Demo task {}", n / 3),
+                "due_at": "2026-12-03T17:00:00Z",
+                "remind_at": "2026-12-03T16:00:00Z",
+            });
+            sends.push(("reminders", reminder.to_string().into_bytes()));
+        }
+        for (topic, payload) in sends {
+            let r = OutRecord {
+                topic,
+                key: Some(&key),
+                payload: &payload,
+                headers: &[],
+            };
+            if let Err(e) = producer.send(r).await {
+                tracing::warn!(error = %format!("{e:#}"), "demo producer");
+            }
+        }
+    }
+}

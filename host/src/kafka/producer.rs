@@ -1,0 +1,94 @@
+//! The producer that handler effects and dead letters go through.
+//!
+//! One idempotent `acks=all` producer per process. Every send is awaited: a record counts as
+//! written only when the broker acknowledged it, and the caller moves an offset only after
+//! that. librdkafka retries transient errors itself within `message.timeout.ms`; what comes
+//! back as an error here is final for that attempt, and the caller decides (retry, hold the
+//! partition).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::util::Timeout;
+
+use crate::config::KafkaEnv;
+
+/// Where a record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// A record to write.
+#[derive(Debug, Clone, Copy)]
+pub struct OutRecord<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Key.
+    pub key: Option<&'a [u8]>,
+    /// Value.
+    pub payload: &'a [u8],
+    /// Headers.
+    pub headers: &'a [(String, Vec<u8>)],
+}
+
+/// An idempotent, `acks=all` producer whose sends are awaited.
+#[derive(Clone)]
+pub struct KafkaProducer {
+    inner: FutureProducer,
+}
+
+impl std::fmt::Debug for KafkaProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaProducer").finish_non_exhaustive()
+    }
+}
+
+impl KafkaProducer {
+    /// Create the producer.
+    pub fn new(env: &KafkaEnv, passthrough: &[(String, String)]) -> anyhow::Result<Self> {
+        let inner: FutureProducer = super::producer_config(env, passthrough)
+            .create()
+            .context("creating the Kafka producer")?;
+        Ok(Self { inner })
+    }
+
+    /// Write one record and wait for the broker's acknowledgement.
+    pub async fn send(&self, r: OutRecord<'_>) -> anyhow::Result<Delivered> {
+        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+        for (k, v) in r.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_slice()),
+            });
+        }
+        let mut record = FutureRecord::<[u8], [u8]>::to(r.topic)
+            .payload(r.payload)
+            .headers(headers);
+        if let Some(k) = r.key {
+            record = record.key(k);
+        }
+        // Waiting for room in the local queue is bounded by `message.timeout.ms` too.
+        match self.inner.send(record, Timeout::Never).await {
+            Ok(d) => Ok(Delivered {
+                partition: d.partition,
+                offset: d.offset,
+            }),
+            Err((e, _)) => {
+                Err(anyhow::Error::new(e)).with_context(|| format!("writing to topic {}", r.topic))
+            }
+        }
+    }
+
+    /// Wait until every queued record is delivered or `timeout` passes.
+    pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
+        self.inner
+            .flush(timeout)
+            .context("flushing the Kafka producer")
+    }
+}

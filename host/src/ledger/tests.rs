@@ -1,0 +1,464 @@
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+
+use super::*;
+
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+const WEEK: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+fn entry(at_ms: i64, offset: i64) -> LedgerEntry {
+    LedgerEntry {
+        outcome: LedgerOutcome::Ok,
+        at_ms,
+        component_sha256: "ab".repeat(32),
+        topic: "task-events".into(),
+        partition: 3,
+        offset,
+    }
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap()
+}
+
+fn open_temp() -> (tempfile::TempDir, FileLedger) {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = FileLedger::open(&dir.path().join("state/ledger.redb")).unwrap();
+    (dir, ledger)
+}
+
+// ---- the contract, run against both backends ----
+
+async fn round_trip(ledger: &dyn Ledger) {
+    assert_eq!(ledger.get("audit", "e1").await.unwrap(), None);
+    assert_eq!(ledger.len("audit").await.unwrap(), 0);
+
+    let first = entry(now_ms(), 7);
+    ledger.record("audit", "e1", first.clone()).await.unwrap();
+    assert_eq!(ledger.get("audit", "e1").await.unwrap(), Some(first));
+
+    let second = LedgerEntry {
+        outcome: LedgerOutcome::DeadLettered,
+        at_ms: now_ms() + 1,
+        component_sha256: "cd".repeat(32),
+        topic: "reminders".into(),
+        partition: -1,
+        offset: i64::MAX,
+    };
+    ledger.record("audit", "e1", second.clone()).await.unwrap();
+    assert_eq!(ledger.get("audit", "e1").await.unwrap(), Some(second));
+    assert_eq!(
+        ledger.len("audit").await.unwrap(),
+        1,
+        "an overwrite is not a new entry"
+    );
+
+    // Empty and odd ids are ids like any other.
+    for id in ["", "a/b/0", "ünïcödé", "x\0y"] {
+        ledger.record("audit", id, entry(1, 1)).await.unwrap();
+        assert_eq!(
+            ledger.get("audit", id).await.unwrap(),
+            Some(entry(1, 1)),
+            "{id:?}"
+        );
+    }
+    assert_eq!(ledger.len("audit").await.unwrap(), 5);
+
+    let too_long = "e".repeat(MAX_KEY_PART_BYTES + 1);
+    let err = ledger
+        .record("audit", &too_long, entry(1, 1))
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("handler=audit"), "{err:#}");
+}
+
+async fn handlers_are_namespaces(ledger: &dyn Ledger) {
+    ledger.record("audit", "same", entry(1, 1)).await.unwrap();
+    ledger
+        .record("notification", "same", entry(2, 2))
+        .await
+        .unwrap();
+    // A pair whose concatenation equals another's must not collide.
+    ledger.record("ab", "c", entry(3, 3)).await.unwrap();
+    assert_eq!(ledger.get("a", "bc").await.unwrap(), None);
+
+    assert_eq!(
+        ledger.get("audit", "same").await.unwrap(),
+        Some(entry(1, 1))
+    );
+    assert_eq!(
+        ledger.get("notification", "same").await.unwrap(),
+        Some(entry(2, 2))
+    );
+    assert_eq!(ledger.get("recurring", "same").await.unwrap(), None);
+    assert_eq!(ledger.len("audit").await.unwrap(), 1);
+    assert_eq!(ledger.len("notification").await.unwrap(), 1);
+
+    assert_eq!(ledger.sweep("audit", WEEK, 0).await.unwrap(), 1);
+    assert_eq!(ledger.get("audit", "same").await.unwrap(), None);
+    assert_eq!(
+        ledger.get("notification", "same").await.unwrap(),
+        Some(entry(2, 2))
+    );
+}
+
+async fn sweep_rules(ledger: &dyn Ledger) {
+    let now = now_ms();
+    // Three older than the week, five within it (oldest first: f0 .. f4), for "h".
+    for (i, id) in ["old-a", "old-b", "old-c"].iter().enumerate() {
+        ledger
+            .record("h", id, entry(now - ms(8 * DAY) - i as i64, 0))
+            .await
+            .unwrap();
+    }
+    for i in 0..5_i64 {
+        let at = now - ms(DAY) + i * 1000;
+        ledger
+            .record("h", &format!("f{i}"), entry(at, i))
+            .await
+            .unwrap();
+    }
+    // Another handler's old entries are not "h"'s business.
+    ledger
+        .record("other", "old", entry(now - ms(30 * DAY), 0))
+        .await
+        .unwrap();
+    // "i" sorts just after "h"'s keys in the file's index; eviction must stop at "h"'s end.
+    ledger.record("i", "young", entry(now, 0)).await.unwrap();
+    assert_eq!(ledger.len("h").await.unwrap(), 8);
+
+    assert_eq!(ledger.sweep("h", WEEK, 100).await.unwrap(), 3, "retention");
+    assert_eq!(ledger.len("h").await.unwrap(), 5);
+    for id in ["old-a", "old-b", "old-c"] {
+        assert_eq!(ledger.get("h", id).await.unwrap(), None);
+    }
+    assert_eq!(
+        ledger.sweep("h", WEEK, 100).await.unwrap(),
+        0,
+        "nothing left to expire"
+    );
+
+    assert_eq!(ledger.sweep("h", WEEK, 2).await.unwrap(), 3, "size cap");
+    assert_eq!(ledger.len("h").await.unwrap(), 2);
+    for i in 0..3 {
+        assert_eq!(
+            ledger.get("h", &format!("f{i}")).await.unwrap(),
+            None,
+            "f{i} was oldest"
+        );
+    }
+    for i in 3..5 {
+        assert!(
+            ledger.get("h", &format!("f{i}")).await.unwrap().is_some(),
+            "f{i} is newest"
+        );
+    }
+
+    // Same age: the event id breaks the tie, so eviction is deterministic.
+    ledger.record("t", "b", entry(now, 0)).await.unwrap();
+    ledger.record("t", "a", entry(now, 0)).await.unwrap();
+    ledger.record("t", "c", entry(now, 0)).await.unwrap();
+    assert_eq!(ledger.sweep("t", WEEK, 2).await.unwrap(), 1);
+    assert_eq!(ledger.get("t", "a").await.unwrap(), None);
+
+    // Re-recording an old entry makes it young.
+    ledger
+        .record("h", "f3", entry(now - ms(9 * DAY), 3))
+        .await
+        .unwrap();
+    ledger.record("h", "f3", entry(now - 1, 3)).await.unwrap();
+    assert_eq!(ledger.sweep("h", WEEK, 100).await.unwrap(), 0);
+    assert_eq!(ledger.len("h").await.unwrap(), 2);
+
+    assert_eq!(
+        ledger.sweep("h", Duration::ZERO, 100).await.unwrap(),
+        2,
+        "zero retention"
+    );
+    assert_eq!(ledger.len("h").await.unwrap(), 0);
+    assert_eq!(
+        ledger.sweep("h", WEEK, 0).await.unwrap(),
+        0,
+        "empty handler"
+    );
+    assert_eq!(ledger.sweep("nobody", WEEK, 0).await.unwrap(), 0);
+
+    assert_eq!(ledger.len("other").await.unwrap(), 1);
+    assert_eq!(ledger.len("i").await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn memory_contract() {
+    round_trip(&MemoryLedger::new()).await;
+    handlers_are_namespaces(&MemoryLedger::new()).await;
+    sweep_rules(&MemoryLedger::new()).await;
+}
+
+#[tokio::test]
+async fn file_contract() {
+    let (_dir, ledger) = open_temp();
+    round_trip(&ledger).await;
+    let (_dir, ledger) = open_temp();
+    handlers_are_namespaces(&ledger).await;
+    let (_dir, ledger) = open_temp();
+    sweep_rules(&ledger).await;
+}
+
+// ---- the file backend ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_entries_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    let ledger = Arc::new(FileLedger::open(&path).unwrap());
+    let base = now_ms() - 1_000_000;
+    let mut tasks = JoinSet::new();
+    for i in 0..1000_i64 {
+        let ledger = Arc::clone(&ledger);
+        tasks.spawn(async move {
+            ledger
+                .record("audit", &format!("e{i}"), entry(base + i, i))
+                .await
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap().unwrap();
+    }
+    // Dropping joins the writer and closes the file; reopening would fail otherwise.
+    drop(Arc::into_inner(ledger).unwrap());
+
+    let ledger = FileLedger::open(&path).unwrap();
+    assert_eq!(ledger.len("audit").await.unwrap(), 1000);
+    for i in 0..1000_i64 {
+        let got = ledger.get("audit", &format!("e{i}")).await.unwrap();
+        assert_eq!(got, Some(entry(base + i, i)));
+    }
+    // The index and counts came back too: evicting goes by age.
+    assert_eq!(ledger.sweep("audit", WEEK, 10).await.unwrap(), 990);
+    assert_eq!(ledger.get("audit", "e989").await.unwrap(), None);
+    assert!(ledger.get("audit", "e990").await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_concurrent_records_share_commits() {
+    let (_dir, ledger) = open_temp();
+    let ledger = Arc::new(ledger);
+    let before = ledger.stats();
+    let mut tasks = JoinSet::new();
+    for t in 0..8 {
+        let ledger = Arc::clone(&ledger);
+        tasks.spawn(async move {
+            let mut writes = JoinSet::new();
+            for i in 0..500_i64 {
+                let ledger = Arc::clone(&ledger);
+                writes.spawn(async move {
+                    ledger
+                        .record("live-updates", &format!("t{t}-e{i}"), entry(i, i))
+                        .await
+                });
+            }
+            while let Some(done) = writes.join_next().await {
+                done.unwrap().unwrap();
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let stats = ledger.stats();
+    let commits = stats.commits - before.commits;
+    let records = stats.operations - before.operations;
+    println!("8 x 500 concurrent records: {records} records in {commits} commits");
+    assert_eq!(records, 4000);
+    assert!(
+        commits < records,
+        "group commit batched nothing: {commits} commits"
+    );
+    assert_eq!(ledger.len("live-updates").await.unwrap(), 4000);
+    for t in 0..8 {
+        for i in 0..500_i64 {
+            let got = ledger
+                .get("live-updates", &format!("t{t}-e{i}"))
+                .await
+                .unwrap();
+            assert_eq!(got, Some(entry(i, i)));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_writer_failure_fails_records_without_hanging() {
+    let (_dir, ledger) = open_temp();
+    let ledger = Arc::new(ledger);
+    ledger.record("audit", "before", entry(1, 1)).await.unwrap();
+
+    let mut tasks = JoinSet::new();
+    for i in 0..200_i64 {
+        let ledger = Arc::clone(&ledger);
+        tasks.spawn(async move { ledger.record("audit", &format!("e{i}"), entry(i, i)).await });
+    }
+    let failed = ledger.inject_failure().await.unwrap_err();
+    assert!(
+        format!("{failed:#}").contains("injected failure"),
+        "{failed:#}"
+    );
+    let outcomes = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut outcomes = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            outcomes.push(done.unwrap());
+        }
+        outcomes
+    })
+    .await
+    .expect("a record hung after the writer failed");
+    // Those committed before the failing batch are fine; the rest name the cause.
+    for outcome in &outcomes {
+        if let Err(err) = outcome {
+            let msg = format!("{err:#}");
+            assert!(
+                msg.contains("injected failure") && msg.contains("handler=audit"),
+                "{msg}"
+            );
+        }
+    }
+
+    let later = ledger
+        .record("audit", "after", entry(2, 2))
+        .await
+        .unwrap_err();
+    let msg = format!("{later:#}");
+    assert!(
+        msg.contains("stopped after a failure") && msg.contains("injected failure"),
+        "{msg}"
+    );
+    assert!(ledger.sweep("audit", WEEK, 0).await.is_err());
+    assert!(ledger.failure().is_some());
+    // Reads still work; what was committed is still there.
+    assert_eq!(
+        ledger.get("audit", "before").await.unwrap(),
+        Some(entry(1, 1))
+    );
+    assert_eq!(ledger.get("audit", "after").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn file_unknown_format_version_is_an_error_not_a_miss() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    let ledger = FileLedger::open(&path).unwrap();
+    ledger.record("audit", "future", entry(5, 5)).await.unwrap();
+    ledger.record("audit", "other", entry(6, 6)).await.unwrap();
+    drop(ledger);
+
+    // A newer kasm wrote this one.
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn
+                .open_table(redb::TableDefinition::<(&str, &str), &[u8]>::new(
+                    "ledger_entries",
+                ))
+                .unwrap();
+            table
+                .insert(("audit", "future"), [9_u8, 1, 2, 3].as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    let ledger = FileLedger::open(&path).unwrap();
+    let err = ledger.get("audit", "future").await.unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("format version 9") && msg.contains("event_id=future"),
+        "{msg}"
+    );
+
+    // Overwriting it still keeps the index right (its age had to be found by a scan).
+    ledger
+        .record("audit", "future", entry(now_ms(), 5))
+        .await
+        .unwrap();
+    assert_eq!(ledger.len("audit").await.unwrap(), 2);
+    assert_eq!(
+        ledger.sweep("audit", WEEK, 100).await.unwrap(),
+        1,
+        "only 'other' is old"
+    );
+    assert_eq!(ledger.sweep("audit", WEEK, 0).await.unwrap(), 1);
+    assert_eq!(ledger.len("audit").await.unwrap(), 0);
+}
+
+#[test]
+fn format_starts_with_version_byte() {
+    let ledger_entry = entry(1_700_000_000_000, 42);
+    let bytes = file::encode(ledger_entry.clone()).unwrap();
+    assert_eq!(bytes[0], FORMAT_VERSION);
+    assert_eq!(file::decode(&bytes).unwrap(), ledger_entry);
+    assert!(file::decode(&[]).is_err());
+    assert!(file::decode(&[FORMAT_VERSION]).is_err(), "truncated");
+}
+
+/// Not an assertion: how fast group commit is on this machine (`--nocapture` to see).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_throughput_report() {
+    let (_dir, ledger) = open_temp();
+    let ledger = Arc::new(ledger);
+
+    let one_by_one = 200;
+    let start = Instant::now();
+    for i in 0..one_by_one {
+        ledger
+            .record("seq", &format!("e{i}"), entry(now_ms(), i))
+            .await
+            .unwrap();
+    }
+    let seq = start.elapsed();
+
+    let n = 10_000_i64;
+    let before = ledger.stats();
+    let start = Instant::now();
+    let mut tasks = JoinSet::new();
+    for i in 0..n {
+        let ledger = Arc::clone(&ledger);
+        tasks.spawn(async move {
+            let id = format!(
+                "{:032x}",
+                u128::from(i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            );
+            ledger.record("bench", &id, entry(now_ms(), i)).await
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap().unwrap();
+    }
+    let concurrent = start.elapsed();
+    let stats = ledger.stats();
+    let commits = stats.commits - before.commits;
+
+    let lookups = 10_000_i64;
+    let start = Instant::now();
+    for i in 0..lookups {
+        let id = format!(
+            "{:032x}",
+            u128::from(i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        );
+        assert!(ledger.get("bench", &id).await.unwrap().is_some());
+    }
+    let gets = start.elapsed();
+
+    println!(
+        "ledger: one at a time {:.0} records/s ({:.2} ms per durable commit); \
+         {n} concurrent: {:.0} records/s in {commits} commits (mean batch {:.0}); \
+         get {:.1} µs",
+        one_by_one as f64 / seq.as_secs_f64(),
+        seq.as_secs_f64() * 1e3 / one_by_one as f64,
+        n as f64 / concurrent.as_secs_f64(),
+        n as f64 / commits as f64,
+        gets.as_secs_f64() * 1e6 / lookups as f64,
+    );
+    assert_eq!(ledger.len("bench").await.unwrap(), 10_000);
+}

@@ -1,0 +1,422 @@
+//! The consumer loop of one handler: one rdkafka consumer, polled on its own thread.
+//!
+//! The loop never blocks on processing. Each assigned partition has a worker task with a
+//! bounded intake; a record goes to its partition's intake with `try_send`, and when the
+//! intake is full (the worker is busy or backing off) the partition is *paused* and the
+//! record kept aside until there is room, then the partition is resumed. Polling therefore
+//! continues at its own pace and `max.poll.interval.ms` never trips because of a slow
+//! handler.
+//!
+//! Offsets: every record dispatched is registered with its partition's [`OffsetTracker`];
+//! workers report completions over a channel; the loop commits each partition's contiguous
+//! done position every `commit_interval` (asynchronously), and synchronously when partitions
+//! are revoked and at shutdown. Auto commit and auto offset store are off.
+//!
+//! Revoke: dispatch stops for the revoked partitions, their workers finish the record in hand
+//! (bounded by the drain timeout, then aborted), completions are drained, the positions are
+//! committed synchronously, and only then does the rebalance proceed. This runs inside the
+//! rebalance callback, which librdkafka calls from `poll` on this thread, so the group waits
+//! for it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Headers as _;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::LoopState;
+
+use super::offsets::OffsetTracker;
+use super::worker::{self, Completion};
+use super::{HandlerCtx, Record};
+
+type Tp = (String, i32);
+
+struct PartitionState {
+    intake: Option<mpsc::Sender<Record>>,
+    drain: CancellationToken,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+    tracker: OffsetTracker,
+    paused: bool,
+    held: VecDeque<Record>,
+}
+
+/// Consumer callbacks plus the partition table they share with the loop.
+pub(crate) struct LoopContext {
+    ctx: Arc<HandlerCtx>,
+    rt: tokio::runtime::Handle,
+    partitions: Mutex<HashMap<Tp, PartitionState>>,
+    done_tx: std::sync::mpsc::Sender<Completion>,
+    done_rx: Mutex<std::sync::mpsc::Receiver<Completion>>,
+    broker_down: AtomicBool,
+}
+
+impl ClientContext for LoopContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let all_down = matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown));
+        tracing::warn!(handler = %self.ctx.name, %error, reason, "kafka client error");
+        if all_down {
+            self.broker_down.store(true, Ordering::SeqCst);
+            self.ctx
+                .health
+                .broker(&self.ctx.name, false, Some(format!("{error}: {reason}")));
+        }
+    }
+}
+
+impl ConsumerContext for LoopContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let tps: Vec<Tp> = tpl
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect();
+            tracing::info!(handler = %self.ctx.name, partitions = ?tps, "partitions revoked: draining");
+            self.release(consumer, &tps);
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let tps: Vec<Tp> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
+                tracing::info!(handler = %self.ctx.name, partitions = ?tps, "partitions assigned");
+                self.assign(&tps);
+                let n = consumer
+                    .assignment()
+                    .map(|a| a.count())
+                    .unwrap_or(tps.len());
+                self.ctx.health.assigned(&self.ctx.name, n);
+            }
+            Rebalance::Revoke(_) => {
+                let n = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+                self.ctx.health.assigned(&self.ctx.name, n);
+            }
+            Rebalance::Error(e) => {
+                tracing::error!(handler = %self.ctx.name, error = %e, "rebalance error")
+            }
+        }
+    }
+
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        if let Err(e) = result {
+            tracing::warn!(handler = %self.ctx.name, error = %e, offsets = ?offsets, "offset commit failed; will retry");
+        }
+    }
+}
+
+impl LoopContext {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Tp, PartitionState>> {
+        // Only the loop thread takes this lock; poisoning would need a panic on that thread.
+        self.partitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn assign(&self, tps: &[Tp]) {
+        let mut parts = self.lock();
+        for tp in tps {
+            if parts.contains_key(tp) {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(self.ctx.config.partition_buffer);
+            let drain = CancellationToken::new();
+            let stop = CancellationToken::new();
+            let task = self.rt.spawn(worker::run(
+                self.ctx.clone(),
+                rx,
+                self.done_tx.clone(),
+                drain.clone(),
+                stop.clone(),
+            ));
+            parts.insert(
+                tp.clone(),
+                PartitionState {
+                    intake: Some(tx),
+                    drain,
+                    stop,
+                    task: Some(task),
+                    tracker: OffsetTracker::default(),
+                    paused: false,
+                    held: VecDeque::new(),
+                },
+            );
+        }
+    }
+
+    /// Stop the workers of `tps`, wait for them (bounded), commit their positions, forget them.
+    fn release(&self, consumer: &BaseConsumer<Self>, tps: &[Tp]) {
+        let mut tasks = Vec::new();
+        {
+            let mut parts = self.lock();
+            for tp in tps {
+                if let Some(st) = parts.get_mut(tp) {
+                    // The worker finishes the record in hand and takes no other.
+                    st.intake = None;
+                    st.drain.cancel();
+                    st.held.clear();
+                    if let Some(t) = st.task.take() {
+                        tasks.push((st.stop.clone(), t));
+                    }
+                }
+            }
+        }
+        self.wait_workers(tasks);
+        self.drain_completions();
+        self.commit(consumer, Some(tps), CommitMode::Sync);
+        let mut parts = self.lock();
+        for tp in tps {
+            parts.remove(tp);
+        }
+    }
+
+    /// Wait for worker tasks up to the drain timeout; stop the stragglers.
+    fn wait_workers(&self, tasks: Vec<(CancellationToken, tokio::task::JoinHandle<()>)>) {
+        if tasks.is_empty() {
+            return;
+        }
+        let drain = self.ctx.drain_timeout;
+        self.rt.block_on(async move {
+            let deadline = tokio::time::Instant::now() + drain;
+            for (stop, mut task) in tasks {
+                if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                    stop.cancel();
+                    if tokio::time::timeout(Duration::from_millis(200), &mut task)
+                        .await
+                        .is_err()
+                    {
+                        task.abort();
+                    }
+                }
+            }
+        });
+    }
+
+    fn drain_completions(&self) -> bool {
+        let rx = self
+            .done_rx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut parts = self.lock();
+        let mut any = false;
+        while let Ok(c) = rx.try_recv() {
+            any = true;
+            if let Some(st) = parts.get_mut(&(c.topic, c.partition)) {
+                st.tracker.done(c.offset);
+            }
+        }
+        any
+    }
+
+    /// Commit the committable position of `only` (or every partition).
+    fn commit(&self, consumer: &BaseConsumer<Self>, only: Option<&[Tp]>, mode: CommitMode) {
+        let mut tpl = TopicPartitionList::new();
+        let mut positions = Vec::new();
+        {
+            let parts = self.lock();
+            for (tp, st) in parts.iter() {
+                if only.is_some_and(|o| !o.contains(tp)) {
+                    continue;
+                }
+                if let Some(pos) = st.tracker.committable()
+                    && tpl
+                        .add_partition_offset(&tp.0, tp.1, Offset::Offset(pos))
+                        .is_ok()
+                {
+                    positions.push((tp.clone(), pos));
+                }
+            }
+        }
+        if positions.is_empty() {
+            return;
+        }
+        match consumer.commit(&tpl, mode) {
+            Ok(()) => {
+                let mut parts = self.lock();
+                for (tp, pos) in positions {
+                    if let Some(st) = parts.get_mut(&tp) {
+                        // An async commit may still fail; the next one carries the same or a later position.
+                        st.tracker.committed(pos);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(handler = %self.ctx.name, error = %e, ?mode, "offset commit failed; will retry")
+            }
+        }
+    }
+
+    /// Hand `record` to its partition's worker, or hold it and pause the partition.
+    fn dispatch(&self, consumer: &BaseConsumer<Self>, record: Record) {
+        let tp = (record.topic.clone(), record.partition);
+        let mut parts = self.lock();
+        let Some(st) = parts.get_mut(&tp) else {
+            // Not (or no longer) ours: the next owner fetches it from the committed position.
+            return;
+        };
+        st.tracker.dispatched(record.offset);
+        if !st.held.is_empty() {
+            st.held.push_back(record);
+            return;
+        }
+        let Some(tx) = &st.intake else { return };
+        match tx.try_send(record) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(r)) => {
+                st.held.push_back(r);
+                if !st.paused {
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition(&tp.0, tp.1);
+                    match consumer.pause(&tpl) {
+                        Ok(()) => st.paused = true,
+                        Err(e) => {
+                            tracing::warn!(handler = %self.ctx.name, error = %e, "pausing partition failed")
+                        }
+                    }
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Move held records into intakes with room; resume partitions that caught up.
+    fn feed_held(&self, consumer: &BaseConsumer<Self>) {
+        let mut parts = self.lock();
+        for (tp, st) in parts.iter_mut() {
+            let Some(tx) = &st.intake else { continue };
+            while let Some(r) = st.held.pop_front() {
+                match tx.try_send(r) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(r)) => {
+                        st.held.push_front(r);
+                        break;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => break,
+                }
+            }
+            if st.paused && st.held.is_empty() {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&tp.0, tp.1);
+                match consumer.resume(&tpl) {
+                    Ok(()) => st.paused = false,
+                    Err(e) => {
+                        tracing::warn!(handler = %self.ctx.name, error = %e, "resuming partition failed")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Run the loop on the current (dedicated) thread until `stop` is set, then drain, commit
+/// and leave the group.
+pub(crate) fn run_loop(
+    ctx: Arc<HandlerCtx>,
+    rt: tokio::runtime::Handle,
+    consumer_config: rdkafka::ClientConfig,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let context = LoopContext {
+        ctx: ctx.clone(),
+        rt,
+        partitions: Mutex::new(HashMap::new()),
+        done_tx,
+        done_rx: Mutex::new(done_rx),
+        broker_down: AtomicBool::new(false),
+    };
+    let consumer: BaseConsumer<LoopContext> = consumer_config
+        .create_with_context(context)
+        .with_context(|| format!("handler={}: creating the consumer", ctx.name))?;
+    let topics: Vec<&str> = ctx.config.topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .with_context(|| format!("handler={}: subscribing to {topics:?}", ctx.name))?;
+    let lc = consumer.context().clone();
+    let mut last_commit = Instant::now();
+    let mut last_probe = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        ctx.health.heartbeat(&ctx.name);
+        lc.drain_completions();
+        lc.feed_held(&consumer);
+        if last_commit.elapsed() >= ctx.commit_interval {
+            lc.commit(&consumer, None, CommitMode::Async);
+            last_commit = Instant::now();
+        }
+        if lc.broker_down.load(Ordering::SeqCst) && last_probe.elapsed() >= Duration::from_secs(1) {
+            last_probe = Instant::now();
+            if consumer
+                .fetch_metadata(topics.first().copied(), Duration::from_millis(500))
+                .is_ok()
+            {
+                lc.broker_down.store(false, Ordering::SeqCst);
+                ctx.health.broker(&ctx.name, true, None);
+            }
+        }
+        match consumer.poll(Duration::from_millis(20)) {
+            None => {}
+            Some(Ok(msg)) => {
+                let record = Record::from_message(&msg);
+                lc.dispatch(&consumer, record);
+            }
+            Some(Err(e)) => tracing::warn!(handler = %ctx.name, error = %e, "consumer error"),
+        }
+    }
+
+    // Shutdown: stop fetching, let workers finish the record in hand, commit, leave.
+    tracing::info!(handler = %ctx.name, "consumer loop stopping: draining in-flight records");
+    if let Ok(assigned) = consumer.assignment() {
+        let _ = consumer.pause(&assigned);
+    }
+    let tps: Vec<Tp> = lc.lock().keys().cloned().collect();
+    lc.release(&consumer, &tps);
+    ctx.health.set_state(&ctx.name, LoopState::Stopped);
+    consumer.unsubscribe();
+    drop(consumer); // closes the consumer: leaves the group
+    Ok(())
+}
+
+impl Record {
+    fn from_message<M: rdkafka::message::Message>(m: &M) -> Self {
+        let headers = m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Record {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            headers,
+            timestamp_ms: m.timestamp().to_millis(),
+        }
+    }
+}

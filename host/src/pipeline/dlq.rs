@@ -1,0 +1,101 @@
+//! Dead-letter records: the original record plus where it came from and why it failed.
+//!
+//! A dead letter keeps the source record's key, payload and headers unchanged, so it can be
+//! replayed as it was, and adds `kasm-dlq-*` headers (all UTF-8 text):
+//!
+//! | header | value |
+//! |---|---|
+//! | `kasm-dlq-source-topic` / `-source-partition` / `-source-offset` | where the record was |
+//! | `kasm-dlq-source-timestamp` | the record's timestamp, ms since the Unix epoch (absent if none) |
+//! | `kasm-dlq-handler` / `kasm-dlq-group` | who failed it |
+//! | `kasm-dlq-component` | sha256 of the component version that ran |
+//! | `kasm-dlq-attempts` | how many times the handler ran (0 for `undecodable`) |
+//! | `kasm-dlq-error-kind` | `retries-exhausted`, `fatal`, `trap`, `timeout`, `out-of-memory`, `undecodable` |
+//! | `kasm-dlq-error-message` | the reason (at most 8 KiB) |
+//! | `kasm-dlq-first-failure` / `kasm-dlq-last-failure` | ms since the Unix epoch |
+//! | `kasm-dlq-event-id` | the event id kasm identified the record by |
+
+use crate::capabilities::log::truncate_utf8;
+use crate::runtime::FailureKind;
+
+use super::Record;
+
+/// Longest error message kept in a dead letter.
+pub const MAX_ERROR_MESSAGE: usize = 8 << 10;
+
+/// Why a record was dead-lettered (the `kasm-dlq-error-kind` vocabulary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DlqKind {
+    /// A `retryable` failure (or host-side failure) that did not clear within the policy.
+    RetriesExhausted,
+    /// A failure that retrying cannot fix.
+    Failure(FailureKind),
+}
+
+impl DlqKind {
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DlqKind::RetriesExhausted => "retries-exhausted",
+            DlqKind::Failure(k) => k.as_str(),
+        }
+    }
+}
+
+/// Everything a dead letter says about a failure.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// Kind.
+    pub kind: DlqKind,
+    /// Reason.
+    pub message: String,
+    /// Handler runs.
+    pub attempts: u32,
+    /// First failure, ms since the epoch.
+    pub first_failure_ms: i64,
+    /// Last failure, ms since the epoch.
+    pub last_failure_ms: i64,
+}
+
+/// Provenance of the handler that failed a record.
+#[derive(Debug, Clone, Copy)]
+pub struct Provenance<'a> {
+    /// Handler name.
+    pub handler: &'a str,
+    /// Consumer group.
+    pub group: &'a str,
+    /// Component sha256.
+    pub component: &'a str,
+    /// Event id.
+    pub event_id: &'a str,
+}
+
+/// The headers of the dead letter for `record`: its own, then the `kasm-dlq-*` ones.
+pub fn headers(record: &Record, p: Provenance<'_>, f: &Failure) -> Vec<(String, Vec<u8>)> {
+    let mut h: Vec<(String, Vec<u8>)> = record
+        .headers
+        .iter()
+        .filter(|(k, _)| !k.starts_with("kasm-dlq-"))
+        .cloned()
+        .collect();
+    let mut add = |k: &str, v: String| h.push((format!("kasm-dlq-{k}"), v.into_bytes()));
+    add("source-topic", record.topic.clone());
+    add("source-partition", record.partition.to_string());
+    add("source-offset", record.offset.to_string());
+    if let Some(ts) = record.timestamp_ms {
+        add("source-timestamp", ts.to_string());
+    }
+    add("handler", p.handler.to_owned());
+    add("group", p.group.to_owned());
+    add("component", p.component.to_owned());
+    add("event-id", p.event_id.to_owned());
+    add("attempts", f.attempts.to_string());
+    add("error-kind", f.kind.as_str().to_owned());
+    add(
+        "error-message",
+        truncate_utf8(f.message.clone(), MAX_ERROR_MESSAGE),
+    );
+    add("first-failure", f.first_failure_ms.to_string());
+    add("last-failure", f.last_failure_ms.to_string());
+    h
+}

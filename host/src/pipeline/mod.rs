@@ -1,0 +1,171 @@
+//! The Kafka pipeline: consume, run the handler, write effects and dead letters, record the
+//! outcome, commit — at least once, in partition order, never dropping a record.
+//!
+//! - [`consumer`]: one consumer loop per handler on its own thread (poll, dispatch, pause,
+//!   commit, rebalance).
+//! - [`worker`]: one task per assigned partition (the path of one record).
+//! - [`offsets`]: which position of a partition may be committed.
+//! - [`dlq`]: what a dead letter carries.
+//!
+//! [`Pipeline`] starts a loop per handler and stops them all on shutdown.
+
+pub mod consumer;
+pub mod dlq;
+pub mod offsets;
+pub mod worker;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+
+use crate::config::{HandlerConfig, KafkaEnv};
+use crate::health::{Health, LoopState};
+use crate::kafka::producer::KafkaProducer;
+use crate::ledger::Ledger;
+use crate::runtime::LoadedHandler;
+
+/// A consumed record, detached from the consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value (`None` for a tombstone).
+    pub payload: Option<Vec<u8>>,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Timestamp, ms since the epoch.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// Counters per handler (for the live view and metrics).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Records the handler finished with `ok`.
+    pub processed: AtomicU64,
+    /// Records skipped because the ledger already had their event id.
+    pub skipped: AtomicU64,
+    /// Retries (second and later attempts).
+    pub retried: AtomicU64,
+    /// Records dead-lettered.
+    pub dead_lettered: AtomicU64,
+}
+
+/// A snapshot of [`Stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct StatsSnapshot {
+    /// See [`Stats::processed`].
+    pub processed: u64,
+    /// See [`Stats::skipped`].
+    pub skipped: u64,
+    /// See [`Stats::retried`].
+    pub retried: u64,
+    /// See [`Stats::dead_lettered`].
+    pub dead_lettered: u64,
+}
+
+impl Stats {
+    /// Read all counters.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            processed: self.processed.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Everything the loop and the workers of one handler share.
+#[derive(Debug)]
+pub struct HandlerCtx {
+    /// Handler name.
+    pub name: String,
+    /// Consumer group id.
+    pub group_id: String,
+    /// Its configuration.
+    pub config: HandlerConfig,
+    /// The active component version; swapped atomically, calls in flight keep theirs.
+    pub component: ArcSwap<LoadedHandler>,
+    /// Dedup ledger.
+    pub ledger: Arc<dyn Ledger>,
+    /// Producer for effects and dead letters.
+    pub producer: KafkaProducer,
+    /// Health registry.
+    pub health: Arc<Health>,
+    /// Counters.
+    pub stats: Stats,
+    /// How long in-flight records may take on revoke and shutdown.
+    pub drain_timeout: Duration,
+    /// Periodic commit interval.
+    pub commit_interval: Duration,
+}
+
+/// The running consumer loops.
+#[derive(Debug)]
+pub struct Pipeline {
+    loops: Vec<(Arc<HandlerCtx>, std::thread::JoinHandle<()>)>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Pipeline {
+    /// Start a consumer loop (thread) per handler.
+    pub fn start(
+        handlers: Vec<Arc<HandlerCtx>>,
+        env: &KafkaEnv,
+        passthrough: &[(String, String)],
+        rt: tokio::runtime::Handle,
+    ) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut loops = Vec::new();
+        for ctx in handlers {
+            ctx.health.register(&ctx.name);
+            let cfg = crate::kafka::consumer_config(env, passthrough, &ctx.group_id);
+            let (c, rt, stop2) = (ctx.clone(), rt.clone(), stop.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("kasm-consume-{}", ctx.name))
+                .spawn(move || {
+                    let name = c.name.clone();
+                    if let Err(e) = consumer::run_loop(c.clone(), rt, cfg, stop2) {
+                        tracing::error!(handler = %name, error = %format!("{e:#}"), "consumer loop failed");
+                        c.health.set_state(&name, LoopState::Failed(format!("{e:#}")));
+                    }
+                })
+                .with_context(|| format!("handler={}: starting the consumer thread", ctx.name))?;
+            loops.push((ctx, thread));
+        }
+        Ok(Self { loops, stop })
+    }
+
+    /// The handlers' shared state (stats, component).
+    pub fn handlers(&self) -> impl Iterator<Item = &Arc<HandlerCtx>> {
+        self.loops.iter().map(|(c, _)| c)
+    }
+
+    /// Stop every loop: stop fetching, drain in flight within the drain timeout, commit,
+    /// leave the group. Blocks until done (call it from a blocking context).
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for (ctx, thread) in self.loops {
+            if thread.join().is_err() {
+                tracing::error!(handler = %ctx.name, "consumer loop thread panicked");
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

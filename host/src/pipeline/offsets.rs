@@ -1,0 +1,99 @@
+//! Which offset of a partition may be committed.
+//!
+//! Kafka commits a position, not a set: committing offset `n` says "everything before `n` is
+//! done". So the committable position is one past the highest *contiguous* done offset: if
+//! offsets 10, 11 and 13 are done but 12 is still running, only 12 may be committed, and a
+//! crash then redelivers 12 and 13 (13's redelivery is skipped by the ledger).
+//!
+//! Offsets are registered in the order they are dispatched (increasing, possibly with gaps —
+//! compacted topics and transaction markers leave holes) and marked done in any order.
+
+use std::collections::VecDeque;
+
+/// Tracks dispatched and done offsets of one partition.
+#[derive(Debug, Default)]
+pub struct OffsetTracker {
+    /// Dispatched offsets not yet committable, in increasing order, with their done flag.
+    pending: VecDeque<(i64, bool)>,
+    /// One past the highest contiguous done offset.
+    position: Option<i64>,
+    /// The last position committed.
+    committed: Option<i64>,
+}
+
+impl OffsetTracker {
+    /// A record at `offset` was handed to the worker. Offsets must increase.
+    pub fn dispatched(&mut self, offset: i64) {
+        debug_assert!(self.pending.back().is_none_or(|(o, _)| *o < offset));
+        self.pending.push_back((offset, false));
+    }
+
+    /// The record at `offset` is done (handled, skipped or dead-lettered).
+    pub fn done(&mut self, offset: i64) {
+        if let Ok(i) = self.pending.binary_search_by_key(&offset, |(o, _)| *o) {
+            self.pending[i].1 = true;
+        }
+        while let Some((o, true)) = self.pending.front().copied() {
+            self.pending.pop_front();
+            self.position = Some(o + 1);
+        }
+    }
+
+    /// The position to commit, if it moved since the last commit.
+    pub fn committable(&self) -> Option<i64> {
+        match (self.position, self.committed) {
+            (Some(p), Some(c)) if p <= c => None,
+            (p, _) => p,
+        }
+    }
+
+    /// One past the highest contiguous done offset, committed or not.
+    pub fn position(&self) -> Option<i64> {
+        self.position
+    }
+
+    /// `position` was committed.
+    pub fn committed(&mut self, position: i64) {
+        self.committed = Some(self.committed.map_or(position, |c| c.max(position)));
+    }
+
+    /// Records dispatched and not yet done.
+    pub fn in_flight(&self) -> usize {
+        self.pending.iter().filter(|(_, done)| !done).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_contiguous_prefix_is_committable() {
+        let mut t = OffsetTracker::default();
+        for o in [10, 11, 12, 13] {
+            t.dispatched(o);
+        }
+        assert_eq!(t.committable(), None);
+        t.done(11);
+        assert_eq!(t.committable(), None, "10 is not done yet");
+        t.done(10);
+        assert_eq!(t.committable(), Some(12));
+        t.done(13);
+        assert_eq!(t.committable(), Some(12), "12 still runs");
+        t.committed(12);
+        assert_eq!(t.committable(), None);
+        t.done(12);
+        assert_eq!(t.committable(), Some(14));
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn gaps_in_offsets_do_not_block() {
+        let mut t = OffsetTracker::default();
+        t.dispatched(5);
+        t.dispatched(9);
+        t.done(9);
+        t.done(5);
+        assert_eq!(t.committable(), Some(10));
+    }
+}

@@ -1,0 +1,330 @@
+//! The partition worker: the path of one record, in partition order.
+//!
+//! For each record: identify → size/decode checks → ledger lookup (skip if already done) →
+//! run the handler → on `ok`, write its publishes and wait for every acknowledgement → record
+//! `ok` in the ledger → report the offset done. A `retryable` failure, or a host-side one
+//! (publishing, instantiating), is retried with exponential backoff and jitter while the
+//! partition waits (its intake fills and the consumer loop pauses it); when attempts run out,
+//! or at once for `fatal`, `trap`, `timeout`, `out-of-memory` and `undecodable`, the record is
+//! dead-lettered: the write is awaited, retried for as long as it fails (the partition holds
+//! at this offset and readiness reports it), then recorded in the ledger, then reported done.
+//! Nothing is ever reported done before it is handled, skipped or dead-lettered.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::config::PayloadFormat;
+use crate::event::Event;
+use crate::kafka::producer::OutRecord;
+use crate::ledger::{LedgerEntry, LedgerOutcome};
+use crate::runtime::{FailureKind, Outcome};
+
+use super::dlq::{self, DlqKind, Failure, Provenance};
+use super::{HandlerCtx, Record, now_ms};
+
+/// A record the worker finished (handled, skipped or dead-lettered).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// Why processing a record stopped without finishing it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Abandoned;
+
+/// Run the worker of one partition until its intake closes or `drain` is cancelled (then the
+/// record in hand is finished and no new one is taken). `stop` abandons even the record in
+/// hand at its next wait (backoff, dead-letter retry).
+pub(crate) async fn run(
+    ctx: Arc<HandlerCtx>,
+    mut intake: mpsc::Receiver<Record>,
+    done: std::sync::mpsc::Sender<Completion>,
+    drain: CancellationToken,
+    stop: CancellationToken,
+) {
+    loop {
+        let record = tokio::select! {
+            biased;
+            () = drain.cancelled() => break,
+            r = intake.recv() => match r { Some(r) => r, None => break },
+        };
+        let span = tracing::info_span!(
+            "record",
+            handler = %ctx.name,
+            topic = %record.topic,
+            partition = record.partition,
+            offset = record.offset
+        );
+        let completion = Completion {
+            topic: record.topic.clone(),
+            partition: record.partition,
+            offset: record.offset,
+        };
+        match process(&ctx, record, &stop).instrument(span).await {
+            Ok(()) => {
+                if done.send(completion).is_err() {
+                    break;
+                }
+            }
+            Err(Abandoned) => break,
+        }
+    }
+}
+
+async fn process(
+    ctx: &HandlerCtx,
+    record: Record,
+    stop: &CancellationToken,
+) -> Result<(), Abandoned> {
+    let payload = record.payload.clone().unwrap_or_default();
+    let mut event = Event::from_record(
+        record.topic.clone(),
+        record.partition,
+        record.offset,
+        record.key.clone(),
+        payload,
+        record.headers.clone(),
+        record.timestamp_ms,
+    );
+    let component = ctx.component.load_full();
+    let sha = component.info().sha256.clone();
+
+    if let Some(reason) = undecodable(ctx, &event) {
+        let now = now_ms();
+        let f = Failure {
+            kind: DlqKind::Failure(FailureKind::Undecodable),
+            message: reason,
+            attempts: 0,
+            first_failure_ms: now,
+            last_failure_ms: now,
+        };
+        return dead_letter(ctx, &record, &event.id, &sha, f, stop).await;
+    }
+
+    match ctx.ledger.get(&ctx.name, &event.id).await {
+        Ok(Some(_)) => {
+            ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(event_id = %event.id, "already done: skipped");
+            return Ok(());
+        }
+        Ok(None) => {}
+        // Not knowing is not a reason to skip: run it (at-least-once) and say so.
+        Err(e) => {
+            tracing::warn!(event_id = %event.id, error = %format!("{e:#}"), "ledger lookup failed; processing anyway")
+        }
+    }
+
+    let policy = ctx.config.retry;
+    let mut first_failure: Option<i64> = None;
+    let mut attempt = 1u32;
+    loop {
+        event.attempt = attempt;
+        let component = ctx.component.load_full();
+        let (kind, message) = match component.invoke(&event).await {
+            Err(e) => (
+                FailureKind::Retryable,
+                format!("host failure running the handler: {e:#}"),
+            ),
+            Ok(inv) => match inv.outcome {
+                Outcome::Ok => match publish_all(ctx, &inv.effects.publishes).await {
+                    Ok(()) => {
+                        record_ledger(
+                            ctx,
+                            &record,
+                            &event.id,
+                            component.info().sha256.clone(),
+                            LedgerOutcome::Ok,
+                            stop,
+                        )
+                        .await?;
+                        ctx.stats.processed.fetch_add(1, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    Err(e) => (
+                        FailureKind::Retryable,
+                        format!("publishing the handler's records failed: {e:#}"),
+                    ),
+                },
+                Outcome::Failed(f) => (f.kind, f.message),
+            },
+        };
+        let now = now_ms();
+        let first = *first_failure.get_or_insert(now);
+        if !kind.is_retryable() {
+            let f = Failure {
+                kind: DlqKind::Failure(kind),
+                message,
+                attempts: attempt,
+                first_failure_ms: first,
+                last_failure_ms: now,
+            };
+            return dead_letter(ctx, &record, &event.id, &component.info().sha256, f, stop).await;
+        }
+        if attempt >= policy.attempts {
+            let f = Failure {
+                kind: DlqKind::RetriesExhausted,
+                message,
+                attempts: attempt,
+                first_failure_ms: first,
+                last_failure_ms: now,
+            };
+            return dead_letter(ctx, &record, &event.id, &component.info().sha256, f, stop).await;
+        }
+        attempt += 1;
+        ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
+        let wait = policy.backoff(attempt, rand::random::<f64>());
+        tracing::info!(event_id = %event.id, attempt, ?wait, reason = %message, "retrying");
+        sleep_or_stop(wait, stop).await?;
+    }
+}
+
+/// Why the host refuses to run the handler on this record, if it does.
+fn undecodable(ctx: &HandlerCtx, event: &Event) -> Option<String> {
+    if event.id.len() > crate::ledger::MAX_KEY_PART_BYTES {
+        return Some(format!(
+            "event id is {} bytes, over the limit of {} bytes",
+            event.id.len(),
+            crate::ledger::MAX_KEY_PART_BYTES
+        ));
+    }
+    let max = ctx.config.max_payload_bytes;
+    if event.payload.len() > max {
+        return Some(format!(
+            "payload is {} bytes, over the limit of {max} bytes",
+            event.payload.len()
+        ));
+    }
+    if ctx.config.payload == PayloadFormat::Json
+        && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&event.payload)
+    {
+        return Some(format!("payload is not valid JSON: {e}"));
+    }
+    None
+}
+
+async fn publish_all(
+    ctx: &HandlerCtx,
+    publishes: &[crate::capabilities::Publish],
+) -> anyhow::Result<()> {
+    // Queue all, then await all: one round trip for the batch, order kept per partition by
+    // the idempotent producer.
+    let sends = publishes.iter().map(|p| {
+        ctx.producer.send(OutRecord {
+            topic: &p.topic,
+            key: p.key.as_deref(),
+            payload: &p.payload,
+            headers: &p.headers,
+        })
+    });
+    for r in futures::future::join_all(sends).await {
+        r?;
+    }
+    Ok(())
+}
+
+async fn sleep_or_stop(wait: Duration, stop: &CancellationToken) -> Result<(), Abandoned> {
+    tokio::select! {
+        () = stop.cancelled() => Err(Abandoned),
+        () = tokio::time::sleep(wait) => Ok(()),
+    }
+}
+
+/// Write the dead letter (retrying until it succeeds or a shutdown), then the ledger.
+async fn dead_letter(
+    ctx: &HandlerCtx,
+    record: &Record,
+    event_id: &str,
+    component: &str,
+    failure: Failure,
+    stop: &CancellationToken,
+) -> Result<(), Abandoned> {
+    let dlq_topic = ctx.config.dlq_topic_for(&record.topic);
+    let p = Provenance {
+        handler: &ctx.name,
+        group: &ctx.group_id,
+        component,
+        event_id,
+    };
+    let headers = dlq::headers(record, p, &failure);
+    let payload = record.payload.clone().unwrap_or_default();
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let out = OutRecord {
+            topic: &dlq_topic,
+            key: record.key.as_deref(),
+            payload: &payload,
+            headers: &headers,
+        };
+        match ctx.producer.send(out).await {
+            Ok(d) => {
+                ctx.health
+                    .stuck(&ctx.name, &record.topic, record.partition, None);
+                tracing::warn!(
+                    event_id, dlq_topic = %dlq_topic, dlq_offset = d.offset,
+                    kind = failure.kind.as_str(), attempts = failure.attempts, reason = %failure.message,
+                    "dead-lettered"
+                );
+                break;
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                tracing::error!(event_id, dlq_topic = %dlq_topic, error = %msg, "dead-letter write failed; holding the partition and retrying");
+                ctx.health
+                    .stuck(&ctx.name, &record.topic, record.partition, Some(msg));
+                sleep_or_stop(wait, stop).await?;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    record_ledger(
+        ctx,
+        record,
+        event_id,
+        component.to_owned(),
+        LedgerOutcome::DeadLettered,
+        stop,
+    )
+    .await?;
+    ctx.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Record the outcome, retrying a failing ledger (the offset must not move before it).
+async fn record_ledger(
+    ctx: &HandlerCtx,
+    record: &Record,
+    event_id: &str,
+    component_sha256: String,
+    outcome: LedgerOutcome,
+    stop: &CancellationToken,
+) -> Result<(), Abandoned> {
+    let entry = LedgerEntry {
+        outcome,
+        at_ms: now_ms(),
+        component_sha256,
+        topic: record.topic.clone(),
+        partition: record.partition,
+        offset: record.offset,
+    };
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match ctx.ledger.record(&ctx.name, event_id, entry.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::error!(event_id, error = %format!("{e:#}"), "ledger write failed; retrying");
+                sleep_or_stop(wait, stop).await?;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

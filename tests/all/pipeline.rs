@@ -1,0 +1,282 @@
+//! The pipeline end to end, in process: a real broker (embedded, or `KASM_TEST_BOOTSTRAP`),
+//! the real components, the real ledger.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use kasm_host::config::{Config, KafkaEnv};
+use kasm_tests::broker::{Rec, TestBroker, committed_offsets, end_offsets, produce, read_topic};
+use kasm_tests::{component, unique, write_config};
+
+/// An expected dead letter: error kind and attempts.
+type Expected = (&'static str, u32);
+
+struct Setup {
+    broker: TestBroker,
+    dir: tempfile::TempDir,
+    topic: String,
+    out: String,
+    group: String,
+}
+
+async fn setup(partitions: i32) -> Setup {
+    let broker = TestBroker::from_env();
+    let topic = unique("in");
+    let out = unique("out");
+    broker.create_topic(&topic, partitions).await;
+    broker.create_topic(&out, partitions).await;
+    broker.create_topic(&format!("{topic}.dlq"), 1).await;
+    Setup {
+        broker,
+        dir: tempfile::tempdir().unwrap(),
+        topic,
+        out,
+        group: unique("group"),
+    }
+}
+
+fn publisher_config(s: &Setup, extra: &str) -> Config {
+    let body = format!(
+        "[handlers.pub]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\ngroup_id = \"{g}\"\n\
+         grants = {{ producer = [\"{o}\"] }}\n{extra}\n",
+        c = component("fixture-publisher").display(),
+        t = s.topic,
+        g = s.group,
+        o = s.out,
+    );
+    Config::load(&write_config(s.dir.path(), &body)).unwrap()
+}
+
+fn env(s: &Setup) -> KafkaEnv {
+    KafkaEnv {
+        bootstrap_servers: Some(s.broker.bootstrap()),
+        ..KafkaEnv::default()
+    }
+}
+
+fn events(n: usize, prefix: &str, out: &str) -> Vec<Rec> {
+    (0..n)
+        .map(|i| Rec {
+            key: Some(format!("k{}", i % 97).into_bytes()),
+            payload: format!("{{\"n\":{i}}}").into_bytes(),
+            headers: vec![
+                ("event-id".into(), format!("{prefix}-{i}").into_bytes()),
+                ("out-topic".into(), out.as_bytes().to_vec()),
+            ],
+            partition: None,
+        })
+        .collect()
+}
+
+/// Outputs per source event id.
+fn count_sources(outputs: &[kasm_tests::broker::Got]) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for o in outputs {
+        let src = o.json()["source"].as_str().unwrap_or_default().to_owned();
+        *m.entry(src).or_insert(0) += 1;
+    }
+    m
+}
+
+async fn wait_committed(s: &Setup, timeout: Duration) -> (HashMap<i32, i64>, HashMap<i32, i64>) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let end = end_offsets(&s.broker.bootstrap(), &s.topic);
+        let committed = committed_offsets(&s.broker.bootstrap(), &s.group, &s.topic);
+        let done = end
+            .iter()
+            .all(|(p, e)| *e == 0 || committed.get(p) == Some(e));
+        if done || Instant::now() > deadline {
+            return (end, committed);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_events_each_handled_exactly_once_and_committed() {
+    let s = setup(4).await;
+    let n = 10_000;
+    produce(&s.broker.producer(), &s.topic, &events(n, "e", &s.out)).await;
+    let config = publisher_config(&s, "");
+    let host = kasm_host::app::start(&config, &env(&s)).await.unwrap();
+
+    let outputs = read_topic(&s.broker.bootstrap(), &s.out, n, Duration::from_secs(240));
+    let counts = count_sources(&outputs);
+    let missing: Vec<_> = (0..n)
+        .map(|i| format!("e-{i}"))
+        .filter(|id| !counts.contains_key(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} events never handled, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let twice: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{} events handled more than once, e.g. {:?}",
+        twice.len(),
+        twice.first()
+    );
+    assert_eq!(outputs.len(), n);
+
+    let (end, committed) = wait_committed(&s, Duration::from_secs(30)).await;
+    assert_eq!(committed, end, "committed offsets equal the end offsets");
+    let stats = host.handlers[0].stats.snapshot();
+    assert_eq!(stats.processed, n as u64);
+    assert_eq!(stats.dead_lettered, 0);
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_event_id_at_two_offsets_is_handled_once() {
+    let s = setup(2).await;
+    let n = 200;
+    let mut recs = events(n, "dup", &s.out);
+    // The same events again, later in the topic, at new offsets (other partitions too).
+    let mut again = events(n, "dup", &s.out);
+    for r in &mut again {
+        r.key = Some(b"other-key".to_vec());
+    }
+    recs.extend(again);
+    produce(&s.broker.producer(), &s.topic, &recs).await;
+    let config = publisher_config(&s, "");
+    let host = kasm_host::app::start(&config, &env(&s)).await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while host.handlers[0].stats.snapshot().processed + host.handlers[0].stats.snapshot().skipped
+        < 2 * n as u64
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not all records seen: {:?}",
+            host.handlers[0].stats.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let outputs = read_topic(&s.broker.bootstrap(), &s.out, 2 * n, Duration::from_secs(5));
+    let counts = count_sources(&outputs);
+    assert_eq!(counts.len(), n);
+    assert!(
+        counts.values().all(|c| *c == 1),
+        "every event id handled once"
+    );
+    let stats = host.handlers[0].stats.snapshot();
+    assert_eq!((stats.processed, stats.skipped), (n as u64, n as u64));
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_records_are_dead_lettered_with_provenance_and_the_partition_moves_on() {
+    let s = setup(1).await;
+    let body = format!(
+        "[handlers.fx]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\ngroup_id = \"{g}\"\npayload = \"json\"\n\
+         max_payload_bytes = 4096\ndeadline = \"300ms\"\nmemory_mib = 16\n\
+         grants = {{ producer = [\"{o}\"], kv = true }}\n\
+         retry = {{ attempts = 3, initial_backoff = \"100ms\", max_backoff = \"1s\", jitter = 0.0 }}\n",
+        c = component("fixture").display(),
+        t = s.topic,
+        g = s.group,
+        o = s.out,
+    );
+    let config = Config::load(&write_config(s.dir.path(), &body)).unwrap();
+    let echo = |n: u32| format!(r#"{{"action":"echo","topic":"{}","n":{n}}}"#, s.out).into_bytes();
+    let big = format!(r#"{{"action":"echo","pad":"{}"}}"#, "x".repeat(5000)).into_bytes();
+    // (payload, expected dead letter: error kind and attempts)
+    let cases: Vec<(Vec<u8>, Option<Expected>)> = vec![
+        (echo(1), None),
+        (b"{not json".to_vec(), Some(("undecodable", 0))),
+        (big, Some(("undecodable", 0))),
+        (
+            br#"{"action":"fatal","message":"no such task"}"#.to_vec(),
+            Some(("fatal", 1)),
+        ),
+        (
+            br#"{"action":"panic","message":"boom-42"}"#.to_vec(),
+            Some(("trap", 1)),
+        ),
+        (br#"{"action":"loop"}"#.to_vec(), Some(("timeout", 1))),
+        (br#"{"action":"oom"}"#.to_vec(), Some(("out-of-memory", 1))),
+        (
+            br#"{"action":"retryable","message":"still down"}"#.to_vec(),
+            Some(("retries-exhausted", 3)),
+        ),
+        (echo(2), None),
+    ];
+    let recs: Vec<Rec> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (p, _))| Rec {
+            key: Some(format!("key-{i}").into_bytes()),
+            payload: p.clone(),
+            headers: vec![("trace".into(), format!("t{i}").into_bytes())],
+            partition: Some(0),
+        })
+        .collect();
+    produce(&s.broker.producer(), &s.topic, &recs).await;
+    let host = kasm_host::app::start(&config, &env(&s)).await.unwrap();
+
+    let dlq = read_topic(
+        &s.broker.bootstrap(),
+        &format!("{}.dlq", s.topic),
+        7,
+        Duration::from_secs(60),
+    );
+    let expected: Vec<(usize, &str, u32)> = cases
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, e))| e.map(|(k, a)| (i, k, a)))
+        .collect();
+    assert_eq!(
+        dlq.len(),
+        expected.len(),
+        "one dead letter per poison record: {dlq:#?}"
+    );
+    for (d, (offset, kind, attempts)) in dlq.iter().zip(&expected) {
+        let h = &d.headers;
+        assert_eq!(h["kasm-dlq-error-kind"], *kind, "{h:#?}");
+        assert_eq!(h["kasm-dlq-attempts"], attempts.to_string(), "{h:#?}");
+        assert_eq!(h["kasm-dlq-source-topic"], s.topic);
+        assert_eq!(h["kasm-dlq-source-partition"], "0");
+        assert_eq!(h["kasm-dlq-source-offset"], offset.to_string());
+        assert_eq!(h["kasm-dlq-handler"], "fx");
+        assert_eq!(h["kasm-dlq-group"], s.group);
+        assert_eq!(h["kasm-dlq-component"].len(), 64);
+        assert_eq!(h["trace"], format!("t{offset}"), "original headers kept");
+        assert_eq!(
+            d.key.as_deref(),
+            Some(format!("key-{offset}").as_bytes()),
+            "original key kept"
+        );
+        assert_eq!(d.payload, cases[*offset].0, "original payload kept");
+    }
+    assert!(
+        dlq[3].headers["kasm-dlq-error-message"].contains("boom-42"),
+        "panic message kept"
+    );
+    // Retries followed the policy: attempts 2 and 3 waited 100 ms and 200 ms.
+    let r = &dlq[6].headers;
+    let spread: i64 = r["kasm-dlq-last-failure"].parse::<i64>().unwrap()
+        - r["kasm-dlq-first-failure"].parse::<i64>().unwrap();
+    assert!(
+        spread >= 300,
+        "retries were spaced by the backoff: {spread} ms"
+    );
+    assert!(spread < 3000, "and not much more: {spread} ms");
+
+    // The records around the poison were processed, in order.
+    let outputs = read_topic(&s.broker.bootstrap(), &s.out, 2, Duration::from_secs(30));
+    let ns: Vec<i64> = outputs
+        .iter()
+        .map(|o| o.json()["n"].as_i64().unwrap_or(-1))
+        .collect();
+    assert_eq!(ns, [1, 2]);
+    let stats = host.handlers[0].stats.snapshot();
+    assert_eq!(stats.dead_lettered, 7);
+    assert_eq!(stats.retried, 2);
+    let (end, committed) = wait_committed(&s, Duration::from_secs(10)).await;
+    assert_eq!(committed, end);
+    host.shutdown().await.unwrap();
+}

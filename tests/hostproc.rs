@@ -1,0 +1,201 @@
+//! The `kasm` host as a separate process, as operators run it, and a tiny HTTP client for
+//! its admin endpoints.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A running `kasm run`.
+#[derive(Debug)]
+pub struct HostProcess {
+    child: Child,
+    /// `127.0.0.1:port` of the admin server.
+    pub admin: String,
+    lines: mpsc::Receiver<String>,
+    /// Everything printed so far (stdout and stderr).
+    pub output: Vec<String>,
+}
+
+impl HostProcess {
+    /// Start `kasm run --config <config>` against `bootstrap`; wait for the admin address.
+    pub fn start(config: &Path, bootstrap: &str) -> Self {
+        let mut child = Command::new(crate::kasm_bin())
+            .args(["run", "--config"])
+            .arg(config)
+            .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+            .env(
+                "RUST_LOG",
+                std::env::var("KASM_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kasm run");
+        let (tx, lines) = mpsc::channel();
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut host = HostProcess {
+            child,
+            admin: String::new(),
+            lines,
+            output: Vec::new(),
+        };
+        let line = host.wait_line("admin listening on http://", Duration::from_secs(60));
+        host.admin = line
+            .rsplit("http://")
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        host
+    }
+
+    fn pump(&mut self, wait: Duration) -> bool {
+        match self.lines.recv_timeout(wait) {
+            Ok(l) => {
+                if std::env::var("KASM_TEST_ECHO").is_ok() {
+                    eprintln!("[kasm {}] {l}", self.child.id());
+                }
+                self.output.push(l);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Wait for an output line containing `needle`; panics with the output on timeout.
+    pub fn wait_line(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut seen = 0;
+        loop {
+            if let Some(l) = self.output[seen..].iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            seen = self.output.len();
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "kasm did not print `{needle}` within {timeout:?}; output:\n{}",
+                    self.output.join("\n")
+                );
+            }
+            if !self.pump(Duration::from_millis(100))
+                && let Ok(Some(status)) = self.child.try_wait()
+            {
+                while self.pump(Duration::from_millis(50)) {}
+                panic!(
+                    "kasm exited ({status}) before printing `{needle}`; output:\n{}",
+                    self.output.join("\n")
+                );
+            }
+        }
+    }
+
+    /// Wait until `GET path` answers `status` (bounded).
+    pub fn wait_status(&mut self, path: &str, status: u16, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            while self.pump(Duration::from_millis(0)) {}
+            let (s, body) = http_get(&self.admin, path);
+            if s == status {
+                return body;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{path} stayed {s} (wanted {status}): {body}\noutput:\n{}",
+                    self.output.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Send a signal (`TERM`, `INT`) with the `kill` command.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill -{sig} failed");
+    }
+
+    /// Wait for the process to exit (bounded), collecting its output.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            while self.pump(Duration::from_millis(10)) {}
+            if let Ok(Some(s)) = self.child.try_wait() {
+                while self.pump(Duration::from_millis(50)) {}
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "kasm did not exit within {timeout:?}; output:\n{}",
+                    self.output.join("\n")
+                );
+            }
+        }
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `GET http://{addr}{path}` → (status, body). Minimal HTTP/1.1, enough for the admin API.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return (0, "connection refused".into());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, "write failed".into());
+    }
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
