@@ -7,7 +7,7 @@ CARGO        ?= cargo
 KASM         := target/debug/kasm
 export KASM_CACHE_DIR ?= $(CURDIR)/target/kasm-cache
 
-.PHONY: setup handlers build run test test-host test-handlers lint fmt bench clean
+.PHONY: setup handlers build run test test-host test-e2e test-handlers lint fmt bench clean
 
 ## setup: add the wasm32-wasip2 target that handlers are built for
 setup:
@@ -38,6 +38,10 @@ test: build test-host test-handlers
 
 test-host:
 	$(CARGO) test --workspace
+
+## test-e2e: the broker end-to-end suites only; KASM_TEST_BOOTSTRAP=host:port picks an external broker
+test-e2e: build
+	KASM_TEST_BOOTSTRAP=$(KASM_TEST_BOOTSTRAP) $(CARGO) test -p kasm-tests --test all -- pipeline:: process::
 
 test-handlers:
 	$(CARGO) test --manifest-path handlers/Cargo.toml

@@ -227,25 +227,22 @@ pub fn read_topic(bootstrap: &str, topic: &str, want: usize, timeout: Duration) 
     out
 }
 
-/// End offsets (high watermarks) of every partition of `topic`.
-pub fn end_offsets(bootstrap: &str, topic: &str) -> HashMap<i32, i64> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("client");
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    md.topics()[0]
-        .partitions()
-        .iter()
-        .map(|p| {
-            let (_, high) = c
-                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-                .expect("watermarks");
-            (p.id(), high)
-        })
-        .collect()
+/// End offsets of the partitions of `topic` that hold records, found by reading its
+/// `records` records (one past the last offset of each partition). Read rather than asked:
+/// Tansu answers a ListOffsets "latest" query with the start of the newest batch + 1.
+pub fn end_offsets(bootstrap: &str, topic: &str, records: usize) -> HashMap<i32, i64> {
+    let got = read_topic(bootstrap, topic, records, Duration::from_secs(120));
+    assert_eq!(
+        got.len(),
+        records,
+        "reading {topic} to find its end offsets"
+    );
+    let mut end = HashMap::new();
+    for g in got {
+        let e = end.entry(g.partition).or_insert(0);
+        *e = (*e).max(g.offset + 1);
+    }
+    end
 }
 
 /// Committed offsets of `group` on `topic` (missing partitions: none committed).

@@ -95,12 +95,32 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand::random::<u32>())
 }
 
+/// librdkafka settings for test configs: short sessions, so group joins (Tansu holds a join
+/// for half the session timeout) and the eviction of a killed host take seconds, and short
+/// fetch waits, so an idle consumer sees new records quickly.
+pub const KAFKA_TEST_PROPS: &str =
+    "\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 500\n\"fetch.wait.max.ms\" = 100\n";
+
 /// Write `kasm.toml` in `dir` with `body` (handler tables etc.), the data folder inside `dir`,
-/// an admin server on a free port, and fast commits.
+/// an admin server on a free port, and fast commits. Top-level keys in `body` must come
+/// before its first table; they override the defaults here.
 pub fn write_config(dir: &std::path::Path, body: &str) -> PathBuf {
+    let first_table = body.find("\n[").map_or(0, |i| i + 1);
+    let first_table = if body.starts_with('[') {
+        0
+    } else {
+        first_table
+    };
+    let (top, tables) = body.split_at(first_table);
+    let mut defaults = String::new();
+    if !top.contains("commit_interval") {
+        defaults.push_str("commit_interval = \"200ms\"\n");
+    }
+    if !top.contains("drain_timeout") {
+        defaults.push_str("drain_timeout = \"5s\"\n");
+    }
     let text = format!(
-        "data_dir = \"{data}\"\ncommit_interval = \"200ms\"\ndrain_timeout = \"5s\"\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n\n{body}",
+        "data_dir = \"{data}\"\n{defaults}{top}\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{tables}",
         data = dir.join("data").display()
     );
     let path = dir.join("kasm.toml");

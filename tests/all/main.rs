@@ -1,7 +1,14 @@
 //! All of kasm's end-to-end tests, linked as one binary (one link step on 2 cores).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
 
 mod cli;
+mod faults;
 mod loading;
 mod pipeline;
+mod process;
 mod sandbox;

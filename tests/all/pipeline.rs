@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use kasm_host::config::{Config, KafkaEnv};
 use kasm_tests::broker::{Rec, TestBroker, committed_offsets, end_offsets, produce, read_topic};
-use kasm_tests::{component, unique, write_config};
+use kasm_tests::{KAFKA_TEST_PROPS, component, unique, write_config};
 
 /// An expected dead letter: error kind and attempts.
 type Expected = (&'static str, u32);
@@ -37,8 +37,9 @@ async fn setup(partitions: i32) -> Setup {
 
 fn publisher_config(s: &Setup, extra: &str) -> Config {
     let body = format!(
-        "[handlers.pub]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\ngroup_id = \"{g}\"\n\
+        "[kafka]\n{k}\n[handlers.pub]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\ngroup_id = \"{g}\"\n\
          grants = {{ producer = [\"{o}\"] }}\n{extra}\n",
+        k = KAFKA_TEST_PROPS,
         c = component("fixture-publisher").display(),
         t = s.topic,
         g = s.group,
@@ -78,10 +79,14 @@ fn count_sources(outputs: &[kasm_tests::broker::Got]) -> HashMap<String, usize> 
     m
 }
 
-async fn wait_committed(s: &Setup, timeout: Duration) -> (HashMap<i32, i64>, HashMap<i32, i64>) {
+async fn wait_committed(
+    s: &Setup,
+    records: usize,
+    timeout: Duration,
+) -> (HashMap<i32, i64>, HashMap<i32, i64>) {
     let deadline = Instant::now() + timeout;
+    let end = end_offsets(&s.broker.bootstrap(), &s.topic, records);
     loop {
-        let end = end_offsets(&s.broker.bootstrap(), &s.topic);
         let committed = committed_offsets(&s.broker.bootstrap(), &s.group, &s.topic);
         let done = end
             .iter()
@@ -122,7 +127,7 @@ async fn ten_thousand_events_each_handled_exactly_once_and_committed() {
     );
     assert_eq!(outputs.len(), n);
 
-    let (end, committed) = wait_committed(&s, Duration::from_secs(30)).await;
+    let (end, committed) = wait_committed(&s, n, Duration::from_secs(30)).await;
     assert_eq!(committed, end, "committed offsets equal the end offsets");
     let stats = host.handlers[0].stats.snapshot();
     assert_eq!(stats.processed, n as u64);
@@ -172,10 +177,11 @@ async fn the_same_event_id_at_two_offsets_is_handled_once() {
 async fn poison_records_are_dead_lettered_with_provenance_and_the_partition_moves_on() {
     let s = setup(1).await;
     let body = format!(
-        "[handlers.fx]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\ngroup_id = \"{g}\"\npayload = \"json\"\n\
+        "[kafka]\n{k}\n[handlers.fx]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\ngroup_id = \"{g}\"\npayload = \"json\"\n\
          max_payload_bytes = 4096\ndeadline = \"300ms\"\nmemory_mib = 16\n\
          grants = {{ producer = [\"{o}\"], kv = true }}\n\
          retry = {{ attempts = 3, initial_backoff = \"100ms\", max_backoff = \"1s\", jitter = 0.0 }}\n",
+        k = KAFKA_TEST_PROPS,
         c = component("fixture").display(),
         t = s.topic,
         g = s.group,
@@ -276,7 +282,7 @@ async fn poison_records_are_dead_lettered_with_provenance_and_the_partition_move
     let stats = host.handlers[0].stats.snapshot();
     assert_eq!(stats.dead_lettered, 7);
     assert_eq!(stats.retried, 2);
-    let (end, committed) = wait_committed(&s, Duration::from_secs(10)).await;
+    let (end, committed) = wait_committed(&s, cases.len(), Duration::from_secs(10)).await;
     assert_eq!(committed, end);
     host.shutdown().await.unwrap();
 }

@@ -1,0 +1,263 @@
+//! Broker faults and health, on the embedded cluster (its fault controls): brokers down,
+//! errors injected on produce, offset commit and group join, a dead-letter topic that cannot
+//! be written, a consumer loop that dies.
+
+use std::time::{Duration, Instant};
+
+use kasm_host::config::{Config, KafkaEnv};
+use kasm_tests::broker::{Rec, TestBroker, committed_offsets, end_offsets, produce, read_topic};
+use kasm_tests::hostproc::http_get;
+use kasm_tests::{component, unique, write_config};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+struct Setup {
+    broker: TestBroker,
+    dir: tempfile::TempDir,
+    topic: String,
+    out: String,
+    group: String,
+}
+
+async fn setup(partitions: i32) -> Setup {
+    let broker = TestBroker::embedded();
+    let (topic, out) = (unique("in"), unique("out"));
+    broker.create_topic(&topic, partitions).await;
+    broker.create_topic(&out, partitions).await;
+    broker.create_topic(&format!("{topic}.dlq"), 1).await;
+    Setup {
+        broker,
+        dir: tempfile::tempdir().unwrap(),
+        topic,
+        out,
+        group: unique("group"),
+    }
+}
+
+fn load(s: &Setup, fixture: &str, extra: &str, kafka: &str) -> Config {
+    let body = format!(
+        "[kafka]\n{kafka}\n[handlers.h]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\ngroup_id = \"{g}\"\n\
+         grants = {{ producer = [\"{o}\"], kv = true }}\n{extra}\n",
+        c = component(fixture).display(),
+        t = s.topic,
+        g = s.group,
+        o = s.out,
+    );
+    Config::load(&write_config(s.dir.path(), &body)).unwrap()
+}
+
+fn env(s: &Setup) -> KafkaEnv {
+    KafkaEnv {
+        bootstrap_servers: Some(s.broker.bootstrap()),
+        ..KafkaEnv::default()
+    }
+}
+
+fn events(n: usize, out: &str) -> Vec<Rec> {
+    (0..n)
+        .map(|i| Rec {
+            key: Some(format!("k{i}").into_bytes()),
+            payload: format!("{{\"n\":{i}}}").into_bytes(),
+            headers: vec![
+                ("event-id".into(), format!("ev-{i}").into_bytes()),
+                ("out-topic".into(), out.as_bytes().to_vec()),
+            ],
+            partition: None,
+        })
+        .collect()
+}
+
+fn distinct_sources(got: &[kasm_tests::broker::Got]) -> std::collections::HashSet<String> {
+    got.iter()
+        .map(|o| o.json()["source"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Poll `GET path` until `pred(status, body)` holds (bounded); returns the body.
+async fn wait_http(
+    addr: &str,
+    path: &str,
+    timeout: Duration,
+    pred: impl Fn(u16, &str) -> bool,
+) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (code, body) = http_get(addr, path);
+        if pred(code, &body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} never matched; last: {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brokers_down_and_injected_errors_lose_nothing() {
+    let s = setup(4).await;
+    let n = 3_000;
+    produce(&s.broker.producer(), &s.topic, &events(n, &s.out)).await;
+    let config = load(&s, "fixture-publisher", "", "");
+    let host = kasm_host::app::start(&config, &env(&s)).await.unwrap();
+    let admin = host.admin_addr.to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while host.handlers[0].stats.snapshot().processed < 300 {
+        assert!(Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Every broker down for a few seconds.
+    let c = s.broker.cluster();
+    for id in 1..=3 {
+        c.broker_down(id).unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for id in 1..=3 {
+        c.broker_up(id).unwrap();
+    }
+    // Then errors on produce (retriable: the producer retries them) and on offset commit.
+    c.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 10],
+    )
+    .unwrap();
+    c.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT; 5],
+    )
+    .unwrap();
+
+    let got = read_topic(&s.broker.bootstrap(), &s.out, n, Duration::from_secs(120));
+    let sources = distinct_sources(&got);
+    let missing: Vec<String> = (0..n)
+        .map(|i| format!("ev-{i}"))
+        .filter(|id| !sources.contains(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let end = end_offsets(&s.broker.bootstrap(), &s.topic, n);
+    loop {
+        if committed_offsets(&s.broker.bootstrap(), &s.group, &s.topic) == end {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "offsets never committed to the end"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_http(&admin, "/readyz", Duration::from_secs(30), |c, _| c == 200).await;
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_dead_letter_write_holds_the_partition_and_readiness_until_it_succeeds() {
+    let s = setup(1).await;
+    let recs = vec![
+        Rec {
+            payload: br#"{"action":"fatal","message":"bad"}"#.to_vec(),
+            partition: Some(0),
+            ..Rec::default()
+        },
+        Rec {
+            payload: format!(r#"{{"action":"echo","topic":"{}","n":1}}"#, s.out).into_bytes(),
+            partition: Some(0),
+            ..Rec::default()
+        },
+    ];
+    produce(&s.broker.producer(), &s.topic, &recs).await;
+    // The next produce requests are refused for good: the dead-letter write fails.
+    s.broker
+        .cluster()
+        .request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 4],
+        )
+        .unwrap();
+    let config = load(&s, "fixture", "", "");
+    let host = kasm_host::app::start(&config, &env(&s)).await.unwrap();
+    let admin = host.admin_addr.to_string();
+
+    let body = wait_http(&admin, "/readyz", Duration::from_secs(30), |c, b| {
+        c == 503 && b.contains("dead-letter write failing")
+    })
+    .await;
+    assert!(
+        body.contains(&format!("{}/0", s.topic)),
+        "names the held partition: {body}"
+    );
+    assert_eq!(
+        host.handlers[0].stats.snapshot().processed,
+        0,
+        "the record after it waits"
+    );
+
+    wait_http(&admin, "/readyz", Duration::from_secs(60), |c, _| c == 200).await;
+    let dlq = read_topic(
+        &s.broker.bootstrap(),
+        &format!("{}.dlq", s.topic),
+        1,
+        Duration::from_secs(30),
+    );
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].headers["kasm-dlq-error-kind"], "fatal");
+    let out = read_topic(&s.broker.bootstrap(), &s.out, 1, Duration::from_secs(30));
+    assert_eq!(
+        out.len(),
+        1,
+        "the partition moved on after the dead letter was written"
+    );
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_before_the_first_assignment() {
+    let s = setup(2).await;
+    // The group coordinator answers "not available" for a while: no assignment yet.
+    s.broker
+        .cluster()
+        .request_errors(
+            RDKafkaApiKey::FindCoordinator,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE; 15],
+        )
+        .unwrap();
+    let config = load(&s, "fixture-publisher", "", "");
+    let host = kasm_host::app::start(&config, &env(&s)).await.unwrap();
+    let admin = host.admin_addr.to_string();
+    let (code, body) = http_get(&admin, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("waiting for the first partition assignment"),
+        "{body}"
+    );
+    let (code, _) = http_get(&admin, "/healthz");
+    assert_eq!(code, 200, "live while waiting");
+    wait_http(&admin, "/readyz", Duration::from_secs(60), |c, _| c == 200).await;
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_fails_when_a_consumer_loop_dies() {
+    let s = setup(1).await;
+    // Settings the producer accepts but the consumer refuses (fetch.max.bytes must be at least
+    // message.max.bytes): the consumer loop cannot start and exits.
+    let config = load(
+        &s,
+        "fixture-publisher",
+        "",
+        "\"fetch.max.bytes\" = 1000\n\"message.max.bytes\" = 100000",
+    );
+    let host = kasm_host::app::start(&config, &env(&s)).await.unwrap();
+    let admin = host.admin_addr.to_string();
+    let body = wait_http(&admin, "/healthz", Duration::from_secs(30), |c, _| c == 503).await;
+    assert!(body.contains("consumer loop failed"), "{body}");
+    let (code, _) = http_get(&admin, "/readyz");
+    assert_eq!(code, 503);
+    host.shutdown().await.unwrap();
+}

@@ -1,0 +1,293 @@
+//! The host as operators run it: a separate `kasm run` process, killed, stopped, joined by a
+//! second one, or started with a bad configuration.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use kasm_tests::broker::{
+    Got, Rec, TestBroker, committed_offsets, end_offsets, produce, read_topic,
+};
+use kasm_tests::hostproc::HostProcess;
+use kasm_tests::{KAFKA_TEST_PROPS, component, unique, write_config};
+
+struct Setup {
+    broker: TestBroker,
+    dir: tempfile::TempDir,
+    topic: String,
+    out: String,
+    group: String,
+}
+
+async fn setup() -> Setup {
+    let broker = TestBroker::from_env();
+    let (topic, out) = (unique("in"), unique("out"));
+    broker.create_topic(&topic, 4).await;
+    broker.create_topic(&out, 4).await;
+    broker.create_topic(&format!("{topic}.dlq"), 1).await;
+    Setup {
+        broker,
+        dir: tempfile::tempdir().unwrap(),
+        topic,
+        out,
+        group: unique("group"),
+    }
+}
+
+/// A config for the publisher fixture; `data` names the host's data folder.
+fn config(s: &Setup, data: &str, extra_top: &str) -> std::path::PathBuf {
+    let dir = s.dir.path().join(data);
+    std::fs::create_dir_all(&dir).unwrap();
+    let body = format!(
+        "{extra_top}\n[kafka]\n{k}\n\
+         [handlers.pub]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\ngroup_id = \"{g}\"\n\
+         grants = {{ producer = [\"{o}\"] }}\n",
+        k = KAFKA_TEST_PROPS,
+        c = component("fixture-publisher").display(),
+        t = s.topic,
+        g = s.group,
+        o = s.out,
+    );
+    write_config(&dir, &body)
+}
+
+fn events(n: usize, out: &str) -> Vec<Rec> {
+    (0..n)
+        .map(|i| Rec {
+            key: Some(format!("k{}", i % 101).into_bytes()),
+            payload: format!("{{\"n\":{i}}}").into_bytes(),
+            headers: vec![
+                ("event-id".into(), format!("ev-{i}").into_bytes()),
+                ("out-topic".into(), out.as_bytes().to_vec()),
+            ],
+            partition: None,
+        })
+        .collect()
+}
+
+fn counts(outputs: &[Got]) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for o in outputs {
+        *m.entry(o.json()["source"].as_str().unwrap_or_default().to_owned())
+            .or_insert(0) += 1;
+    }
+    m
+}
+
+/// Every event id present; returns the number of repeated executions.
+fn check_all_handled(outputs: &[Got], n: usize) -> usize {
+    let c = counts(outputs);
+    let missing: Vec<String> = (0..n)
+        .map(|i| format!("ev-{i}"))
+        .filter(|id| !c.contains_key(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} events lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    c.values().map(|v| v - 1).sum()
+}
+
+/// Wait until the output topic holds `n` distinct sources (bounded).
+fn wait_outputs(s: &Setup, n: usize, timeout: Duration) -> Vec<Got> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = read_topic(
+            &s.broker.bootstrap(),
+            &s.out,
+            usize::MAX,
+            Duration::from_secs(3),
+        );
+        if counts(&got).len() >= n || Instant::now() > deadline {
+            return got;
+        }
+    }
+}
+
+fn outputs_so_far(s: &Setup) -> usize {
+    read_topic(
+        &s.broker.bootstrap(),
+        &s.out,
+        usize::MAX,
+        Duration::from_millis(800),
+    )
+    .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_loses_nothing_and_repeats_only_in_flight_records() {
+    let s = setup().await;
+    let n = 20_000;
+    // Commit rarely: many records are recorded in the ledger but not committed at each kill,
+    // so only the ledger keeps them from running again.
+    let cfg = config(&s, "host", "commit_interval = \"3s\"");
+    produce(&s.broker.producer(), &s.topic, &events(n, &s.out)).await;
+    let kills = 5;
+    for k in 0..kills {
+        let host = HostProcess::start(&cfg, &s.broker.bootstrap());
+        // Let it make progress, then kill it at a random moment.
+        let before = outputs_so_far(&s);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while outputs_so_far(&s) <= before && Instant::now() < deadline {}
+        std::thread::sleep(Duration::from_millis(200 + rand::random::<u64>() % 1500));
+        host.kill();
+        eprintln!("kill {}: {} outputs so far", k + 1, outputs_so_far(&s));
+    }
+    let mut host = HostProcess::start(&cfg, &s.broker.bootstrap());
+    let outputs = wait_outputs(&s, n, Duration::from_secs(240));
+    let repeats = check_all_handled(&outputs, n);
+    // At most the records in hand at each kill: one per partition worker.
+    let bound = kills * 4;
+    eprintln!("crash test: {kills} kills, {repeats} repeated executions (bound {bound})");
+    assert!(
+        repeats <= bound,
+        "{repeats} repeated executions, more than {bound} in flight at the kills"
+    );
+    host.signal("TERM");
+    assert!(host.wait_exit(Duration::from_secs(30)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_drains_commits_and_restarts_without_repeats() {
+    let s = setup().await;
+    let n = 4_000;
+    let cfg = config(&s, "host", "");
+    produce(&s.broker.producer(), &s.topic, &events(n, &s.out)).await;
+    let mut host = HostProcess::start(&cfg, &s.broker.bootstrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while outputs_so_far(&s) < 300 && Instant::now() < deadline {}
+    let start = Instant::now();
+    host.signal("TERM");
+    // Not ready while draining (the admin server stays up until the end).
+    let (code, body) = kasm_tests::hostproc::http_get(&host.admin, "/readyz");
+    assert!(
+        code == 503 || code == 0,
+        "readyz during shutdown: {code} {body}"
+    );
+    let status = host.wait_exit(Duration::from_secs(20));
+    assert!(
+        status.success(),
+        "exit status {status}; output:\n{}",
+        host.output.join("\n")
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5 + 5),
+        "within the drain timeout: {:?}",
+        start.elapsed()
+    );
+    drop(host);
+
+    let mut again = HostProcess::start(&cfg, &s.broker.bootstrap());
+    let outputs = wait_outputs(&s, n, Duration::from_secs(120));
+    let repeats = check_all_handled(&outputs, n);
+    assert_eq!(repeats, 0, "a graceful stop leaves nothing to repeat");
+    again.signal("TERM");
+    assert!(again.wait_exit(Duration::from_secs(30)).success());
+    let end = end_offsets(&s.broker.bootstrap(), &s.topic, n);
+    assert_eq!(
+        committed_offsets(&s.broker.bootstrap(), &s.group, &s.topic),
+        end
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_host_joining_splits_partitions_without_loss() {
+    let s = setup().await;
+    let n = 8_000;
+    let a_cfg = config(&s, "a", "");
+    let b_cfg = config(&s, "b", "");
+    produce(&s.broker.producer(), &s.topic, &events(n, &s.out)).await;
+    let mut a = HostProcess::start(&a_cfg, &s.broker.bootstrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while outputs_so_far(&s) < 500 && Instant::now() < deadline {}
+    let mut b = HostProcess::start(&b_cfg, &s.broker.bootstrap());
+    // Both end up with partitions.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let assigned = |h: &HostProcess| -> u64 {
+        let (_, body) = kasm_tests::hostproc::http_get(&h.admin, "/readyz");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["handlers"]["pub"]["assigned_partitions"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let (mut pa, mut pb) = (0, 0);
+    while Instant::now() < deadline {
+        (pa, pb) = (assigned(&a), assigned(&b));
+        if pa > 0 && pb > 0 && pa + pb == 4 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        pa > 0 && pb > 0 && pa + pb == 4,
+        "partitions split between the hosts: {pa} + {pb}"
+    );
+    let outputs = wait_outputs(&s, n, Duration::from_secs(180));
+    let repeats = check_all_handled(&outputs, n);
+    assert!(
+        repeats <= 4,
+        "{repeats} repeats: only records in flight at the revoke may repeat"
+    );
+    a.signal("TERM");
+    b.signal("TERM");
+    assert!(a.wait_exit(Duration::from_secs(30)).success());
+    assert!(b.wait_exit(Duration::from_secs(30)).success());
+}
+
+fn run_with(config_text: &str, dir: &std::path::Path) -> (i32, String) {
+    std::fs::write(dir.join("a.wasm"), component_bytes()).unwrap();
+    let path = dir.join("kasm.toml");
+    std::fs::write(&path, config_text).unwrap();
+    let out = std::process::Command::new(kasm_tests::kasm_bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn component_bytes() -> Vec<u8> {
+    std::fs::read(component("fixture-publisher")).unwrap()
+}
+
+#[test]
+fn bad_configs_exit_non_zero_naming_key_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = run_with(
+        "[handlers.a]\ncomponent = \"a.wasm\"\ntopics = [\"t\"]\nretires = 3\n",
+        dir.path(),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("kasm.toml")
+            && err.contains("handlers.a.retires")
+            && err.contains("unknown field"),
+        "{err}"
+    );
+
+    let (code, err) = run_with(
+        "[handlers.a]\ncomponent = \"a.wasm\"\ntopics = [\"t\"]\ngroup_id = \"g\"\n\
+         [handlers.b]\ncomponent = \"a.wasm\"\ntopics = [\"u\"]\ngroup_id = \"g\"\n",
+        dir.path(),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("kasm.toml: handlers.b.group_id") && err.contains("group ids must be unique"),
+        "{err}"
+    );
+
+    let (code, err) = run_with(
+        "[handlers.a]\ncomponent = \"nope.wasm\"\ntopics = [\"t\"]\n",
+        dir.path(),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("kasm.toml: handlers.a.component") && err.contains("nope.wasm does not exist"),
+        "{err}"
+    );
+}
