@@ -7,7 +7,7 @@ CARGO        ?= cargo
 KASM         := target/debug/kasm
 export KASM_CACHE_DIR ?= $(CURDIR)/target/kasm-cache
 
-.PHONY: setup handlers build run test test-host test-e2e test-handlers lint fmt bench clean
+.PHONY: setup handlers build run demo test test-host test-e2e test-handlers lint fmt bench clean
 
 ## setup: add the wasm32-wasip2 target that handlers are built for
 setup:
@@ -24,8 +24,12 @@ handlers: setup
 build: handlers
 	$(CARGO) build -p kasm-host --bins
 
-## run: run every handler on its demo event (kasm invoke: no Kafka needed)
+## run: the task app on an embedded Kafka cluster, demo events and a live view (Ctrl-C stops)
 run: build
+	$(KASM) dev
+
+## demo: each handler's inner loop on its demo event (kasm invoke: no Kafka at all)
+demo: build
 	@set -e; for pair in notification:reminders recurring:task-events audit:task-events live-updates:task-updates; do \
 	  h=$${pair%%:*}; t=$${pair#*:}; \
 	  echo "== $$h (record from topic $$t)"; \

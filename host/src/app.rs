@@ -164,7 +164,15 @@ pub async fn run(config: Config, env: KafkaEnv) -> anyhow::Result<()> {
             std::process::exit(130);
         }
     });
+    let handlers = host.handlers.clone();
     host.shutdown().await?;
+    for h in &handlers {
+        let st = h.stats.snapshot();
+        println!(
+            "kasm: handler {}: processed {} skipped {} retried {} dead-lettered {}",
+            h.name, st.processed, st.skipped, st.retried, st.dead_lettered
+        );
+    }
     println!("kasm: stopped cleanly");
     Ok(())
 }

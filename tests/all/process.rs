@@ -119,11 +119,13 @@ fn outputs_so_far(s: &Setup) -> usize {
 async fn sigkill_at_random_moments_loses_nothing_and_repeats_only_in_flight_records() {
     let s = setup().await;
     let n = 20_000;
-    // Commit rarely: many records are recorded in the ledger but not committed at each kill,
-    // so only the ledger keeps them from running again.
-    let cfg = config(&s, "host", "commit_interval = \"3s\"");
+    // Never commit periodically: at every kill, everything done so far is recorded in the
+    // ledger but not committed, so each restart is redelivered all of it and only the ledger
+    // keeps it from running again.
+    let cfg = config(&s, "host", "commit_interval = \"1h\"");
     produce(&s.broker.producer(), &s.topic, &events(n, &s.out)).await;
     let kills = 5;
+    let mut done_at_last_kill = 0;
     for k in 0..kills {
         let host = HostProcess::start(&cfg, &s.broker.bootstrap());
         // Let it make progress, then kill it at a random moment.
@@ -132,7 +134,8 @@ async fn sigkill_at_random_moments_loses_nothing_and_repeats_only_in_flight_reco
         while outputs_so_far(&s) <= before && Instant::now() < deadline {}
         std::thread::sleep(Duration::from_millis(200 + rand::random::<u64>() % 1500));
         host.kill();
-        eprintln!("kill {}: {} outputs so far", k + 1, outputs_so_far(&s));
+        done_at_last_kill = outputs_so_far(&s);
+        eprintln!("kill {}: {done_at_last_kill} outputs so far", k + 1);
     }
     let mut host = HostProcess::start(&cfg, &s.broker.bootstrap());
     let outputs = wait_outputs(&s, n, Duration::from_secs(240));
@@ -146,6 +149,51 @@ async fn sigkill_at_random_moments_loses_nothing_and_repeats_only_in_flight_reco
     );
     host.signal("TERM");
     assert!(host.wait_exit(Duration::from_secs(30)).success());
+    // The last host was redelivered everything: what the ledger had recorded it skipped
+    // instead of running again.
+    let line = host.wait_line("kasm: handler pub:", Duration::from_secs(5));
+    let skipped: usize = line
+        .split("skipped ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    eprintln!("crash test: the last host skipped {skipped} already-recorded events");
+    assert!(
+        skipped + bound >= done_at_last_kill,
+        "only {skipped} skipped of the {done_at_last_kill} done before the last kill"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_while_shutting_down() {
+    let s = setup().await;
+    let dir = s.dir.path().join("slow");
+    std::fs::create_dir_all(&dir).unwrap();
+    let body = format!(
+        "[kafka]\n{k}\n[handlers.slow]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\ngroup_id = \"{g}\"\n\
+         deadline = \"3s\"\ngrants = {{ producer = [\"{o}\"], kv = true }}\n",
+        k = KAFKA_TEST_PROPS,
+        c = component("fixture").display(),
+        t = s.topic,
+        g = s.group,
+        o = s.out,
+    );
+    let cfg = write_config(&dir, &body);
+    let slow = Rec {
+        payload: br#"{"action":"loop"}"#.to_vec(),
+        ..Rec::default()
+    };
+    produce(&s.broker.producer(), &s.topic, &[slow]).await;
+    let mut host = HostProcess::start(&cfg, &s.broker.bootstrap());
+    host.wait_status("/readyz", 200, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(500)); // the slow record is in hand
+    host.signal("TERM");
+    host.wait_line("kasm: shutting down", Duration::from_secs(5));
+    let (code, body) = kasm_tests::hostproc::http_get(&host.admin, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("\"shutting_down\":true"), "{body}");
+    assert!(host.wait_exit(Duration::from_secs(15)).success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,6 +96,8 @@ async fn process(
         record.headers.clone(),
         record.timestamp_ms,
     );
+    // The version active when the record starts handles it to the end, retries included: a
+    // swap affects the next record, never one in flight.
     let component = ctx.component.load_full();
     let sha = component.info().sha256.clone();
 
@@ -129,7 +131,6 @@ async fn process(
     let mut attempt = 1u32;
     loop {
         event.attempt = attempt;
-        let component = ctx.component.load_full();
         let (kind, message) = match component.invoke(&event).await {
             Err(e) => (
                 FailureKind::Retryable,
@@ -168,7 +169,7 @@ async fn process(
                 first_failure_ms: first,
                 last_failure_ms: now,
             };
-            return dead_letter(ctx, &record, &event.id, &component.info().sha256, f, stop).await;
+            return dead_letter(ctx, &record, &event.id, &sha, f, stop).await;
         }
         if attempt >= policy.attempts {
             let f = Failure {
@@ -178,7 +179,7 @@ async fn process(
                 first_failure_ms: first,
                 last_failure_ms: now,
             };
-            return dead_letter(ctx, &record, &event.id, &component.info().sha256, f, stop).await;
+            return dead_letter(ctx, &record, &event.id, &sha, f, stop).await;
         }
         attempt += 1;
         ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
