@@ -40,3 +40,9 @@ for pair in "${components[@]}"; do
     mv "$dist/$name.tmp" "$dist/$name"
     printf '%8d  %s\n' "$(wc -c <"$dist/$name")" "dist/$name"
 done
+
+# The second version of the publisher fixture, for the hot-swap tests.
+cargo build --release --target "$target" --manifest-path "$here/Cargo.toml" -p fixture-publisher --features v2
+cp "$out/fixture_publisher.wasm" "$dist/fixture-publisher-v2.wasm.tmp"
+mv "$dist/fixture-publisher-v2.wasm.tmp" "$dist/fixture-publisher-v2.wasm"
+printf '%8d  %s\n' "$(wc -c <"$dist/fixture-publisher-v2.wasm")" "dist/fixture-publisher-v2.wasm"

@@ -1,24 +1,96 @@
-//! The admin HTTP server (axum): health today; the handler API comes with hot swap.
+//! The admin HTTP server (axum): health, the handler API, hot swap, pause.
 //!
-//! `GET /healthz` answers 200 when the process and every consumer loop are alive, else 503;
-//! `GET /readyz` answers 200 when every handler is ready (see [`crate::health`]), else 503.
-//! Both bodies are JSON and say, per handler, what is wrong. Health needs no token.
+//! - `GET /healthz`, `GET /readyz`: open (probes), JSON per handler (see [`crate::health`]).
+//! - `/v1/...`: JSON in and out, errors as `{"error": "..."}` with the status mapped in one
+//!   place ([`ApiError`]). Authentication: `Authorization: Bearer <token>` with the token from
+//!   `KASM_ADMIN_TOKEN`, compared in constant time and never logged. Without a configured
+//!   token, the read routes are open (the server listens on loopback by default) and the
+//!   mutating routes answer 403 saying how to enable them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use anyhow::Context as _;
-use axum::Json;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Serialize;
+use subtle::ConstantTimeEq as _;
 use tokio_util::sync::CancellationToken;
 
+use crate::capabilities::Capability;
+use crate::deploy::{DeployError, Deployer};
 use crate::health::Health;
+use crate::pipeline::{HandlerCtx, PartitionView, StatsSnapshot, SwapRecord};
 
-async fn healthz(State(h): State<Arc<Health>>) -> impl IntoResponse {
-    let (ok, report) = h.report(false);
+/// Shared state of the admin routes.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// Health registry.
+    pub health: Arc<Health>,
+    /// The handlers.
+    pub handlers: Vec<Arc<HandlerCtx>>,
+    /// Hot swap.
+    pub deployer: Arc<Deployer>,
+    /// The admin token (`KASM_ADMIN_TOKEN`), if configured.
+    pub token: Option<Arc<str>>,
+    /// Largest component upload accepted.
+    pub max_component_bytes: usize,
+}
+
+/// An error answer: status and message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> Self {
+        let status = match &e {
+            DeployError::UnknownHandler(_) => StatusCode::NOT_FOUND,
+            DeployError::Refused(crate::runtime::LoadError::TooLarge { .. }) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            DeployError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            DeployError::NoPrevious(_) => StatusCode::CONFLICT,
+            DeployError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e, "admin request failed");
+        }
+        ApiError::new(status, e.to_string())
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
+    let (ok, report) = s.health.report(false);
     (
         if ok {
             StatusCode::OK
@@ -29,8 +101,8 @@ async fn healthz(State(h): State<Arc<Health>>) -> impl IntoResponse {
     )
 }
 
-async fn readyz(State(h): State<Arc<Health>>) -> impl IntoResponse {
-    let (ok, report) = h.report(true);
+async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
+    let (ok, report) = s.health.report(true);
     (
         if ok {
             StatusCode::OK
@@ -41,18 +113,169 @@ async fn readyz(State(h): State<Arc<Health>>) -> impl IntoResponse {
     )
 }
 
-/// The router.
-pub fn router(health: Arc<Health>) -> axum::Router {
-    axum::Router::new()
+/// Bearer-token check for `/v1`.
+async fn auth(State(s): State<AdminState>, req: Request, next: Next) -> Response {
+    let mutating = req.method() != Method::GET && req.method() != Method::HEAD;
+    let Some(token) = &s.token else {
+        if mutating {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "mutating admin routes are disabled: no admin token is configured (set KASM_ADMIN_TOKEN)",
+            )
+            .into_response();
+        }
+        return next.run(req).await;
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        next.run(req).await
+    } else {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "a valid `Authorization: Bearer <token>` header is required",
+        )
+        .into_response()
+    }
+}
+
+/// One handler, as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct HandlerView {
+    /// Name.
+    pub name: String,
+    /// Consumer group.
+    pub group_id: String,
+    /// Source topics.
+    pub topics: Vec<String>,
+    /// `running` or `paused`.
+    pub status: &'static str,
+    /// The active version.
+    pub active_version: VersionView,
+    /// Version changes, oldest first.
+    pub history: Vec<SwapRecord>,
+    /// Assigned partitions: committed offset, lag, in flight.
+    pub partitions: std::collections::BTreeMap<String, PartitionView>,
+    /// Counters by outcome.
+    pub counters: StatsSnapshot,
+}
+
+/// A component version.
+#[derive(Debug, Serialize)]
+pub struct VersionView {
+    /// sha256.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Capabilities it uses.
+    pub capabilities: Vec<Capability>,
+}
+
+fn view(h: &HandlerCtx) -> HandlerView {
+    let c = h.component.load();
+    HandlerView {
+        name: h.name.clone(),
+        group_id: h.group_id.clone(),
+        topics: h.config.topics.clone(),
+        status: if h.paused.load(Ordering::SeqCst) {
+            "paused"
+        } else {
+            "running"
+        },
+        active_version: VersionView {
+            sha256: c.info().sha256.clone(),
+            size: c.info().size,
+            capabilities: c.info().capabilities.clone(),
+        },
+        history: h.history.lock().map(|v| v.clone()).unwrap_or_default(),
+        partitions: h.partitions.lock().map(|v| v.clone()).unwrap_or_default(),
+        counters: h.stats.snapshot(),
+    }
+}
+
+fn find<'a>(s: &'a AdminState, name: &str) -> Result<&'a Arc<HandlerCtx>, ApiError> {
+    s.handlers
+        .iter()
+        .find(|h| h.name == name)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no handler named `{name}`")))
+}
+
+async fn list_handlers(State(s): State<AdminState>) -> ApiResult<Vec<HandlerView>> {
+    Ok(Json(s.handlers.iter().map(|h| view(h)).collect()))
+}
+
+async fn get_handler(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+) -> ApiResult<HandlerView> {
+    Ok(Json(view(find(&s, &name)?)))
+}
+
+async fn put_component(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<crate::deploy::SwapReport> {
+    find(&s, &name)?;
+    if body.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "empty body: send the component's .wasm bytes",
+        ));
+    }
+    Ok(Json(s.deployer.deploy(&name, body.to_vec()).await?))
+}
+
+async fn rollback(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+) -> ApiResult<crate::deploy::SwapReport> {
+    Ok(Json(s.deployer.rollback(&name).await?))
+}
+
+async fn set_paused(s: &AdminState, name: &str, paused: bool) -> ApiResult<HandlerView> {
+    let h = find(s, name)?;
+    h.paused.store(paused, Ordering::SeqCst);
+    Ok(Json(view(h)))
+}
+
+async fn pause(State(s): State<AdminState>, Path(name): Path<String>) -> ApiResult<HandlerView> {
+    set_paused(&s, &name, true).await
+}
+
+async fn resume(State(s): State<AdminState>, Path(name): Path<String>) -> ApiResult<HandlerView> {
+    set_paused(&s, &name, false).await
+}
+
+/// The router: every route the admin server serves.
+pub fn router(state: AdminState) -> Router {
+    let limit = state.max_component_bytes;
+    let v1 = Router::new()
+        .route("/handlers", get(list_handlers))
+        .route("/handlers/{name}", get(get_handler))
+        .route(
+            "/handlers/{name}/component",
+            put(put_component).layer(DefaultBodyLimit::max(limit)),
+        )
+        .route("/handlers/{name}/rollback", post(rollback))
+        .route("/handlers/{name}/pause", post(pause))
+        .route("/handlers/{name}/resume", post(resume))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(health)
+        .nest("/v1", v1)
+        .with_state(state)
 }
 
 /// Bind `addr` and serve until `stop` is cancelled. Returns the bound address and the task.
 pub async fn serve(
     addr: SocketAddr,
-    health: Arc<Health>,
+    state: AdminState,
     stop: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -61,7 +284,7 @@ pub async fn serve(
     let bound = listener
         .local_addr()
         .context("reading the admin server address")?;
-    let app = router(health);
+    let app = router(state);
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })

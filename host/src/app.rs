@@ -13,12 +13,13 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, KafkaEnv};
+use crate::config::{Config, KafkaEnv, Secret};
+use crate::deploy::Deployer;
 use crate::health::Health;
 use crate::kafka::producer::KafkaProducer;
 use crate::ledger::{FileLedger, Ledger};
 use crate::pipeline::{HandlerCtx, Pipeline};
-use crate::runtime::{HandlerSpec, Runtime, RuntimeConfig};
+use crate::runtime::{Runtime, RuntimeConfig};
 
 /// A started host: what [`start`] returns and [`Host::shutdown`] stops.
 #[derive(Debug)]
@@ -29,6 +30,8 @@ pub struct Host {
     pub admin_addr: std::net::SocketAddr,
     /// The handlers (stats, active component).
     pub handlers: Vec<Arc<HandlerCtx>>,
+    /// Hot swap.
+    pub deployer: Arc<Deployer>,
     pipeline: Pipeline,
     producer: KafkaProducer,
     admin_stop: CancellationToken,
@@ -36,8 +39,20 @@ pub struct Host {
     sweeper: tokio::task::JoinHandle<()>,
 }
 
-/// Load everything and start consuming.
+/// Load everything and start consuming; the admin token comes from `KASM_ADMIN_TOKEN`.
 pub async fn start(config: &Config, env: &KafkaEnv) -> anyhow::Result<Host> {
+    let token = std::env::var("KASM_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty());
+    start_with(config, env, token.map(Secret::new)).await
+}
+
+/// Load everything and start consuming, with the admin token given.
+pub async fn start_with(
+    config: &Config,
+    env: &KafkaEnv,
+    admin_token: Option<Secret>,
+) -> anyhow::Result<Host> {
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(config.data_dir.join("artifacts")),
         ..RuntimeConfig::default()
@@ -53,15 +68,17 @@ pub async fn start(config: &Config, env: &KafkaEnv) -> anyhow::Result<Host> {
 
     let mut handlers = Vec::new();
     for (name, hc) in &config.handlers {
-        let mut spec = HandlerSpec::new(name.clone());
-        spec.grants = hc.grants.to_grants();
-        spec.deadline = hc.deadline;
-        spec.memory_bytes = hc.memory_mib.saturating_mul(1 << 20);
-        let (rt2, path) = (runtime.clone(), hc.component.clone());
-        let loaded = tokio::task::spawn_blocking(move || rt2.load_file(&path, spec))
-            .await
-            .context("component loading task failed")?
-            .with_context(|| format!("handler `{name}`: component {}", hc.component.display()))?;
+        let (rt2, dir, n2, hc2) = (
+            runtime.clone(),
+            config.data_dir.clone(),
+            name.clone(),
+            hc.clone(),
+        );
+        let loaded = tokio::task::spawn_blocking(move || {
+            crate::deploy::startup_component(&rt2, &dir, &n2, &hc2)
+        })
+        .await
+        .context("component loading task failed")??;
         tracing::info!(handler = %name, sha256 = %loaded.info().sha256, "component loaded");
         handlers.push(Arc::new(HandlerCtx {
             name: name.clone(),
@@ -74,12 +91,39 @@ pub async fn start(config: &Config, env: &KafkaEnv) -> anyhow::Result<Host> {
             stats: Default::default(),
             drain_timeout: config.drain_timeout,
             commit_interval: config.commit_interval,
+            paused: Default::default(),
+            history: Default::default(),
+            partitions: Default::default(),
         }));
     }
 
+    for h in &handlers {
+        h.push_history(None, h.component.load().info().sha256.clone(), "startup");
+    }
+    let deployer = Arc::new(Deployer::new(
+        runtime.clone(),
+        &config.data_dir,
+        handlers
+            .iter()
+            .map(|h| (h.clone(), h.config.clone()))
+            .collect(),
+    ));
+    deployer.store_startup_versions()?;
+    let token = admin_token.map(|t| t.expose().to_owned());
+    if token.is_none() {
+        tracing::warn!("KASM_ADMIN_TOKEN is not set: the admin API is read-only");
+    }
+    let state = crate::admin::AdminState {
+        health: health.clone(),
+        handlers: handlers.clone(),
+        deployer: deployer.clone(),
+        token: token.map(Arc::from),
+        max_component_bytes: usize::try_from(runtime.config().max_component_bytes)
+            .unwrap_or(usize::MAX),
+    };
     let admin_stop = CancellationToken::new();
     let (admin_addr, admin_task) =
-        crate::admin::serve(config.admin.listen, health.clone(), admin_stop.clone()).await?;
+        crate::admin::serve(config.admin.listen, state, admin_stop.clone()).await?;
 
     let pipeline = Pipeline::start(
         handlers.clone(),
@@ -92,6 +136,7 @@ pub async fn start(config: &Config, env: &KafkaEnv) -> anyhow::Result<Host> {
         health,
         admin_addr,
         handlers,
+        deployer,
         pipeline,
         producer,
         admin_stop,

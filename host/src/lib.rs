@@ -14,6 +14,7 @@ pub mod app;
 pub mod capabilities;
 pub mod cli;
 pub mod config;
+pub mod deploy;
 pub mod dev;
 pub mod event;
 pub mod health;

@@ -6,6 +6,7 @@
     clippy::print_stderr
 )]
 
+mod admin;
 mod cli;
 mod faults;
 mod loading;

@@ -35,6 +35,10 @@ pub fn consumer_config(
     if c.get("auto.offset.reset").is_none() {
         c.set("auto.offset.reset", "earliest");
     }
+    // Statistics carry each partition's high watermark (for lag), from fetch responses.
+    if c.get("statistics.interval.ms").is_none() {
+        c.set("statistics.interval.ms", "2000");
+    }
     c.set("group.id", group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")

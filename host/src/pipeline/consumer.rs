@@ -58,9 +58,26 @@ pub(crate) struct LoopContext {
     done_tx: std::sync::mpsc::Sender<Completion>,
     done_rx: Mutex<std::sync::mpsc::Receiver<Completion>>,
     broker_down: AtomicBool,
+    /// Whether the loop has applied an admin pause (mirrors `HandlerCtx::paused`).
+    handler_paused: AtomicBool,
+    /// High watermarks from librdkafka's statistics (taken from fetch responses).
+    high_watermarks: Mutex<HashMap<Tp, i64>>,
 }
 
 impl ClientContext for LoopContext {
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let Ok(mut hw) = self.high_watermarks.lock() else {
+            return;
+        };
+        for (topic, t) in stats.topics {
+            for (p, part) in t.partitions {
+                if p >= 0 && part.hi_offset >= 0 {
+                    hw.insert((topic.clone(), p), part.hi_offset);
+                }
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         let all_down = matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown));
         tracing::warn!(handler = %self.ctx.name, %error, reason, "kafka client error");
@@ -96,6 +113,9 @@ impl ConsumerContext for LoopContext {
                     .collect();
                 tracing::info!(handler = %self.ctx.name, partitions = ?tps, "partitions assigned");
                 self.assign(&tps);
+                if self.handler_paused.load(Ordering::SeqCst) {
+                    self.pause_all(consumer);
+                }
                 let n = consumer
                     .assignment()
                     .map(|a| a.count())
@@ -264,6 +284,67 @@ impl LoopContext {
         }
     }
 
+    /// Apply an admin pause or resume.
+    fn apply_pause(&self, consumer: &BaseConsumer<Self>, paused: bool) {
+        self.handler_paused.store(paused, Ordering::SeqCst);
+        if paused {
+            self.pause_all(consumer);
+            tracing::info!(handler = %self.ctx.name, "paused: fetching stopped, offsets stay put");
+        } else {
+            // feed_held resumes every partition whose held records fit again.
+            self.feed_held(consumer);
+            tracing::info!(handler = %self.ctx.name, "resumed");
+        }
+    }
+
+    fn pause_all(&self, consumer: &BaseConsumer<Self>) {
+        let mut parts = self.lock();
+        let mut tpl = TopicPartitionList::new();
+        for (tp, st) in parts.iter_mut() {
+            if !st.paused {
+                tpl.add_partition(&tp.0, tp.1);
+                st.paused = true;
+            }
+        }
+        if tpl.count() > 0
+            && let Err(e) = consumer.pause(&tpl)
+        {
+            tracing::warn!(handler = %self.ctx.name, error = %e, "pausing partitions failed");
+        }
+    }
+
+    /// Publish the partition table for the admin API.
+    fn publish_views(&self) {
+        let hw = self
+            .high_watermarks
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
+        let parts = self.lock();
+        let mut views = std::collections::BTreeMap::new();
+        for (tp, st) in parts.iter() {
+            let high = hw.get(tp).copied();
+            let done = st.tracker.position();
+            let lag = match (high, done) {
+                (Some(h), Some(p)) => Some((h - p).max(0)),
+                _ => None,
+            };
+            views.insert(
+                format!("{}/{}", tp.0, tp.1),
+                super::PartitionView {
+                    committed: st.tracker.last_committed(),
+                    high_watermark: high,
+                    lag,
+                    in_flight: st.tracker.in_flight(),
+                    paused: st.paused,
+                },
+            );
+        }
+        if let Ok(mut v) = self.ctx.partitions.lock() {
+            *v = views;
+        }
+    }
+
     /// Hand `record` to its partition's worker, or hold it and pause the partition.
     fn dispatch(&self, consumer: &BaseConsumer<Self>, record: Record) {
         let tp = (record.topic.clone(), record.partition);
@@ -273,7 +354,7 @@ impl LoopContext {
             return;
         };
         st.tracker.dispatched(record.offset);
-        if !st.held.is_empty() {
+        if !st.held.is_empty() || self.handler_paused.load(Ordering::SeqCst) {
             st.held.push_back(record);
             return;
         }
@@ -299,6 +380,9 @@ impl LoopContext {
 
     /// Move held records into intakes with room; resume partitions that caught up.
     fn feed_held(&self, consumer: &BaseConsumer<Self>) {
+        if self.handler_paused.load(Ordering::SeqCst) {
+            return;
+        }
         let mut parts = self.lock();
         for (tp, st) in parts.iter_mut() {
             let Some(tx) = &st.intake else { continue };
@@ -342,6 +426,8 @@ pub(crate) fn run_loop(
         done_tx,
         done_rx: Mutex::new(done_rx),
         broker_down: AtomicBool::new(false),
+        handler_paused: AtomicBool::new(false),
+        high_watermarks: Mutex::new(HashMap::new()),
     };
     let consumer: BaseConsumer<LoopContext> = consumer_config
         .create_with_context(context)
@@ -355,10 +441,15 @@ pub(crate) fn run_loop(
     let mut last_probe = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         ctx.health.heartbeat(&ctx.name);
+        let want_paused = ctx.paused.load(Ordering::SeqCst);
+        if want_paused != lc.handler_paused.load(Ordering::SeqCst) {
+            lc.apply_pause(&consumer, want_paused);
+        }
         lc.drain_completions();
         lc.feed_held(&consumer);
         if last_commit.elapsed() >= ctx.commit_interval {
             lc.commit(&consumer, None, CommitMode::Async);
+            lc.publish_views();
             last_commit = Instant::now();
         }
         if lc.broker_down.load(Ordering::SeqCst) && last_probe.elapsed() >= Duration::from_secs(1) {

@@ -14,8 +14,9 @@ pub mod dlq;
 pub mod offsets;
 pub mod worker;
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -84,6 +85,36 @@ impl Stats {
     }
 }
 
+/// One version change of a handler.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SwapRecord {
+    /// The version before (none at startup).
+    pub from: Option<String>,
+    /// The version after.
+    pub to: String,
+    /// When, ms since the epoch.
+    pub at_ms: i64,
+    /// `startup`, `deploy`, `rollback` or `watch`.
+    pub reason: &'static str,
+    /// The first offset the new version handled, per `topic/partition`.
+    pub first_offsets: BTreeMap<String, i64>,
+}
+
+/// An assigned partition as the loop last saw it.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct PartitionView {
+    /// Last committed position (next offset to read), if any.
+    pub committed: Option<i64>,
+    /// High watermark from the latest fetch response, if known.
+    pub high_watermark: Option<i64>,
+    /// `high_watermark - position` (records not yet done), if known.
+    pub lag: Option<i64>,
+    /// Records dispatched and not yet done.
+    pub in_flight: usize,
+    /// Whether the partition is paused (handler paused, or its intake full).
+    pub paused: bool,
+}
+
 /// Everything the loop and the workers of one handler share.
 #[derive(Debug)]
 pub struct HandlerCtx {
@@ -107,6 +138,45 @@ pub struct HandlerCtx {
     pub drain_timeout: Duration,
     /// Periodic commit interval.
     pub commit_interval: Duration,
+    /// Set by the admin API: stop fetching (offsets stay put) until cleared.
+    pub paused: AtomicBool,
+    /// Version history, oldest first.
+    pub history: Mutex<Vec<SwapRecord>>,
+    /// Assigned partitions (`topic/partition`), as the loop last saw them.
+    pub partitions: Mutex<BTreeMap<String, PartitionView>>,
+}
+
+impl HandlerCtx {
+    /// Note that `version` handled `offset` of `topic/partition`: the first such offset after a
+    /// swap goes into the history.
+    pub fn note_handled(&self, version: &str, topic: &str, partition: i32, offset: i64) {
+        let Ok(mut h) = self.history.lock() else {
+            return;
+        };
+        if let Some(last) = h.last_mut()
+            && last.to == version
+        {
+            last.first_offsets
+                .entry(format!("{topic}/{partition}"))
+                .or_insert(offset);
+        }
+    }
+
+    /// Record a version change.
+    pub fn push_history(&self, from: Option<String>, to: String, reason: &'static str) {
+        if let Ok(mut h) = self.history.lock() {
+            h.push(SwapRecord {
+                from,
+                to,
+                at_ms: now_ms(),
+                reason,
+                first_offsets: BTreeMap::new(),
+            });
+            // Bounded: the last 100 changes.
+            let excess = h.len().saturating_sub(100);
+            h.drain(..excess);
+        }
+    }
 }
 
 /// The running consumer loops.

@@ -52,6 +52,11 @@ impl OffsetTracker {
         self.position
     }
 
+    /// The last position committed, if any.
+    pub fn last_committed(&self) -> Option<i64> {
+        self.committed
+    }
+
     /// `position` was committed.
     pub fn committed(&mut self, position: i64) {
         self.committed = Some(self.committed.map_or(position, |c| c.max(position)));

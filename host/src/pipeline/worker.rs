@@ -100,6 +100,7 @@ async fn process(
     // swap affects the next record, never one in flight.
     let component = ctx.component.load_full();
     let sha = component.info().sha256.clone();
+    ctx.note_handled(&sha, &record.topic, record.partition, record.offset);
 
     if let Some(reason) = undecodable(ctx, &event) {
         let now = now_ms();

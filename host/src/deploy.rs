@@ -1,0 +1,293 @@
+//! Hot swap: deploy a new component version for a handler while it runs, roll back, and keep
+//! the active versions across restarts.
+//!
+//! A deploy validates and compiles the upload off the request path (`spawn_blocking`), with
+//! the handler's own grants and limits, exactly as at startup; a refusal leaves the active
+//! version untouched and says why. On success the bytes are stored content-addressed
+//! (`data_dir/components/<sha256>.wasm`), the active set is persisted
+//! (`data_dir/active.json`, written atomically), and the handler's `ArcSwap` is switched.
+//! Workers read the active version once per record, so a record that started on the old
+//! version finishes on it (retries included) and the next one runs on the new one: every
+//! record is handled by exactly one version. Each change is appended to the handler's history
+//! with the first offset the new version handled on each partition.
+//!
+//! Deploys and rollbacks of all handlers are serialized by one lock: they are rare, and it
+//! keeps the persisted state and the active versions in step.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use crate::config::HandlerConfig;
+use crate::pipeline::HandlerCtx;
+use crate::runtime::{HandlerSpec, LoadError, LoadedHandler, Runtime, sha256_hex};
+
+/// Why a deploy or rollback did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// No handler of that name.
+    #[error("no handler named `{0}`")]
+    UnknownHandler(String),
+    /// The component was refused; the old version keeps serving.
+    #[error("component refused, the active version keeps serving: {0}")]
+    Refused(#[from] LoadError),
+    /// Nothing to roll back to.
+    #[error("handler `{0}` has no previous version to roll back to")]
+    NoPrevious(String),
+    /// Storage or another host-side failure.
+    #[error("{0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+/// What a deploy or rollback did.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwapReport {
+    /// Handler.
+    pub handler: String,
+    /// Version before.
+    pub previous: String,
+    /// Version now active.
+    pub active: String,
+    /// Whether the new version was compiled or came from the artifact cache.
+    pub load: crate::runtime::LoadSource,
+    /// Validation + compile (or cache load) time.
+    pub compile_ms: f64,
+    /// Time to switch the active version (after compiling and persisting).
+    pub swap_us: f64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Persisted {
+    /// Per handler: the active version and the versions before it (most recent last).
+    handlers: BTreeMap<String, PersistedHandler>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct PersistedHandler {
+    active: String,
+    #[serde(default)]
+    previous: Vec<String>,
+}
+
+/// Deploys and rolls back handler versions.
+#[derive(Debug)]
+pub struct Deployer {
+    runtime: Runtime,
+    components_dir: PathBuf,
+    state_path: PathBuf,
+    handlers: BTreeMap<String, (Arc<HandlerCtx>, HandlerConfig)>,
+    lock: tokio::sync::Mutex<Persisted>,
+}
+
+/// The runtime spec of handler `name` from its configuration.
+pub fn spec_for(name: &str, hc: &HandlerConfig) -> HandlerSpec {
+    let mut spec = HandlerSpec::new(name.to_owned());
+    spec.grants = hc.grants.to_grants();
+    spec.deadline = hc.deadline;
+    spec.memory_bytes = hc.memory_mib.saturating_mul(1 << 20);
+    spec
+}
+
+/// The component a handler starts with: the persisted active version if there is one (a
+/// deploy survives a restart), else the configured file. Blocking.
+pub fn startup_component(
+    runtime: &Runtime,
+    data_dir: &Path,
+    name: &str,
+    hc: &HandlerConfig,
+) -> anyhow::Result<LoadedHandler> {
+    let persisted = read_state(&data_dir.join("active.json")).unwrap_or_default();
+    if let Some(p) = persisted.handlers.get(name) {
+        let path = data_dir
+            .join("components")
+            .join(format!("{}.wasm", p.active));
+        match runtime.load_file(&path, spec_for(name, hc)) {
+            Ok(loaded) => return Ok(loaded),
+            Err(e) => tracing::warn!(handler = %name, version = %p.active, error = %e,
+                "the deployed version cannot be loaded; starting with the configured component"),
+        }
+    }
+    runtime
+        .load_file(&hc.component, spec_for(name, hc))
+        .with_context(|| format!("handler `{name}`: component {}", hc.component.display()))
+}
+
+fn read_state(path: &Path) -> anyhow::Result<Persisted> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().context("state path has no folder")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).context("creating a temporary file")?;
+    std::io::Write::write_all(&mut tmp, bytes).context("writing a temporary file")?;
+    tmp.as_file()
+        .sync_all()
+        .context("syncing a temporary file")?;
+    tmp.persist(path)
+        .with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
+}
+
+impl Deployer {
+    /// A deployer for `handlers`, storing under `data_dir`.
+    pub fn new(
+        runtime: Runtime,
+        data_dir: &Path,
+        handlers: Vec<(Arc<HandlerCtx>, HandlerConfig)>,
+    ) -> Self {
+        let state_path = data_dir.join("active.json");
+        let persisted = read_state(&state_path).unwrap_or_default();
+        Self {
+            runtime,
+            components_dir: data_dir.join("components"),
+            state_path,
+            handlers: handlers
+                .into_iter()
+                .map(|(c, h)| (c.name.clone(), (c, h)))
+                .collect(),
+            lock: tokio::sync::Mutex::new(persisted),
+        }
+    }
+
+    fn handler(&self, name: &str) -> Result<&(Arc<HandlerCtx>, HandlerConfig), DeployError> {
+        self.handlers
+            .get(name)
+            .ok_or_else(|| DeployError::UnknownHandler(name.to_owned()))
+    }
+
+    /// Validate, compile, persist and activate `bytes` for handler `name`.
+    pub async fn deploy(&self, name: &str, bytes: Vec<u8>) -> Result<SwapReport, DeployError> {
+        let mut state = self.lock.lock().await;
+        self.activate(&mut state, name, bytes, "deploy", true).await
+    }
+
+    /// Return handler `name` to the version before the active one.
+    pub async fn rollback(&self, name: &str) -> Result<SwapReport, DeployError> {
+        let (ctx, _) = self.handler(name)?;
+        let mut state = self.lock.lock().await;
+        let entry = state
+            .handlers
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| PersistedHandler {
+                active: ctx.component.load().info().sha256.clone(),
+                previous: Vec::new(),
+            });
+        // The previous version: the persisted stack, else the history of this run.
+        let target = entry.previous.last().cloned().or_else(|| {
+            ctx.history
+                .lock()
+                .ok()
+                .and_then(|h| h.last().and_then(|r| r.from.clone()))
+        });
+        let Some(target) = target else {
+            return Err(DeployError::NoPrevious(name.to_owned()));
+        };
+        let path = self.components_dir.join(format!("{target}.wasm"));
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("reading stored version {}", path.display()))
+            .map_err(DeployError::Internal)?;
+        self.activate(&mut state, name, bytes, "rollback", false)
+            .await
+    }
+
+    async fn activate(
+        &self,
+        state: &mut Persisted,
+        name: &str,
+        bytes: Vec<u8>,
+        reason: &'static str,
+        push_previous: bool,
+    ) -> Result<SwapReport, DeployError> {
+        let (ctx, hc) = self.handler(name)?;
+        let spec = spec_for(name, hc);
+        let started = Instant::now();
+        let runtime = self.runtime.clone();
+        let sha = sha256_hex(&bytes);
+        let loaded = {
+            let bytes = bytes.clone();
+            tokio::task::spawn_blocking(move || runtime.load(&bytes, spec))
+                .await
+                .context("component loading task failed")
+                .map_err(DeployError::Internal)??
+        };
+        let compile = started.elapsed();
+        let load = loaded.load_report().source;
+
+        // Store the bytes (content-addressed, written once) and the new active set.
+        let path = self.components_dir.join(format!("{sha}.wasm"));
+        if !path.is_file() {
+            write_atomic(&path, &bytes).map_err(DeployError::Internal)?;
+        }
+        let previous = ctx.component.load().info().sha256.clone();
+        let entry = state
+            .handlers
+            .entry(name.to_owned())
+            .or_insert_with(|| PersistedHandler {
+                active: previous.clone(),
+                previous: Vec::new(),
+            });
+        if push_previous {
+            if entry.active != sha {
+                entry.previous.push(entry.active.clone());
+                let excess = entry.previous.len().saturating_sub(20);
+                entry.previous.drain(..excess);
+            }
+        } else {
+            entry.previous.pop();
+        }
+        entry.active = sha.clone();
+        // The old version must be on disk too, for a rollback after a restart.
+        let old_path = self.components_dir.join(format!("{previous}.wasm"));
+        if !old_path.is_file() {
+            tracing::warn!(handler = %name, version = %previous, "previous version not stored; rollback to it will need a redeploy");
+        }
+        let json = serde_json::to_vec_pretty(&*state)
+            .context("encoding the active set")
+            .map_err(DeployError::Internal)?;
+        write_atomic(&self.state_path, &json).map_err(DeployError::Internal)?;
+
+        let swap_start = Instant::now();
+        ctx.component.store(Arc::new(loaded));
+        let swap = swap_start.elapsed();
+        ctx.push_history(Some(previous.clone()), sha.clone(), reason);
+        tracing::info!(handler = %name, from = %previous, to = %sha, reason, ?compile, ?swap, "component swapped");
+        Ok(SwapReport {
+            handler: name.to_owned(),
+            previous,
+            active: sha,
+            load,
+            compile_ms: ms(compile),
+            swap_us: swap.as_secs_f64() * 1e6,
+        })
+    }
+
+    /// Store the bytes of the version each handler starts with, so a rollback to it works
+    /// after a restart. Called once at startup.
+    pub fn store_startup_versions(&self) -> anyhow::Result<()> {
+        for (name, (ctx, hc)) in &self.handlers {
+            let sha = ctx.component.load().info().sha256.clone();
+            let path = self.components_dir.join(format!("{sha}.wasm"));
+            if path.is_file() {
+                continue;
+            }
+            let bytes = std::fs::read(&hc.component)
+                .with_context(|| format!("handler `{name}`: reading {}", hc.component.display()))?;
+            if sha256_hex(&bytes) == sha {
+                write_atomic(&path, &bytes)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

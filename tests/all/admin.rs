@@ -1,0 +1,330 @@
+//! The admin API and hot swap, with real components, a real broker and real HTTP.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use kasm_host::config::{Config, KafkaEnv, Secret};
+use kasm_tests::broker::{
+    Got, Rec, TestBroker, committed_offsets, end_offsets, produce, read_topic,
+};
+use kasm_tests::hostproc::{http_get, http_request};
+use kasm_tests::{KAFKA_TEST_PROPS, component, component_bytes, unique, write_config};
+
+const TOKEN: &str = "test-token-5f2c";
+
+struct Setup {
+    broker: TestBroker,
+    dir: tempfile::TempDir,
+    topic: String,
+    out: String,
+    group: String,
+}
+
+async fn setup() -> Setup {
+    let broker = TestBroker::from_env();
+    let (topic, out) = (unique("in"), unique("out"));
+    broker.create_topic(&topic, 4).await;
+    broker.create_topic(&out, 4).await;
+    broker.create_topic(&format!("{topic}.dlq"), 1).await;
+    Setup {
+        broker,
+        dir: tempfile::tempdir().unwrap(),
+        topic,
+        out,
+        group: unique("group"),
+    }
+}
+
+fn config(s: &Setup) -> Config {
+    let body = format!(
+        "[kafka]\n{k}\n[handlers.pub]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\ngroup_id = \"{g}\"\n\
+         grants = {{ producer = [\"{o}\"] }}\n",
+        k = KAFKA_TEST_PROPS,
+        c = component("fixture-publisher").display(),
+        t = s.topic,
+        g = s.group,
+        o = s.out,
+    );
+    Config::load(&write_config(s.dir.path(), &body)).unwrap()
+}
+
+async fn start(s: &Setup, token: Option<&str>) -> kasm_host::app::Host {
+    let env = KafkaEnv {
+        bootstrap_servers: Some(s.broker.bootstrap()),
+        ..KafkaEnv::default()
+    };
+    kasm_host::app::start_with(&config(s), &env, token.map(Secret::new))
+        .await
+        .unwrap()
+}
+
+fn events(n: usize, from: usize, out: &str) -> Vec<Rec> {
+    (from..from + n)
+        .map(|i| Rec {
+            key: Some(format!("k{i}").into_bytes()),
+            payload: format!("{{\"n\":{i}}}").into_bytes(),
+            headers: vec![
+                ("event-id".into(), format!("ev-{i}").into_bytes()),
+                ("out-topic".into(), out.as_bytes().to_vec()),
+            ],
+            partition: None,
+        })
+        .collect()
+}
+
+fn versions_by_source(got: &[Got]) -> HashMap<String, Vec<String>> {
+    let mut m: HashMap<String, Vec<String>> = HashMap::new();
+    for g in got {
+        let v = g.json();
+        m.entry(v["source"].as_str().unwrap_or_default().to_owned())
+            .or_default()
+            .push(v["version"].as_str().unwrap_or_default().to_owned());
+    }
+    m
+}
+
+fn active_sha(addr: &str) -> String {
+    let (code, body) = http_request(addr, "GET", "/v1/handlers/pub", Some(TOKEN), b"");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["active_version"]["sha256"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_swaps_under_load_lose_nothing_and_each_event_runs_on_one_version() {
+    let s = setup().await;
+    let n = 20_000;
+    produce(&s.broker.producer(), &s.topic, &events(n, 0, &s.out)).await;
+    let host = start(&s, Some(TOKEN)).await;
+    let addr = host.admin_addr.to_string();
+    let v1 = component_bytes("fixture-publisher");
+    let v2 = component_bytes("fixture-publisher-v2");
+    let mut swaps = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while swaps < 10 {
+        assert!(Instant::now() < deadline, "swaps did not finish");
+        // Swap while records flow.
+        let processed = host.handlers[0].stats.snapshot().processed;
+        if processed < (swaps as u64 + 1) * (n as u64 / 12) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let bytes = if swaps % 2 == 0 { &v2 } else { &v1 };
+        let (code, body) = http_request(
+            &addr,
+            "PUT",
+            "/v1/handlers/pub/component",
+            Some(TOKEN),
+            bytes,
+        );
+        assert_eq!(code, 200, "{body}");
+        let r: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(r["active"], kasm_host::runtime::sha256_hex(bytes));
+        swaps += 1;
+    }
+    let got = read_topic(&s.broker.bootstrap(), &s.out, n, Duration::from_secs(240));
+    let by_source = versions_by_source(&got);
+    let missing = (0..n)
+        .filter(|i| !by_source.contains_key(&format!("ev-{i}")))
+        .count();
+    assert_eq!(missing, 0, "events lost across swaps");
+    let twice: Vec<_> = by_source.iter().filter(|(_, v)| v.len() != 1).collect();
+    assert!(
+        twice.is_empty(),
+        "handled more than once: {:?}",
+        twice.first()
+    );
+    let mut per_version: HashMap<&str, usize> = HashMap::new();
+    for v in by_source.values() {
+        *per_version.entry(v[0].as_str()).or_insert(0) += 1;
+    }
+    assert!(
+        per_version.get("v1").is_some_and(|c| *c > 0)
+            && per_version.get("v2").is_some_and(|c| *c > 0),
+        "{per_version:?}"
+    );
+    assert_eq!(host.handlers[0].stats.snapshot().dead_lettered, 0);
+
+    let (_, body) = http_request(&addr, "GET", "/v1/handlers/pub", Some(TOKEN), b"");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let history = v["history"].as_array().unwrap();
+    assert_eq!(history.len(), 11, "startup + 10 swaps: {body}");
+    assert!(
+        history[1]["first_offsets"]
+            .as_object()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_uploads_under_load_keep_the_old_version_and_fail_nothing() {
+    let s = setup().await;
+    let n = 3_000;
+    produce(&s.broker.producer(), &s.topic, &events(n, 0, &s.out)).await;
+    let host = start(&s, Some(TOKEN)).await;
+    let addr = host.admin_addr.to_string();
+    let before = active_sha(&addr);
+    let garbage: Vec<u8> = (0..2048).map(|_| rand::random::<u8>()).collect();
+    for (bytes, needle) in [
+        (garbage, "not a WebAssembly file"),
+        (component_bytes("other-world"), "another world"),
+        (component_bytes("fixture"), "kasm:handler/kv@0.1.0"),
+    ] {
+        let (code, body) = http_request(
+            &addr,
+            "PUT",
+            "/v1/handlers/pub/component",
+            Some(TOKEN),
+            &bytes,
+        );
+        assert_eq!(code, 422, "{body}");
+        assert!(body.contains(needle), "the reason is given: {body}");
+        assert!(body.contains("active version keeps serving"), "{body}");
+        assert_eq!(active_sha(&addr), before);
+    }
+    let got = read_topic(&s.broker.bootstrap(), &s.out, n, Duration::from_secs(120));
+    assert_eq!(versions_by_source(&got).len(), n);
+    assert_eq!(
+        host.handlers[0].stats.snapshot().dead_lettered,
+        0,
+        "zero failed records"
+    );
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_restores_the_previous_hash_and_a_restart_keeps_the_deployed_one() {
+    let s = setup().await;
+    let v1 = kasm_host::runtime::sha256_hex(&component_bytes("fixture-publisher"));
+    let v2_bytes = component_bytes("fixture-publisher-v2");
+    let v2 = kasm_host::runtime::sha256_hex(&v2_bytes);
+    let host = start(&s, Some(TOKEN)).await;
+    let addr = host.admin_addr.to_string();
+    assert_eq!(active_sha(&addr), v1);
+    let (code, body) = http_request(&addr, "POST", "/v1/handlers/pub/rollback", Some(TOKEN), b"");
+    assert_eq!(code, 409, "nothing to roll back to yet: {body}");
+    let (code, _) = http_request(
+        &addr,
+        "PUT",
+        "/v1/handlers/pub/component",
+        Some(TOKEN),
+        &v2_bytes,
+    );
+    assert_eq!(code, 200);
+    assert_eq!(active_sha(&addr), v2);
+    let (code, body) = http_request(&addr, "POST", "/v1/handlers/pub/rollback", Some(TOKEN), b"");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        active_sha(&addr),
+        v1,
+        "rollback restores the previous version"
+    );
+    let (code, _) = http_request(
+        &addr,
+        "PUT",
+        "/v1/handlers/pub/component",
+        Some(TOKEN),
+        &v2_bytes,
+    );
+    assert_eq!(code, 200);
+    host.shutdown().await.unwrap();
+
+    let again = start(&s, Some(TOKEN)).await;
+    let addr = again.admin_addr.to_string();
+    assert_eq!(
+        active_sha(&addr),
+        v2,
+        "the deployed version survives a restart"
+    );
+    let (code, body) = http_request(&addr, "POST", "/v1/handlers/pub/rollback", Some(TOKEN), b"");
+    assert_eq!(code, 200, "and can still be rolled back after it: {body}");
+    assert_eq!(active_sha(&addr), v1);
+    again.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_v1_route_needs_the_token_and_health_does_not() {
+    let s = setup().await;
+    let host = start(&s, Some(TOKEN)).await;
+    let addr = host.admin_addr.to_string();
+    let routes = [
+        ("GET", "/v1/handlers"),
+        ("GET", "/v1/handlers/pub"),
+        ("PUT", "/v1/handlers/pub/component"),
+        ("POST", "/v1/handlers/pub/rollback"),
+        ("POST", "/v1/handlers/pub/pause"),
+        ("POST", "/v1/handlers/pub/resume"),
+    ];
+    for (method, path) in routes {
+        for token in [None, Some("wrong-token")] {
+            let (code, body) = http_request(&addr, method, path, token, b"x");
+            assert_eq!(code, 401, "{method} {path} with {token:?}: {body}");
+        }
+    }
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
+    assert!(matches!(http_get(&addr, "/readyz").0, 200 | 503));
+    assert!(
+        !host.handlers[0]
+            .paused
+            .load(std::sync::atomic::Ordering::SeqCst),
+        "no request got through to pause it"
+    );
+    host.shutdown().await.unwrap();
+
+    // Without a configured token, reads work and mutations are refused, saying why.
+    let open = start(&s, None).await;
+    let addr = open.admin_addr.to_string();
+    assert_eq!(http_request(&addr, "GET", "/v1/handlers", None, b"").0, 200);
+    let (code, body) = http_request(&addr, "POST", "/v1/handlers/pub/pause", None, b"");
+    assert_eq!(code, 403);
+    assert!(body.contains("KASM_ADMIN_TOKEN"), "{body}");
+    open.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_offsets_while_events_arrive_and_resume_catches_up() {
+    let s = setup().await;
+    produce(&s.broker.producer(), &s.topic, &events(500, 0, &s.out)).await;
+    let host = start(&s, Some(TOKEN)).await;
+    let addr = host.admin_addr.to_string();
+    let stats = || host.handlers[0].stats.snapshot().processed;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stats() < 500 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, body) = http_request(&addr, "POST", "/v1/handlers/pub/pause", Some(TOKEN), b"");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"status\":\"paused\""), "{body}");
+    tokio::time::sleep(Duration::from_millis(800)).await; // the last commit settles
+    let committed_before = committed_offsets(&s.broker.bootstrap(), &s.group, &s.topic);
+    produce(&s.broker.producer(), &s.topic, &events(500, 500, &s.out)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stats(), 500, "nothing handled while paused");
+    assert_eq!(
+        committed_offsets(&s.broker.bootstrap(), &s.group, &s.topic),
+        committed_before,
+        "offsets stay put"
+    );
+
+    let (code, _) = http_request(&addr, "POST", "/v1/handlers/pub/resume", Some(TOKEN), b"");
+    assert_eq!(code, 200);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stats() < 1000 {
+        assert!(
+            Instant::now() < deadline,
+            "resume did not catch up: {}",
+            stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let end = end_offsets(&s.broker.bootstrap(), &s.topic, 1000);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while committed_offsets(&s.broker.bootstrap(), &s.group, &s.topic) != end {
+        assert!(Instant::now() < deadline, "offsets did not catch up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    host.shutdown().await.unwrap();
+}
