@@ -1,6 +1,8 @@
 //! The admin HTTP server (axum): health, the handler API, hot swap, pause.
 //!
 //! - `GET /healthz`, `GET /readyz`: open (probes), JSON per handler (see [`crate::health`]).
+//! - `GET /metrics`: open, OpenMetrics text (which Prometheus scrapes; see [`crate::metrics`]).
+//! - `GET /openapi.json`: open, the OpenAPI 3.1 description of every route (see [`crate::openapi`]).
 //! - `/v1/...`: JSON in and out, errors as `{"error": "..."}` with the status mapped in one
 //!   place ([`ApiError`]). Authentication: `Authorization: Bearer <token>` with the token from
 //!   `KASM_ADMIN_TOKEN`, compared in constant time and never logged. Without a configured
@@ -37,6 +39,8 @@ pub struct AdminState {
     pub handlers: Vec<Arc<HandlerCtx>>,
     /// Hot swap.
     pub deployer: Arc<Deployer>,
+    /// Prometheus metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The admin token (`KASM_ADMIN_TOKEN`), if configured.
     pub token: Option<Arc<str>>,
     /// Largest component upload accepted.
@@ -110,6 +114,16 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE
         },
         Json(report),
+    )
+}
+
+async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
     )
 }
 
@@ -251,40 +265,92 @@ async fn resume(State(s): State<AdminState>, Path(name): Path<String>) -> ApiRes
     set_paused(&s, &name, false).await
 }
 
-/// The router: every route the admin server serves.
-pub fn router(state: AdminState) -> Router {
+/// Registers routes and remembers each `(method, path)`, so the OpenAPI document can be
+/// checked against what is really served.
+struct Routes {
+    router: Router<AdminState>,
+    list: Vec<(&'static str, String)>,
+}
+
+impl Routes {
+    fn new() -> Self {
+        Self {
+            router: Router::new(),
+            list: Vec::new(),
+        }
+    }
+
+    fn add(
+        mut self,
+        method: &'static str,
+        path: &'static str,
+        route: axum::routing::MethodRouter<AdminState>,
+    ) -> Self {
+        self.list.push((method, path.to_owned()));
+        self.router = self.router.route(path, route);
+        self
+    }
+}
+
+fn build(state: AdminState) -> (Router, Vec<(&'static str, String)>) {
     let limit = state.max_component_bytes;
-    let v1 = Router::new()
-        .route("/handlers", get(list_handlers))
-        .route("/handlers/{name}", get(get_handler))
-        .route(
+    let v1 = Routes::new()
+        .add("GET", "/handlers", get(list_handlers))
+        .add("GET", "/handlers/{name}", get(get_handler))
+        .add(
+            "PUT",
             "/handlers/{name}/component",
             put(put_component).layer(DefaultBodyLimit::max(limit)),
         )
-        .route("/handlers/{name}/rollback", post(rollback))
-        .route("/handlers/{name}/pause", post(pause))
-        .route("/handlers/{name}/resume", post(resume))
+        .add("POST", "/handlers/{name}/rollback", post(rollback))
+        .add("POST", "/handlers/{name}/pause", post(pause))
+        .add("POST", "/handlers/{name}/resume", post(resume));
+    let open = Routes::new()
+        .add("GET", "/healthz", get(healthz))
+        .add("GET", "/readyz", get(readyz))
+        .add("GET", "/metrics", get(metrics))
+        .add("GET", "/openapi.json", get(openapi));
+    let mut list = open.list;
+    list.extend(v1.list.into_iter().map(|(m, p)| (m, format!("/v1{p}"))));
+    let v1 = v1
+        .router
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .nest("/v1", v1)
-        .with_state(state)
+    (open.router.nest("/v1", v1).with_state(state), list)
 }
 
-/// Bind `addr` and serve until `stop` is cancelled. Returns the bound address and the task.
+/// The router: every route the admin server serves.
+pub fn router(state: AdminState) -> Router {
+    build(state).0
+}
+
+async fn openapi() -> impl IntoResponse {
+    Json(crate::openapi::document())
+}
+
+/// A running admin server.
+#[derive(Debug)]
+pub struct Served {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// The server task.
+    pub task: tokio::task::JoinHandle<()>,
+    /// Every `(method, path)` served.
+    pub routes: Vec<(&'static str, String)>,
+}
+
+/// Bind `addr` and serve until `stop` is cancelled.
 pub async fn serve(
     addr: SocketAddr,
     state: AdminState,
     stop: CancellationToken,
-) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+) -> anyhow::Result<Served> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the admin server to {addr}"))?;
     let bound = listener
         .local_addr()
         .context("reading the admin server address")?;
-    let app = router(state);
+    let (app, routes) = build(state);
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -293,5 +359,9 @@ pub async fn serve(
             tracing::error!(error = %e, "admin server failed");
         }
     });
-    Ok((bound, task))
+    Ok(Served {
+        addr: bound,
+        task,
+        routes,
+    })
 }

@@ -28,6 +28,8 @@ pub struct Host {
     pub health: Arc<Health>,
     /// Admin server address.
     pub admin_addr: std::net::SocketAddr,
+    /// Every `(method, path)` the admin server serves.
+    pub admin_routes: Vec<(&'static str, String)>,
     /// The handlers (stats, active component).
     pub handlers: Vec<Arc<HandlerCtx>>,
     /// Hot swap.
@@ -65,6 +67,7 @@ pub async fn start_with(
     let props = config.kafka_properties();
     let producer = KafkaProducer::new(env, &props)?;
     let health = Arc::new(Health::default());
+    let metrics = Arc::new(crate::metrics::Metrics::new());
 
     let mut handlers = Vec::new();
     for (name, hc) in &config.handlers {
@@ -91,6 +94,7 @@ pub async fn start_with(
             stats: Default::default(),
             drain_timeout: config.drain_timeout,
             commit_interval: config.commit_interval,
+            metrics: metrics.clone(),
             paused: Default::default(),
             history: Default::default(),
             partitions: Default::default(),
@@ -98,7 +102,9 @@ pub async fn start_with(
     }
 
     for h in &handlers {
-        h.push_history(None, h.component.load().info().sha256.clone(), "startup");
+        let sha = h.component.load().info().sha256.clone();
+        metrics.active_version(&h.name, &sha);
+        h.push_history(None, sha, "startup");
     }
     let deployer = Arc::new(Deployer::new(
         runtime.clone(),
@@ -117,13 +123,14 @@ pub async fn start_with(
         health: health.clone(),
         handlers: handlers.clone(),
         deployer: deployer.clone(),
+        metrics: metrics.clone(),
         token: token.map(Arc::from),
         max_component_bytes: usize::try_from(runtime.config().max_component_bytes)
             .unwrap_or(usize::MAX),
     };
     let admin_stop = CancellationToken::new();
-    let (admin_addr, admin_task) =
-        crate::admin::serve(config.admin.listen, state, admin_stop.clone()).await?;
+    let served = crate::admin::serve(config.admin.listen, state, admin_stop.clone()).await?;
+    let (admin_addr, admin_task, admin_routes) = (served.addr, served.task, served.routes);
 
     let pipeline = Pipeline::start(
         handlers.clone(),
@@ -135,6 +142,7 @@ pub async fn start_with(
     Ok(Host {
         health,
         admin_addr,
+        admin_routes,
         handlers,
         deployer,
         pipeline,

@@ -258,6 +258,8 @@ impl Deployer {
         ctx.component.store(Arc::new(loaded));
         let swap = swap_start.elapsed();
         ctx.push_history(Some(previous.clone()), sha.clone(), reason);
+        ctx.metrics.swapped(name, compile.as_secs_f64());
+        ctx.metrics.active_version(name, &sha);
         tracing::info!(handler = %name, from = %previous, to = %sha, reason, ?compile, ?swap, "component swapped");
         Ok(SwapReport {
             handler: name.to_owned(),

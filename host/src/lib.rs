@@ -20,6 +20,8 @@ pub mod event;
 pub mod health;
 pub mod kafka;
 pub mod ledger;
+pub mod metrics;
+pub mod openapi;
 pub mod pipeline;
 pub mod runtime;
 

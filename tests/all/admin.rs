@@ -328,3 +328,165 @@ async fn pause_holds_offsets_while_events_arrive_and_resume_catches_up() {
     }
     host.shutdown().await.unwrap();
 }
+
+/// Parse OpenMetrics/Prometheus text: every sample line is `name{labels} value`, every
+/// metric has a `# TYPE`; returns samples as (name, labels, value).
+fn parse_metrics(text: &str) -> Vec<(String, HashMap<String, String>, f64)> {
+    let mut samples = Vec::new();
+    let mut typed = std::collections::HashSet::new();
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# HELP ") || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            typed.insert(rest.split_whitespace().next().unwrap().to_owned());
+            continue;
+        }
+        assert!(!line.starts_with('#'), "unexpected comment: {line}");
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value: {line}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (
+                n,
+                l.strip_suffix('}')
+                    .unwrap_or_else(|| panic!("bad labels: {line}")),
+            ),
+            None => (series, ""),
+        };
+        let mut map = HashMap::new();
+        for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+            let (k, v) = pair
+                .split_once("=\"")
+                .unwrap_or_else(|| panic!("bad label {pair}: {line}"));
+            map.insert(k.to_owned(), v.trim_end_matches('"').to_owned());
+        }
+        let family = typed.iter().find(|t| name.starts_with(t.as_str()));
+        assert!(family.is_some(), "sample without a # TYPE: {line}");
+        samples.push((name.to_owned(), map, value));
+    }
+    samples
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_count_what_was_produced() {
+    let s = setup().await;
+    let mut recs = events(100, 0, &s.out);
+    recs.extend(events(5, 0, &s.out)); // five duplicates
+    produce(&s.broker.producer(), &s.topic, &recs).await;
+    let host = start(&s, Some(TOKEN)).await;
+    let addr = host.admin_addr.to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = host.handlers[0].stats.snapshot();
+        if st.processed + st.skipped >= 105 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{st:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, text) = http_get(&addr, "/metrics");
+    assert_eq!(code, 200, "metrics are open, no token needed");
+    let samples = parse_metrics(&text);
+    let value = |name: &str, want: &[(&str, &str)]| -> f64 {
+        samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && want
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, _, v)| v)
+            .sum()
+    };
+    let t = s.topic.as_str();
+    assert_eq!(
+        value(
+            "kasm_records_total",
+            &[("handler", "pub"), ("topic", t), ("outcome", "ok")]
+        ),
+        100.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            "kasm_records_total",
+            &[("handler", "pub"), ("topic", t), ("outcome", "skipped")]
+        ),
+        5.0,
+        "{text}"
+    );
+    assert_eq!(
+        value("kasm_handler_call_seconds_count", &[("handler", "pub")]),
+        100.0,
+        "{text}"
+    );
+    let sha = kasm_host::runtime::sha256_hex(&component_bytes("fixture-publisher"));
+    assert_eq!(
+        value(
+            "kasm_component_info",
+            &[("handler", "pub"), ("version", &sha)]
+        ),
+        1.0,
+        "{text}"
+    );
+    for (_, labels, _) in &samples {
+        for k in labels.keys() {
+            assert!(
+                [
+                    "handler",
+                    "topic",
+                    "partition",
+                    "outcome",
+                    "kind",
+                    "version",
+                    "le"
+                ]
+                .contains(&k.as_str()),
+                "unbounded label {k}"
+            );
+        }
+    }
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_exactly_the_served_routes() {
+    let s = setup().await;
+    let host = start(&s, Some(TOKEN)).await;
+    let addr = host.admin_addr.to_string();
+    let (code, body) = http_get(&addr, "/openapi.json");
+    assert_eq!(code, 200);
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in ["get", "put", "post", "delete", "patch"] {
+            if item.get(method).is_some() {
+                documented.push((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    let mut served: Vec<(String, String)> = host
+        .admin_routes
+        .iter()
+        .map(|(m, p)| ((*m).to_owned(), p.clone()))
+        .collect();
+    documented.sort();
+    served.sort();
+    assert_eq!(documented, served, "the document and the router agree");
+    // And each documented route is really there (not 404/405) for an authorized caller.
+    for (method, path) in &served {
+        let concrete = path.replace("{name}", "pub");
+        let (code, text) = http_request(&addr, method, &concrete, Some(TOKEN), b"");
+        assert!(
+            code != 404 && code != 405 && code != 0,
+            "{method} {concrete}: {code} {text}"
+        );
+    }
+    host.shutdown().await.unwrap();
+}

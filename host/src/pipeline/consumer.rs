@@ -205,6 +205,9 @@ impl LoopContext {
         let mut parts = self.lock();
         for tp in tps {
             parts.remove(tp);
+            self.ctx
+                .metrics
+                .forget_partition(&self.ctx.name, &tp.0, tp.1);
         }
     }
 
@@ -329,6 +332,9 @@ impl LoopContext {
                 (Some(h), Some(p)) => Some((h - p).max(0)),
                 _ => None,
             };
+            if let Some(l) = lag {
+                self.ctx.metrics.lag(&self.ctx.name, &tp.0, tp.1, l);
+            }
             views.insert(
                 format!("{}/{}", tp.0, tp.1),
                 super::PartitionView {

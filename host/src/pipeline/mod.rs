@@ -134,6 +134,8 @@ pub struct HandlerCtx {
     pub health: Arc<Health>,
     /// Counters.
     pub stats: Stats,
+    /// Prometheus metrics (shared by the host).
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// How long in-flight records may take on revoke and shutdown.
     pub drain_timeout: Duration,
     /// Periodic commit interval.

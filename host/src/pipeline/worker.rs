@@ -117,6 +117,7 @@ async fn process(
     match ctx.ledger.get(&ctx.name, &event.id).await {
         Ok(Some(_)) => {
             ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            ctx.metrics.record(&ctx.name, &record.topic, "skipped");
             tracing::debug!(event_id = %event.id, "already done: skipped");
             return Ok(());
         }
@@ -132,7 +133,11 @@ async fn process(
     let mut attempt = 1u32;
     loop {
         event.attempt = attempt;
-        let (kind, message) = match component.invoke(&event).await {
+        let result = component.invoke(&event).await;
+        if let Ok(inv) = &result {
+            ctx.metrics.call(&ctx.name, inv.duration.as_secs_f64());
+        }
+        let (kind, message) = match result {
             Err(e) => (
                 FailureKind::Retryable,
                 format!("host failure running the handler: {e:#}"),
@@ -150,6 +155,7 @@ async fn process(
                         )
                         .await?;
                         ctx.stats.processed.fetch_add(1, Ordering::Relaxed);
+                        ctx.metrics.record(&ctx.name, &record.topic, "ok");
                         return Ok(());
                     }
                     Err(e) => (
@@ -184,6 +190,7 @@ async fn process(
         }
         attempt += 1;
         ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
+        ctx.metrics.record(&ctx.name, &record.topic, "retried");
         let wait = policy.backoff(attempt, rand::random::<f64>());
         tracing::info!(event_id = %event.id, attempt, ?wait, reason = %message, "retrying");
         sleep_or_stop(wait, stop).await?;
@@ -298,6 +305,8 @@ async fn dead_letter(
     )
     .await?;
     ctx.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    ctx.metrics
+        .dead_letter(&ctx.name, &record.topic, failure.kind.as_str());
     Ok(())
 }
 

@@ -1,0 +1,249 @@
+//! Prometheus metrics, served at `GET /metrics` in the text exposition format.
+//!
+//! One registry per host (not a process-global recorder), so several hosts in one process —
+//! the tests run many — never mix their numbers. Labels are bounded: handler, topic,
+//! partition, outcome, kind — never a key, an event id or an offset. The one exception is
+//! the info metric `kasm_component_info`, whose `version` label is the active component's
+//! sha256 (one series per handler at a time).
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// `handler`, `topic`, `outcome`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RecordLabels {
+    /// Handler.
+    pub handler: String,
+    /// Source topic.
+    pub topic: String,
+    /// `ok`, `skipped`, `retried` or `dead_lettered`.
+    pub outcome: String,
+}
+
+/// `handler`, `topic`, `kind`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DlqLabels {
+    /// Handler.
+    pub handler: String,
+    /// Source topic.
+    pub topic: String,
+    /// The `kasm-dlq-error-kind`.
+    pub kind: String,
+}
+
+/// `handler`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandlerLabels {
+    /// Handler.
+    pub handler: String,
+}
+
+/// `handler`, `topic`, `partition`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    /// Handler.
+    pub handler: String,
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+}
+
+/// `handler`, `version`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    /// Handler.
+    pub handler: String,
+    /// Active component sha256.
+    pub version: String,
+}
+
+/// The host's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    records: Family<RecordLabels, Counter>,
+    dead_letters: Family<DlqLabels, Counter>,
+    call_seconds: Family<HandlerLabels, Histogram>,
+    lag: Family<PartitionLabels, Gauge>,
+    component_info: Family<VersionLabels, Gauge>,
+    active: Mutex<std::collections::HashMap<String, String>>,
+    swaps: Family<HandlerLabels, Counter>,
+    compile_seconds: Family<HandlerLabels, Histogram>,
+}
+
+fn call_buckets() -> Histogram {
+    // 10 µs .. ~20 s
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 22))
+}
+
+fn compile_buckets() -> Histogram {
+    // 1 ms .. ~30 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every kasm metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("kasm");
+        let records = Family::<RecordLabels, Counter>::default();
+        registry.register(
+            "records",
+            "Records by handler, source topic and outcome",
+            records.clone(),
+        );
+        let dead_letters = Family::<DlqLabels, Counter>::default();
+        registry.register(
+            "dead_letters",
+            "Records dead-lettered, by error kind",
+            dead_letters.clone(),
+        );
+        let call_seconds = Family::<HandlerLabels, Histogram>::new_with_constructor(
+            call_buckets as fn() -> Histogram,
+        );
+        registry.register(
+            "handler_call_seconds",
+            "Duration of one handler call",
+            call_seconds.clone(),
+        );
+        let lag = Family::<PartitionLabels, Gauge>::default();
+        registry.register(
+            "consumer_lag",
+            "Records between the done position and the high watermark",
+            lag.clone(),
+        );
+        let component_info = Family::<VersionLabels, Gauge>::default();
+        registry.register(
+            "component_info",
+            "The active component version of each handler (value 1)",
+            component_info.clone(),
+        );
+        let swaps = Family::<HandlerLabels, Counter>::default();
+        registry.register(
+            "swaps",
+            "Component version changes (deploys and rollbacks)",
+            swaps.clone(),
+        );
+        let compile_seconds = Family::<HandlerLabels, Histogram>::new_with_constructor(
+            compile_buckets as fn() -> Histogram,
+        );
+        registry.register(
+            "component_compile_seconds",
+            "Validation and compile time of a deployed component",
+            compile_seconds.clone(),
+        );
+        Self {
+            registry,
+            records,
+            dead_letters,
+            call_seconds,
+            lag,
+            component_info,
+            active: Mutex::new(Default::default()),
+            swaps,
+            compile_seconds,
+        }
+    }
+
+    /// Count a record outcome.
+    pub fn record(&self, handler: &str, topic: &str, outcome: &str) {
+        self.records
+            .get_or_create(&RecordLabels {
+                handler: handler.into(),
+                topic: topic.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// Count a dead letter.
+    pub fn dead_letter(&self, handler: &str, topic: &str, kind: &str) {
+        self.record(handler, topic, "dead_lettered");
+        self.dead_letters
+            .get_or_create(&DlqLabels {
+                handler: handler.into(),
+                topic: topic.into(),
+                kind: kind.into(),
+            })
+            .inc();
+    }
+
+    /// Observe a handler call.
+    pub fn call(&self, handler: &str, seconds: f64) {
+        self.call_seconds
+            .get_or_create(&HandlerLabels {
+                handler: handler.into(),
+            })
+            .observe(seconds);
+    }
+
+    /// Set a partition's lag.
+    pub fn lag(&self, handler: &str, topic: &str, partition: i32, lag: i64) {
+        self.lag
+            .get_or_create(&PartitionLabels {
+                handler: handler.into(),
+                topic: topic.into(),
+                partition,
+            })
+            .set(lag);
+    }
+
+    /// Forget a partition's lag (revoked).
+    pub fn forget_partition(&self, handler: &str, topic: &str, partition: i32) {
+        self.lag.remove(&PartitionLabels {
+            handler: handler.into(),
+            topic: topic.into(),
+            partition,
+        });
+    }
+
+    /// `version` is now active for `handler`.
+    pub fn active_version(&self, handler: &str, version: &str) {
+        if let Ok(mut a) = self.active.lock() {
+            if let Some(old) = a.insert(handler.to_owned(), version.to_owned()) {
+                self.component_info.remove(&VersionLabels {
+                    handler: handler.into(),
+                    version: old,
+                });
+            }
+            self.component_info
+                .get_or_create(&VersionLabels {
+                    handler: handler.into(),
+                    version: version.into(),
+                })
+                .set(1);
+        }
+    }
+
+    /// A swap happened after `compile_seconds` of validation and compile.
+    pub fn swapped(&self, handler: &str, compile_seconds: f64) {
+        let l = HandlerLabels {
+            handler: handler.into(),
+        };
+        self.swaps.get_or_create(&l).inc();
+        self.compile_seconds
+            .get_or_create(&l)
+            .observe(compile_seconds);
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,107 @@
+//! The OpenAPI 3.1 document of the admin API, served at `GET /openapi.json`.
+//!
+//! Written by hand next to the routes it describes; a test checks that its paths and
+//! methods are exactly the ones the router serves (`admin::routes`).
+
+use serde_json::{Value, json};
+
+fn error_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+    })
+}
+
+fn op(summary: &str, auth: bool, ok: Value, errors: &[(&str, &str)]) -> Value {
+    let mut responses = serde_json::Map::new();
+    responses.insert("200".into(), ok);
+    for (code, what) in errors {
+        responses.insert((*code).into(), error_response(what));
+    }
+    if auth {
+        responses.insert(
+            "401".into(),
+            error_response("missing or wrong bearer token"),
+        );
+    }
+    let mut o = json!({ "summary": summary, "responses": responses });
+    if !auth {
+        o["security"] = json!([]);
+    }
+    o
+}
+
+fn name_param() -> Value {
+    json!([{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" }, "description": "handler name" }])
+}
+
+fn json_ok(description: &str, schema: &str) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
+}
+
+/// The document.
+pub fn document() -> Value {
+    let handler_ok = json_ok("the handler", "Handler");
+    let swap_ok = json_ok("the version change", "SwapReport");
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "kasm admin API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Health, metrics, handlers, hot swap, pause. Everything under /v1 needs `Authorization: Bearer <KASM_ADMIN_TOKEN>`; without a configured token, /v1 reads are open and mutations answer 403."
+        },
+        "security": [{ "bearer": [] }],
+        "paths": {
+            "/healthz": { "get": op("Liveness: the process and every consumer loop are alive", false, json_ok("live", "HealthReport"), &[("503", "not live (body: HealthReport)")]) },
+            "/readyz": { "get": op("Readiness: assigned, broker reachable, no partition held, not shutting down", false, json_ok("ready", "HealthReport"), &[("503", "not ready (body: HealthReport)")]) },
+            "/metrics": { "get": op("Prometheus metrics (OpenMetrics text)", false, json!({ "description": "metrics", "content": { "application/openmetrics-text": { "schema": { "type": "string" } } } }), &[]) },
+            "/openapi.json": { "get": op("This document", false, json!({ "description": "OpenAPI document", "content": { "application/json": { "schema": { "type": "object" } } } }), &[]) },
+            "/v1/handlers": { "get": op("Every handler", true, json!({ "description": "handlers", "content": { "application/json": { "schema": { "type": "array", "items": { "$ref": "#/components/schemas/Handler" } } } } }), &[]) },
+            "/v1/handlers/{name}": { "parameters": name_param(), "get": op("One handler: version and history, partitions with committed offset and lag, counters", true, handler_ok.clone(), &[("404", "no such handler")]) },
+            "/v1/handlers/{name}/component": { "parameters": name_param(), "put": {
+                "summary": "Deploy a component version (hot swap): validated, compiled, persisted, swapped; in-flight records finish on the old version",
+                "requestBody": { "required": true, "content": { "application/wasm": { "schema": { "type": "string", "format": "binary" } }, "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } },
+                "responses": {
+                    "200": swap_ok.clone(),
+                    "400": error_response("empty body"),
+                    "401": error_response("missing or wrong bearer token"),
+                    "403": error_response("no admin token configured: mutations disabled"),
+                    "404": error_response("no such handler"),
+                    "413": error_response("component over the size limit"),
+                    "422": error_response("component refused (not wasm, core module, another world, ungranted import...); the active version keeps serving")
+                }
+            } },
+            "/v1/handlers/{name}/rollback": { "parameters": name_param(), "post": op("Return to the previous version", true, swap_ok, &[("403", "mutations disabled"), ("404", "no such handler"), ("409", "no previous version")]) },
+            "/v1/handlers/{name}/pause": { "parameters": name_param(), "post": op("Stop fetching; offsets stay put", true, handler_ok.clone(), &[("403", "mutations disabled"), ("404", "no such handler")]) },
+            "/v1/handlers/{name}/resume": { "parameters": name_param(), "post": op("Resume fetching", true, handler_ok, &[("403", "mutations disabled"), ("404", "no such handler")]) }
+        },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } },
+                "HealthReport": { "type": "object", "properties": {
+                    "status": { "type": "string", "enum": ["live", "unhealthy", "ready", "not-ready"] },
+                    "shutting_down": { "type": "boolean" },
+                    "handlers": { "type": "object", "additionalProperties": { "type": "object" } } } },
+                "Handler": { "type": "object", "properties": {
+                    "name": { "type": "string" }, "group_id": { "type": "string" },
+                    "topics": { "type": "array", "items": { "type": "string" } },
+                    "status": { "type": "string", "enum": ["running", "paused"] },
+                    "active_version": { "type": "object", "properties": { "sha256": { "type": "string" }, "size": { "type": "integer" }, "capabilities": { "type": "array", "items": { "type": "string" } } } },
+                    "history": { "type": "array", "items": { "type": "object", "properties": {
+                        "from": { "type": ["string", "null"] }, "to": { "type": "string" }, "at_ms": { "type": "integer" },
+                        "reason": { "type": "string" }, "first_offsets": { "type": "object", "additionalProperties": { "type": "integer" } } } } },
+                    "partitions": { "type": "object", "additionalProperties": { "type": "object", "properties": {
+                        "committed": { "type": ["integer", "null"] }, "high_watermark": { "type": ["integer", "null"] },
+                        "lag": { "type": ["integer", "null"] }, "in_flight": { "type": "integer" }, "paused": { "type": "boolean" } } } },
+                    "counters": { "type": "object", "properties": {
+                        "processed": { "type": "integer" }, "skipped": { "type": "integer" },
+                        "retried": { "type": "integer" }, "dead_lettered": { "type": "integer" } } } } },
+                "SwapReport": { "type": "object", "properties": {
+                    "handler": { "type": "string" }, "previous": { "type": "string" }, "active": { "type": "string" },
+                    "load": { "type": "string", "enum": ["compiled", "cache"] },
+                    "compile_ms": { "type": "number" }, "swap_us": { "type": "number" } } }
+            }
+        }
+    })
+}
