@@ -164,8 +164,32 @@ impl Deployer {
 
     /// Validate, compile, persist and activate `bytes` for handler `name`.
     pub async fn deploy(&self, name: &str, bytes: Vec<u8>) -> Result<SwapReport, DeployError> {
+        self.deploy_as(name, bytes, "deploy").await
+    }
+
+    /// [`Deployer::deploy`], recording `reason` (`deploy`, `watch`) in the history. Deploying
+    /// the version already active changes nothing.
+    pub async fn deploy_as(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        reason: &'static str,
+    ) -> Result<SwapReport, DeployError> {
+        let (ctx, _) = self.handler(name)?;
         let mut state = self.lock.lock().await;
-        self.activate(&mut state, name, bytes, "deploy", true).await
+        let sha = sha256_hex(&bytes);
+        let current = ctx.component.load().info().sha256.clone();
+        if sha == current {
+            return Ok(SwapReport {
+                handler: name.to_owned(),
+                previous: current.clone(),
+                active: current,
+                load: ctx.component.load().load_report().source,
+                compile_ms: 0.0,
+                swap_us: 0.0,
+            });
+        }
+        self.activate(&mut state, name, bytes, reason, true).await
     }
 
     /// Return handler `name` to the version before the active one.

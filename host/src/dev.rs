@@ -129,6 +129,11 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     );
     println!("kasm dev: Ctrl-C to stop\n");
 
+    let _watcher = watch_handlers(&opts.handlers_dir, host.deployer.clone())?;
+    println!(
+        "kasm dev: watching {} — a rebuilt handler is swapped in live",
+        opts.handlers_dir.display()
+    );
     let producer = KafkaProducer::new(&env, &[])?;
     let demo = tokio::spawn(demo_stream(producer, opts.rate));
     let view = tokio::spawn(live_view(host.handlers.clone()));
@@ -140,6 +145,64 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     host.shutdown().await?;
     drop(cluster);
     Ok(())
+}
+
+/// Watch the handlers folder; when a handler's `.wasm` changes, deploy it (debounced: a
+/// build writes the file in several steps). Keep the returned value alive.
+fn watch_handlers(
+    dir: &Path,
+    deployer: Arc<crate::deploy::Deployer>,
+) -> anyhow::Result<
+    notify_debouncer_mini::Debouncer<notify_debouncer_mini::notify::RecommendedWatcher>,
+> {
+    use notify_debouncer_mini::notify::RecursiveMode;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+    let mut debouncer = notify_debouncer_mini::new_debouncer(
+        Duration::from_millis(500),
+        move |res: notify_debouncer_mini::DebounceEventResult| {
+            if let Ok(events) = res {
+                for e in events {
+                    let _ = tx.send(e.path);
+                }
+            }
+        },
+    )
+    .context("starting the handlers folder watcher")?;
+    debouncer
+        .watcher()
+        .watch(dir, RecursiveMode::NonRecursive)
+        .with_context(|| format!("watching {}", dir.display()))?;
+    tokio::spawn(async move {
+        // Reading a file is itself an event for some watchers: act once per content.
+        let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+        while let Some(path) = rx.recv().await {
+            if path.extension().is_none_or(|e| e != "wasm") {
+                continue;
+            }
+            let Some(name) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
+                continue;
+            };
+            let Ok(bytes) = tokio::fs::read(&path).await else {
+                continue;
+            };
+            let sha = crate::runtime::sha256_hex(&bytes);
+            if seen.insert(name.clone(), sha.clone()).as_deref() == Some(sha.as_str()) {
+                continue;
+            }
+            match deployer.deploy_as(&name, bytes, "watch").await {
+                Ok(r) if r.previous == r.active => {}
+                Ok(r) => println!(
+                    "\nkasm dev: {name} swapped {}… → {}… (compiled in {:.0} ms)\n",
+                    &r.previous[..12.min(r.previous.len())],
+                    &r.active[..12.min(r.active.len())],
+                    r.compile_ms
+                ),
+                Err(crate::deploy::DeployError::UnknownHandler(_)) => {}
+                Err(e) => println!("\nkasm dev: {name}: new version not deployed: {e}\n"),
+            }
+        }
+    });
+    Ok(debouncer)
 }
 
 fn print_lines(handlers: &[Arc<crate::pipeline::HandlerCtx>]) {
