@@ -210,6 +210,8 @@ pub async fn run(config: Config, env: KafkaEnv) -> anyhow::Result<()> {
             .join(", ")
     );
     wait_for_signal().await?;
+    // Not ready from this moment on, before anything else happens.
+    host.health.shutting_down();
     println!("kasm: shutting down (a second signal exits at once)");
     tokio::spawn(async {
         if wait_for_signal().await.is_ok() {

@@ -114,7 +114,7 @@ async fn process(
         return dead_letter(ctx, &record, &event.id, &sha, f, stop).await;
     }
 
-    match ctx.ledger.get(&ctx.name, &event.id).await {
+    match ctx.ledger.get(&ctx.name, &ledger_key(&event.id, &record.headers)).await {
         Ok(Some(_)) => {
             ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
             ctx.metrics.record(&ctx.name, &record.topic, "skipped");
@@ -310,6 +310,24 @@ async fn dead_letter(
     Ok(())
 }
 
+/// Header carried by a dead letter replayed to its source topic: how many times it was.
+pub const REPLAY_COUNT_HEADER: &str = "kasm-replay-count";
+
+/// The ledger key of a record: its event id; for a replayed dead letter (`kasm-replay-count`
+/// = n > 0) the event id and the replay number. The original is recorded as dead-lettered, so
+/// under its plain id a replay would be skipped; under its own key it runs, and a redelivery
+/// of the same replay is still deduplicated.
+fn ledger_key(event_id: &str, headers: &[(String, Vec<u8>)]) -> String {
+    let replays = headers
+        .iter()
+        .rev()
+        .find(|(k, _)| k == REPLAY_COUNT_HEADER)
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    if replays == 0 { event_id.to_owned() } else { format!("{event_id}\u{1f}replay-{replays}") }
+}
+
 /// Record the outcome, retrying a failing ledger (the offset must not move before it).
 async fn record_ledger(
     ctx: &HandlerCtx,
@@ -319,6 +337,8 @@ async fn record_ledger(
     outcome: LedgerOutcome,
     stop: &CancellationToken,
 ) -> Result<(), Abandoned> {
+    let key = ledger_key(event_id, &record.headers);
+    let event_id = key.as_str();
     let entry = LedgerEntry {
         outcome,
         at_ms: now_ms(),
