@@ -52,8 +52,10 @@ pub fn consumer_config(
 pub fn producer_config(env: &KafkaEnv, passthrough: &[(String, String)]) -> ClientConfig {
     let mut c = base_config(env, passthrough);
     c.set("acks", "all").set("enable.idempotence", "true");
+    // Each partition awaits its record's publishes before the next record, so lingering
+    // only adds latency (measured: the 10k-record test went from 26 s to 19 s with 0 ms).
     if c.get("linger.ms").is_none() {
-        c.set("linger.ms", "2");
+        c.set("linger.ms", "0");
     }
     c
 }
