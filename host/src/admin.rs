@@ -45,6 +45,10 @@ pub struct AdminState {
     pub token: Option<Arc<str>>,
     /// Largest component upload accepted.
     pub max_component_bytes: usize,
+    /// Kafka client settings, for reading dead-letter topics.
+    pub kafka: Arc<(crate::config::KafkaEnv, Vec<(String, String)>)>,
+    /// Producer for replays.
+    pub producer: crate::kafka::producer::KafkaProducer,
 }
 
 /// An error answer: status and message.
@@ -304,7 +308,9 @@ fn build(state: AdminState) -> (Router, Vec<(&'static str, String)>) {
         )
         .add("POST", "/handlers/{name}/rollback", post(rollback))
         .add("POST", "/handlers/{name}/pause", post(pause))
-        .add("POST", "/handlers/{name}/resume", post(resume));
+        .add("POST", "/handlers/{name}/resume", post(resume))
+        .add("GET", "/handlers/{name}/dlq", get(dlq_list))
+        .add("POST", "/handlers/{name}/dlq/replay", post(dlq_replay));
     let open = Routes::new()
         .add("GET", "/healthz", get(healthz))
         .add("GET", "/readyz", get(readyz))
@@ -316,6 +322,138 @@ fn build(state: AdminState) -> (Router, Vec<(&'static str, String)>) {
         .router
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     (open.router.nest("/v1", v1).with_state(state), list)
+}
+
+/// Query of `GET /v1/handlers/{name}/dlq`.
+#[derive(Debug, serde::Deserialize)]
+struct DlqQuery {
+    /// Page size (default 50).
+    limit: Option<usize>,
+    /// Cursor from the previous page's `next`.
+    from: Option<String>,
+    /// Which source topic's dead-letter topic (default: the handler's first topic).
+    topic: Option<String>,
+}
+
+/// Body of `POST /v1/handlers/{name}/dlq/replay`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayBody {
+    /// Replay every dead letter.
+    #[serde(default)]
+    all: bool,
+    /// Or these positions of the dead-letter topic.
+    #[serde(default)]
+    records: Vec<ReplayPosition>,
+    /// Which source topic's dead-letter topic (default: the handler's first topic).
+    topic: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayPosition {
+    partition: i32,
+    offset: i64,
+}
+
+fn dlq_topic(h: &HandlerCtx, topic: Option<&str>) -> Result<String, ApiError> {
+    let source = match topic {
+        Some(t) if h.config.topics.iter().any(|x| x == t) => t.to_owned(),
+        Some(t) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("`{t}` is not a source topic of handler `{}`", h.name),
+            ));
+        }
+        None => h.config.topics.first().cloned().unwrap_or_default(),
+    };
+    Ok(h.config.dlq_topic_for(&source))
+}
+
+fn internal(e: anyhow::Error) -> ApiError {
+    tracing::error!(error = %format!("{e:#}"), "admin request failed");
+    ApiError::new(StatusCode::BAD_GATEWAY, format!("{e:#}"))
+}
+
+async fn dlq_list(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<DlqQuery>,
+) -> ApiResult<crate::pipeline::replay::Page> {
+    let h = find(&s, &name)?;
+    let topic = dlq_topic(h, q.topic.as_deref())?;
+    let from = match q.from.as_deref().filter(|f| !f.is_empty()) {
+        Some(f) => Some(
+            f.parse::<crate::pipeline::replay::Cursor>()
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e:#}")))?,
+        ),
+        None => None,
+    };
+    let config = crate::kafka::base_config(&s.kafka.0, &s.kafka.1);
+    let mut page =
+        crate::pipeline::replay::list(config, &topic, from.as_ref(), q.limit.unwrap_or(50))
+            .await
+            .map_err(internal)?;
+    // Several handlers may share a dead-letter topic (`<source>.dlq`): show this one's.
+    page.records
+        .retain(|r| r.provenance.handler.as_deref().is_none_or(|h| h == name));
+    Ok(Json(page))
+}
+
+async fn dlq_replay(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+    Json(body): Json<ReplayBody>,
+) -> ApiResult<crate::pipeline::replay::ReplayReport> {
+    let h = find(&s, &name)?;
+    let topic = dlq_topic(h, body.topic.as_deref())?;
+    let config = crate::kafka::base_config(&s.kafka.0, &s.kafka.1);
+    let selection = match (body.all, body.records.is_empty()) {
+        // Every dead letter *of this handler*: a `<source>.dlq` topic may be shared.
+        (true, true) => {
+            let mut positions = Vec::new();
+            let mut from = None;
+            loop {
+                let page =
+                    crate::pipeline::replay::list(config.clone(), &topic, from.as_ref(), 1000)
+                        .await
+                        .map_err(internal)?;
+                positions.extend(
+                    page.records
+                        .iter()
+                        .filter(|r| r.provenance.handler.as_deref().is_none_or(|h| h == name))
+                        .map(|r| (r.partition, r.offset)),
+                );
+                match page.next {
+                    Some(next) => from = Some(next),
+                    None => break,
+                }
+            }
+            crate::pipeline::replay::Selection::Records(positions)
+        }
+        (false, false) => crate::pipeline::replay::Selection::Records(
+            body.records
+                .iter()
+                .map(|r| (r.partition, r.offset))
+                .collect(),
+        ),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "give either `\"all\": true` or a non-empty `records` list of {partition, offset}",
+            ));
+        }
+    };
+    let report = crate::pipeline::replay::replay(
+        config,
+        &s.producer,
+        &topic,
+        &selection,
+        h.config.max_replays,
+    )
+    .await
+    .map_err(internal)?;
+    Ok(Json(report))
 }
 
 /// The router: every route the admin server serves.

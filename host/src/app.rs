@@ -127,6 +127,8 @@ pub async fn start_with(
         token: token.map(Arc::from),
         max_component_bytes: usize::try_from(runtime.config().max_component_bytes)
             .unwrap_or(usize::MAX),
+        kafka: Arc::new((env.clone(), props.clone())),
+        producer: producer.clone(),
     };
     let admin_stop = CancellationToken::new();
     let served = crate::admin::serve(config.admin.listen, state, admin_stop.clone()).await?;

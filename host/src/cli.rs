@@ -49,6 +49,10 @@ pub enum Command {
     Run(RunArgs),
     /// Run the task app on an embedded Kafka cluster, with demo events and a live view.
     Dev(DevArgs),
+    /// Talk to a running host's admin API (handlers, handler, deploy, rollback, pause, resume,
+    /// dlq): see [`crate::client`].
+    #[command(flatten)]
+    Admin(crate::client::AdminCommand),
 }
 
 /// `kasm run`.
@@ -199,6 +203,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         })
         .await
         .map(|()| ExitCode::SUCCESS),
+        Command::Admin(cmd) => crate::client::run(cmd.clone()).await,
     };
     match result {
         Ok(code) => code,

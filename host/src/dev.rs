@@ -55,6 +55,7 @@ fn handler(dir: &Path, name: &str, topic: &str, publish_to: &str) -> HandlerConf
         },
         ledger_retention: Duration::from_secs(24 * 3600),
         ledger_max_entries: 1_000_000,
+        max_replays: 3,
     }
 }
 

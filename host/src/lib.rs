@@ -7,12 +7,14 @@
 //!   artifact cache, and a handler call with its deadline, memory cap and outcome.
 //! - [`capabilities`]: what a handler may do (publish, kv, log), granted per handler.
 //! - [`config`]: `kasm.toml` and the Kafka connection from the environment.
-//! - [`cli`]: the `kasm` command line.
+//! - [`cli`]: the `kasm` command line; [`client`]: its commands that talk to a running host's
+//!   admin API.
 
 pub mod admin;
 pub mod app;
 pub mod capabilities;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod deploy;
 pub mod dev;

@@ -73,7 +73,39 @@ pub fn document() -> Value {
             } },
             "/v1/handlers/{name}/rollback": { "parameters": name_param(), "post": op("Return to the previous version", true, swap_ok, &[("403", "mutations disabled"), ("404", "no such handler"), ("409", "no previous version")]) },
             "/v1/handlers/{name}/pause": { "parameters": name_param(), "post": op("Stop fetching; offsets stay put", true, handler_ok.clone(), &[("403", "mutations disabled"), ("404", "no such handler")]) },
-            "/v1/handlers/{name}/resume": { "parameters": name_param(), "post": op("Resume fetching", true, handler_ok, &[("403", "mutations disabled"), ("404", "no such handler")]) }
+            "/v1/handlers/{name}/resume": { "parameters": name_param(), "post": op("Resume fetching", true, handler_ok, &[("403", "mutations disabled"), ("404", "no such handler")]) },
+            "/v1/handlers/{name}/dlq": { "parameters": name_param(), "get": {
+                "summary": "Dead letters of the handler, provenance headers decoded, paged",
+                "parameters": [
+                    { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 50 } },
+                    { "name": "from", "in": "query", "schema": { "type": "string" }, "description": "cursor from the previous page's `next` (`partition:offset,...`)" },
+                    { "name": "topic", "in": "query", "schema": { "type": "string" }, "description": "source topic whose dead-letter topic to read (default: the handler's first)" }
+                ],
+                "responses": {
+                    "200": { "description": "a page", "content": { "application/json": { "schema": { "type": "object", "properties": {
+                        "records": { "type": "array", "items": { "type": "object" } }, "next": { "type": ["string", "null"] } } } } } },
+                    "400": error_response("bad cursor or topic"),
+                    "401": error_response("missing or wrong bearer token"),
+                    "404": error_response("no such handler"),
+                    "502": error_response("the dead-letter topic could not be read")
+                }
+            } },
+            "/v1/handlers/{name}/dlq/replay": { "parameters": name_param(), "post": {
+                "summary": "Re-publish dead letters to their source topic with `kasm-replay-count`; records past the handler's max_replays are refused",
+                "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "properties": {
+                    "all": { "type": "boolean" },
+                    "records": { "type": "array", "items": { "type": "object", "required": ["partition", "offset"], "properties": { "partition": { "type": "integer" }, "offset": { "type": "integer" } } } },
+                    "topic": { "type": "string" } } } } } },
+                "responses": {
+                    "200": { "description": "what was replayed and what was refused, with reasons", "content": { "application/json": { "schema": { "type": "object", "properties": {
+                        "replayed": { "type": "array", "items": { "type": "object" } }, "refused": { "type": "array", "items": { "type": "object" } }, "stopped": { "type": ["string", "null"] } } } } } },
+                    "400": error_response("neither `all` nor `records`"),
+                    "401": error_response("missing or wrong bearer token"),
+                    "403": error_response("mutations disabled"),
+                    "404": error_response("no such handler"),
+                    "502": error_response("the dead-letter topic could not be read")
+                }
+            } }
         },
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },

@@ -490,3 +490,130 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
     }
     host.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_and_replayed_after_a_fix_within_the_replay_limit() {
+    let s = setup().await;
+    let body = format!(
+        "[kafka]\n{k}\n[handlers.fx]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\ngroup_id = \"{g}\"\n\
+         payload = \"json\"\nmax_replays = 1\ngrants = {{ producer = [\"{o}\"], kv = true }}\n",
+        k = KAFKA_TEST_PROPS,
+        c = component("fixture").display(),
+        t = s.topic,
+        g = s.group,
+        o = s.out,
+    );
+    let config = Config::load(&write_config(s.dir.path(), &body)).unwrap();
+    let env = KafkaEnv {
+        bootstrap_servers: Some(s.broker.bootstrap()),
+        ..KafkaEnv::default()
+    };
+    let poison = Rec {
+        key: Some(b"k-poison".to_vec()),
+        payload: br#"{"action":"fatal","message":"not handled yet"}"#.to_vec(),
+        headers: vec![
+            ("event-id".into(), b"poison-1".to_vec()),
+            ("out-topic".into(), s.out.as_bytes().to_vec()),
+        ],
+        partition: Some(0),
+    };
+    produce(&s.broker.producer(), &s.topic, &[poison]).await;
+    let host = kasm_host::app::start_with(&config, &env, Some(Secret::new(TOKEN)))
+        .await
+        .unwrap();
+    let addr = host.admin_addr.to_string();
+    let dead = || host.handlers[0].stats.snapshot().dead_lettered;
+    let wait_dead = |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        async move {
+            while dead() < n {
+                assert!(Instant::now() < deadline, "dead letters: {} of {n}", dead());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_dead(1).await;
+
+    let list = |addr: &str| -> serde_json::Value {
+        let (code, body) = http_request(
+            addr,
+            "GET",
+            "/v1/handlers/fx/dlq?limit=10",
+            Some(TOKEN),
+            b"",
+        );
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let page = list(&addr);
+    let first = &page["records"][0];
+    assert_eq!(first["provenance"]["error_kind"], "fatal", "{page:#}");
+    assert_eq!(first["provenance"]["event_id"], "poison-1");
+    assert_eq!(first["provenance"]["source_topic"], s.topic.as_str());
+    assert_eq!(first["provenance"]["source_offset"], 0);
+    assert_eq!(first["replay_count"], 0);
+    let pos = |r: &serde_json::Value| {
+        format!(
+            r#"{{"records":[{{"partition":{},"offset":{}}}]}}"#,
+            r["partition"], r["offset"]
+        )
+    };
+
+    // Replayed before the fix: it fails again and comes back with replay count 1.
+    let (code, body) = http_request(
+        &addr,
+        "POST",
+        "/v1/handlers/fx/dlq/replay",
+        Some(TOKEN),
+        pos(first).as_bytes(),
+    );
+    assert_eq!(code, 200, "{body}");
+    wait_dead(2).await;
+    let page = list(&addr);
+    let again = page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["replay_count"] == 1)
+        .cloned();
+    let again =
+        again.unwrap_or_else(|| panic!("the replayed failure is dead-lettered again: {page:#}"));
+    // Past the limit (max_replays = 1): refused with the reason.
+    let (code, body) = http_request(
+        &addr,
+        "POST",
+        "/v1/handlers/fx/dlq/replay",
+        Some(TOKEN),
+        pos(&again).as_bytes(),
+    );
+    assert_eq!(code, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["replayed"].as_array().unwrap().len(), 0, "{body}");
+    assert_eq!(report["refused"].as_array().unwrap().len(), 1, "{body}");
+
+    // Fix the handler (a version that accepts the record), replay the original: handled.
+    let (code, body) = http_request(
+        &addr,
+        "PUT",
+        "/v1/handlers/fx/component",
+        Some(TOKEN),
+        &component_bytes("fixture-publisher"),
+    );
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = http_request(
+        &addr,
+        "POST",
+        "/v1/handlers/fx/dlq/replay",
+        Some(TOKEN),
+        pos(first).as_bytes(),
+    );
+    assert_eq!(code, 200, "{body}");
+    let out = read_topic(&s.broker.bootstrap(), &s.out, 1, Duration::from_secs(60));
+    assert_eq!(
+        out.len(),
+        1,
+        "the replayed record was handled by the fixed version"
+    );
+    assert_eq!(out[0].json()["source"], "poison-1");
+    host.shutdown().await.unwrap();
+}

@@ -7,6 +7,7 @@
 )]
 
 mod admin;
+mod admin_cli;
 mod cli;
 mod faults;
 mod loading;

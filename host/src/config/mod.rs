@@ -133,6 +133,10 @@ pub struct HandlerConfig {
     /// Most event ids the ledger keeps for this handler; the oldest are evicted first.
     #[serde(default = "defaults::ledger_max_entries")]
     pub ledger_max_entries: u64,
+    /// How many times one dead letter may be replayed to its source topic (the
+    /// `kasm-replay-count` header guards against replay loops).
+    #[serde(default = "defaults::max_replays")]
+    pub max_replays: u32,
 }
 
 /// Exponential backoff with jitter.
@@ -586,6 +590,9 @@ mod defaults {
     }
     pub fn ledger_max_entries() -> u64 {
         1_000_000
+    }
+    pub fn max_replays() -> u32 {
+        3
     }
 }
 

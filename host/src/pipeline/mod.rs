@@ -12,6 +12,7 @@
 pub mod consumer;
 pub mod dlq;
 pub mod offsets;
+pub mod replay;
 pub mod worker;
 
 use std::collections::BTreeMap;

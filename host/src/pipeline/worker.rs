@@ -114,7 +114,23 @@ async fn process(
         return dead_letter(ctx, &record, &event.id, &sha, f, stop).await;
     }
 
-    match ctx.ledger.get(&ctx.name, &ledger_key(&event.id, &record.headers)).await {
+    if let Some((_, target)) = record
+        .headers
+        .iter()
+        .rev()
+        .find(|(k, _)| k == REPLAY_HANDLER_HEADER)
+        && target.as_slice() != ctx.name.as_bytes()
+    {
+        ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
+        ctx.metrics.record(&ctx.name, &record.topic, "skipped");
+        tracing::debug!(event_id = %event.id, "a replay for another handler: skipped");
+        return Ok(());
+    }
+    match ctx
+        .ledger
+        .get(&ctx.name, &ledger_key(&event.id, &record.headers))
+        .await
+    {
         Ok(Some(_)) => {
             ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
             ctx.metrics.record(&ctx.name, &record.topic, "skipped");
@@ -310,22 +326,31 @@ async fn dead_letter(
     Ok(())
 }
 
-/// Header carried by a dead letter replayed to its source topic: how many times it was.
-pub const REPLAY_COUNT_HEADER: &str = "kasm-replay-count";
+pub use super::replay::REPLAY_COUNT_HEADER;
+/// Header naming one replay (unique per replayed record).
+pub const REPLAY_ID_HEADER: &str = "kasm-replay-id";
+/// Header naming the handler a replay is for: the one that dead-lettered the record. Other
+/// handlers consuming the same topic already handled the original and skip it.
+pub const REPLAY_HANDLER_HEADER: &str = "kasm-replay-handler";
 
-/// The ledger key of a record: its event id; for a replayed dead letter (`kasm-replay-count`
-/// = n > 0) the event id and the replay number. The original is recorded as dead-lettered, so
-/// under its plain id a replay would be skipped; under its own key it runs, and a redelivery
-/// of the same replay is still deduplicated.
+/// The ledger key of a record: its event id; for a replayed dead letter, the event id and the
+/// replay (`kasm-replay-id`, else `kasm-replay-count`). The original is recorded as
+/// dead-lettered, so under its plain id a replay would be skipped; under its own key it runs,
+/// and a redelivery of that same replay is still deduplicated.
 fn ledger_key(event_id: &str, headers: &[(String, Vec<u8>)]) -> String {
-    let replays = headers
-        .iter()
-        .rev()
-        .find(|(k, _)| k == REPLAY_COUNT_HEADER)
-        .and_then(|(_, v)| std::str::from_utf8(v).ok())
-        .and_then(|v| v.trim().parse::<u32>().ok())
-        .unwrap_or(0);
-    if replays == 0 { event_id.to_owned() } else { format!("{event_id}\u{1f}replay-{replays}") }
+    let header = |name: &str| {
+        headers
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && *v != "0")
+    };
+    match header(REPLAY_ID_HEADER).or_else(|| header(REPLAY_COUNT_HEADER)) {
+        Some(replay) => format!("{event_id}\u{1f}replay-{replay}"),
+        None => event_id.to_owned(),
+    }
 }
 
 /// Record the outcome, retrying a failing ledger (the offset must not move before it).
