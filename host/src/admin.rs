@@ -310,7 +310,8 @@ fn build(state: AdminState) -> (Router, Vec<(&'static str, String)>) {
         .add("POST", "/handlers/{name}/pause", post(pause))
         .add("POST", "/handlers/{name}/resume", post(resume))
         .add("GET", "/handlers/{name}/dlq", get(dlq_list))
-        .add("POST", "/handlers/{name}/dlq/replay", post(dlq_replay));
+        .add("POST", "/handlers/{name}/dlq/replay", post(dlq_replay))
+        .add("POST", "/topics/{topic}/events", post(produce_event));
     let open = Routes::new()
         .add("GET", "/healthz", get(healthz))
         .add("GET", "/readyz", get(readyz))
@@ -454,6 +455,86 @@ async fn dlq_replay(
     .await
     .map_err(internal)?;
     Ok(Json(report))
+}
+
+/// Body of `POST /v1/topics/{topic}/events`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventBody {
+    /// The event (any JSON; written as the record value).
+    event: serde_json::Value,
+    /// Record key (e.g. the user id).
+    key: Option<String>,
+    /// Extra headers.
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+}
+
+/// Where a produced event landed.
+#[derive(Debug, Serialize)]
+struct Produced {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    event_id: String,
+}
+
+/// Publish one event the way a producing service should: `acks=all`, idempotent, an
+/// `event-id` (the header, else the event's `event_id` field, else a new UUID) carried both
+/// as a header and, for a JSON object without one, as its `event_id` field; the answer waits
+/// for the broker's acknowledgement.
+async fn produce_event(
+    State(s): State<AdminState>,
+    Path(topic): Path<String>,
+    Json(body): Json<EventBody>,
+) -> ApiResult<Produced> {
+    if !crate::config::valid_topic(&topic) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("`{topic}` is not a valid topic name"),
+        ));
+    }
+    let mut event = body.event;
+    let from_field = event
+        .get("event_id")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned);
+    let event_id = body
+        .headers
+        .get(crate::event::EVENT_ID_HEADER)
+        .cloned()
+        .or(from_field)
+        .filter(|id| !id.trim().is_empty())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    if let Some(obj) = event.as_object_mut() {
+        obj.entry("event_id")
+            .or_insert_with(|| serde_json::Value::String(event_id.clone()));
+    }
+    let payload = serde_json::to_vec(&event)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let mut headers: Vec<(String, Vec<u8>)> = body
+        .headers
+        .into_iter()
+        .filter(|(k, _)| k != crate::event::EVENT_ID_HEADER)
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect();
+    headers.push((
+        crate::event::EVENT_ID_HEADER.to_owned(),
+        event_id.clone().into_bytes(),
+    ));
+    let out = crate::kafka::producer::OutRecord {
+        topic: &topic,
+        key: body.key.as_deref().map(str::as_bytes),
+        payload: &payload,
+        headers: &headers,
+    };
+    let d = s.producer.send(out).await.map_err(internal)?;
+    Ok(Json(Produced {
+        topic,
+        partition: d.partition,
+        offset: d.offset,
+        event_id,
+    }))
 }
 
 /// The router: every route the admin server serves.

@@ -90,6 +90,23 @@ pub fn document() -> Value {
                     "502": error_response("the dead-letter topic could not be read")
                 }
             } },
+            "/v1/topics/{topic}/events": {
+                "parameters": [{ "name": "topic", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "post": {
+                    "summary": "Publish one event (acks=all, idempotent); an event-id is generated when the event has none",
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["event"], "properties": {
+                        "event": {}, "key": { "type": "string" },
+                        "headers": { "type": "object", "additionalProperties": { "type": "string" } } } } } } },
+                    "responses": {
+                        "200": { "description": "acknowledged by the broker", "content": { "application/json": { "schema": { "type": "object", "properties": {
+                            "topic": { "type": "string" }, "partition": { "type": "integer" }, "offset": { "type": "integer" }, "event_id": { "type": "string" } } } } } },
+                        "400": error_response("bad topic name or body"),
+                        "401": error_response("missing or wrong bearer token"),
+                        "403": error_response("mutations disabled"),
+                        "502": error_response("the broker did not acknowledge the write")
+                    }
+                }
+            },
             "/v1/handlers/{name}/dlq/replay": { "parameters": name_param(), "post": {
                 "summary": "Re-publish dead letters to their source topic with `kasm-replay-count`; records past the handler's max_replays are refused",
                 "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "properties": {

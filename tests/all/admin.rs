@@ -256,6 +256,9 @@ async fn every_v1_route_needs_the_token_and_health_does_not() {
         ("POST", "/v1/handlers/pub/rollback"),
         ("POST", "/v1/handlers/pub/pause"),
         ("POST", "/v1/handlers/pub/resume"),
+        ("GET", "/v1/handlers/pub/dlq"),
+        ("POST", "/v1/handlers/pub/dlq/replay"),
+        ("POST", "/v1/topics/some-topic/events"),
     ];
     for (method, path) in routes {
         for token in [None, Some("wrong-token")] {
@@ -481,7 +484,7 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
     assert_eq!(documented, served, "the document and the router agree");
     // And each documented route is really there (not 404/405) for an authorized caller.
     for (method, path) in &served {
-        let concrete = path.replace("{name}", "pub");
+        let concrete = path.replace("{name}", "pub").replace("{topic}", &s.topic);
         let (code, text) = http_request(&addr, method, &concrete, Some(TOKEN), b"");
         assert!(
             code != 404 && code != 405 && code != 0,
@@ -615,5 +618,40 @@ async fn dead_letters_are_listed_and_replayed_after_a_fix_within_the_replay_limi
         "the replayed record was handled by the fixed version"
     );
     assert_eq!(out[0].json()["source"], "poison-1");
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_posted_to_a_topic_is_acknowledged_and_handled() {
+    let s = setup().await;
+    let host = start(&s, Some(TOKEN)).await;
+    let addr = host.admin_addr.to_string();
+    let body = format!(
+        r#"{{"event": {{"title": "Buy milk"}}, "key": "user-1", "headers": {{"out-topic": "{}"}}}}"#,
+        s.out
+    );
+    let path = format!("/v1/topics/{}/events", s.topic);
+    let (code, answer) = http_request(&addr, "POST", &path, Some(TOKEN), body.as_bytes());
+    assert_eq!(code, 200, "{answer}");
+    let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let id = v["event_id"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 36, "a generated event id: {answer}");
+    assert!(v["offset"].as_i64().is_some_and(|o| o >= 0), "{answer}");
+    let out = read_topic(&s.broker.bootstrap(), &s.out, 1, Duration::from_secs(60));
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        out[0].json()["source"],
+        id.as_str(),
+        "handled under the generated id"
+    );
+    let (code, answer) = http_request(
+        &addr,
+        "POST",
+        "/v1/topics/bad%20topic/events",
+        Some(TOKEN),
+        body.as_bytes(),
+    );
+    assert_eq!(code, 400, "{answer}");
+    assert!(answer.contains("not a valid topic name"), "{answer}");
     host.shutdown().await.unwrap();
 }
