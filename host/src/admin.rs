@@ -2,7 +2,8 @@
 //!
 //! - `GET /healthz`, `GET /readyz`: open (probes), JSON per handler (see [`crate::health`]).
 //! - `GET /metrics`: open, OpenMetrics text (which Prometheus scrapes; see [`crate::metrics`]).
-//! - `GET /openapi.json`: open, the OpenAPI 3.1 description of every route (see [`crate::openapi`]).
+//! - `GET /openapi.json`: the OpenAPI 3.1 description of every route (see [`crate::openapi`]);
+//!   like `/v1`, it needs the token when one is configured.
 //! - `/v1/...`: JSON in and out, errors as `{"error": "..."}` with the status mapped in one
 //!   place ([`ApiError`]). Authentication: `Authorization: Bearer <token>` with the token from
 //!   `KASM_ADMIN_TOKEN`, compared in constant time and never logged. Without a configured
@@ -312,11 +313,14 @@ fn build(state: AdminState) -> (Router, Vec<(&'static str, String)>) {
         .add("GET", "/handlers/{name}/dlq", get(dlq_list))
         .add("POST", "/handlers/{name}/dlq/replay", post(dlq_replay))
         .add("POST", "/topics/{topic}/events", post(produce_event));
+    // Everything but health and metrics needs the token, the API description included.
+    let guarded_openapi =
+        get(openapi).layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     let open = Routes::new()
         .add("GET", "/healthz", get(healthz))
         .add("GET", "/readyz", get(readyz))
         .add("GET", "/metrics", get(metrics))
-        .add("GET", "/openapi.json", get(openapi));
+        .add("GET", "/openapi.json", guarded_openapi);
     let mut list = open.list;
     list.extend(v1.list.into_iter().map(|(m, p)| (m, format!("/v1{p}"))));
     let v1 = v1

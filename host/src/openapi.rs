@@ -55,7 +55,7 @@ pub fn document() -> Value {
             "/healthz": { "get": op("Liveness: the process and every consumer loop are alive", false, json_ok("live", "HealthReport"), &[("503", "not live (body: HealthReport)")]) },
             "/readyz": { "get": op("Readiness: assigned, broker reachable, no partition held, not shutting down", false, json_ok("ready", "HealthReport"), &[("503", "not ready (body: HealthReport)")]) },
             "/metrics": { "get": op("Prometheus metrics (OpenMetrics text)", false, json!({ "description": "metrics", "content": { "application/openmetrics-text": { "schema": { "type": "string" } } } }), &[]) },
-            "/openapi.json": { "get": op("This document", false, json!({ "description": "OpenAPI document", "content": { "application/json": { "schema": { "type": "object" } } } }), &[]) },
+            "/openapi.json": { "get": op("This document", true, json!({ "description": "OpenAPI document", "content": { "application/json": { "schema": { "type": "object" } } } }), &[]) },
             "/v1/handlers": { "get": op("Every handler", true, json!({ "description": "handlers", "content": { "application/json": { "schema": { "type": "array", "items": { "$ref": "#/components/schemas/Handler" } } } } }), &[]) },
             "/v1/handlers/{name}": { "parameters": name_param(), "get": op("One handler: version and history, partitions with committed offset and lag, counters", true, handler_ok.clone(), &[("404", "no such handler")]) },
             "/v1/handlers/{name}/component": { "parameters": name_param(), "put": {

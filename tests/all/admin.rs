@@ -259,6 +259,7 @@ async fn every_v1_route_needs_the_token_and_health_does_not() {
         ("GET", "/v1/handlers/pub/dlq"),
         ("POST", "/v1/handlers/pub/dlq/replay"),
         ("POST", "/v1/topics/some-topic/events"),
+        ("GET", "/openapi.json"),
     ];
     for (method, path) in routes {
         for token in [None, Some("wrong-token")] {
@@ -462,7 +463,12 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
     let s = setup().await;
     let host = start(&s, Some(TOKEN)).await;
     let addr = host.admin_addr.to_string();
-    let (code, body) = http_get(&addr, "/openapi.json");
+    assert_eq!(
+        http_get(&addr, "/openapi.json").0,
+        401,
+        "the description needs the token too"
+    );
+    let (code, body) = http_request(&addr, "GET", "/openapi.json", Some(TOKEN), b"");
     assert_eq!(code, 200);
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
