@@ -179,25 +179,9 @@ impl Drop for HostProcess {
     }
 }
 
-/// `GET http://{addr}{path}` → (status, body). Minimal HTTP/1.1, enough for the admin API.
+/// `GET http://{addr}{path}` → (status, body), without a token.
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return (0, "connection refused".into());
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).is_err() {
-        return (0, "write failed".into());
-    }
-    let mut resp = String::new();
-    let _ = s.read_to_string(&mut resp);
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    (status, body)
+    http_request(addr, "GET", path, None, b"")
 }
 
 /// An HTTP request to the admin server → (status, body). `token` goes in a bearer header.

@@ -127,3 +127,70 @@ pub fn write_config(dir: &std::path::Path, body: &str) -> PathBuf {
     std::fs::write(&path, text).expect("write config");
     path
 }
+
+/// What most end-to-end tests start from: a broker with a source topic, an output topic and
+/// the source's dead-letter topic (random names), a temporary folder and a random group id.
+#[derive(Debug)]
+pub struct Setup {
+    /// The broker.
+    pub broker: broker::TestBroker,
+    /// Config and data folder.
+    pub dir: tempfile::TempDir,
+    /// Source topic.
+    pub topic: String,
+    /// Output topic.
+    pub out: String,
+    /// Consumer group of the handler under test.
+    pub group: String,
+}
+
+impl Setup {
+    /// Create the topics (each with `partitions` partitions; the DLQ with one) on `broker`.
+    pub async fn new(broker: broker::TestBroker, partitions: i32) -> Self {
+        let (topic, out) = (unique("in"), unique("out"));
+        broker.create_topic(&topic, partitions).await;
+        broker.create_topic(&out, partitions).await;
+        broker.create_topic(&format!("{topic}.dlq"), 1).await;
+        Setup {
+            broker,
+            dir: tempfile::tempdir().expect("tempdir"),
+            topic,
+            out,
+            group: unique("group"),
+        }
+    }
+
+    /// The Kafka connection of a host under test.
+    pub fn env(&self) -> kasm_host::config::KafkaEnv {
+        kasm_host::config::KafkaEnv {
+            bootstrap_servers: Some(self.broker.bootstrap()),
+            ..Default::default()
+        }
+    }
+}
+
+/// Events `{prefix}-{i}` for `i` in `range` (header `event-id`, key `k{i}`), each asking the
+/// publisher fixture to write its output to `out` (header `out-topic`).
+pub fn events(prefix: &str, range: std::ops::Range<usize>, out: &str) -> Vec<broker::Rec> {
+    range
+        .map(|i| broker::Rec {
+            key: Some(format!("k{i}").into_bytes()),
+            payload: format!("{{\"n\":{i}}}").into_bytes(),
+            headers: vec![
+                ("event-id".into(), format!("{prefix}-{i}").into_bytes()),
+                ("out-topic".into(), out.as_bytes().to_vec()),
+            ],
+            partition: None,
+        })
+        .collect()
+}
+
+/// How many outputs each source event id has (the fixtures write `{"source": <id>}`).
+pub fn count_sources(outputs: &[broker::Got]) -> std::collections::HashMap<String, usize> {
+    let mut m = std::collections::HashMap::new();
+    for o in outputs {
+        *m.entry(o.json()["source"].as_str().unwrap_or_default().to_owned())
+            .or_insert(0) += 1;
+    }
+    m
+}

@@ -541,11 +541,6 @@ async fn produce_event(
     }))
 }
 
-/// The router: every route the admin server serves.
-pub fn router(state: AdminState) -> Router {
-    build(state).0
-}
-
 async fn openapi() -> impl IntoResponse {
     Json(crate::openapi::document())
 }

@@ -3,37 +3,14 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use kasm_host::config::{Config, KafkaEnv, Secret};
+use kasm_host::config::{Config, Secret};
 use kasm_tests::broker::{
     Got, Rec, TestBroker, committed_offsets, end_offsets, produce, read_topic,
 };
 use kasm_tests::hostproc::{http_get, http_request};
-use kasm_tests::{KAFKA_TEST_PROPS, component, component_bytes, unique, write_config};
+use kasm_tests::{KAFKA_TEST_PROPS, Setup, component, component_bytes, events, write_config};
 
 const TOKEN: &str = "test-token-5f2c";
-
-struct Setup {
-    broker: TestBroker,
-    dir: tempfile::TempDir,
-    topic: String,
-    out: String,
-    group: String,
-}
-
-async fn setup() -> Setup {
-    let broker = TestBroker::from_env();
-    let (topic, out) = (unique("in"), unique("out"));
-    broker.create_topic(&topic, 4).await;
-    broker.create_topic(&out, 4).await;
-    broker.create_topic(&format!("{topic}.dlq"), 1).await;
-    Setup {
-        broker,
-        dir: tempfile::tempdir().unwrap(),
-        topic,
-        out,
-        group: unique("group"),
-    }
-}
 
 fn config(s: &Setup) -> Config {
     let body = format!(
@@ -49,27 +26,10 @@ fn config(s: &Setup) -> Config {
 }
 
 async fn start(s: &Setup, token: Option<&str>) -> kasm_host::app::Host {
-    let env = KafkaEnv {
-        bootstrap_servers: Some(s.broker.bootstrap()),
-        ..KafkaEnv::default()
-    };
+    let env = s.env();
     kasm_host::app::start_with(&config(s), &env, token.map(Secret::new))
         .await
         .unwrap()
-}
-
-fn events(n: usize, from: usize, out: &str) -> Vec<Rec> {
-    (from..from + n)
-        .map(|i| Rec {
-            key: Some(format!("k{i}").into_bytes()),
-            payload: format!("{{\"n\":{i}}}").into_bytes(),
-            headers: vec![
-                ("event-id".into(), format!("ev-{i}").into_bytes()),
-                ("out-topic".into(), out.as_bytes().to_vec()),
-            ],
-            partition: None,
-        })
-        .collect()
 }
 
 fn versions_by_source(got: &[Got]) -> HashMap<String, Vec<String>> {
@@ -92,9 +52,9 @@ fn active_sha(addr: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_swaps_under_load_lose_nothing_and_each_event_runs_on_one_version() {
-    let s = setup().await;
+    let s = Setup::new(TestBroker::from_env(), 4).await;
     let n = 20_000;
-    produce(&s.broker.producer(), &s.topic, &events(n, 0, &s.out)).await;
+    produce(&s.broker.producer(), &s.topic, &events("ev", 0..n, &s.out)).await;
     let host = start(&s, Some(TOKEN)).await;
     let addr = host.admin_addr.to_string();
     let v1 = component_bytes("fixture-publisher");
@@ -160,9 +120,9 @@ async fn ten_swaps_under_load_lose_nothing_and_each_event_runs_on_one_version() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_uploads_under_load_keep_the_old_version_and_fail_nothing() {
-    let s = setup().await;
+    let s = Setup::new(TestBroker::from_env(), 4).await;
     let n = 3_000;
-    produce(&s.broker.producer(), &s.topic, &events(n, 0, &s.out)).await;
+    produce(&s.broker.producer(), &s.topic, &events("ev", 0..n, &s.out)).await;
     let host = start(&s, Some(TOKEN)).await;
     let addr = host.admin_addr.to_string();
     let before = active_sha(&addr);
@@ -196,7 +156,7 @@ async fn refused_uploads_under_load_keep_the_old_version_and_fail_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_restores_the_previous_hash_and_a_restart_keeps_the_deployed_one() {
-    let s = setup().await;
+    let s = Setup::new(TestBroker::from_env(), 4).await;
     let v1 = kasm_host::runtime::sha256_hex(&component_bytes("fixture-publisher"));
     let v2_bytes = component_bytes("fixture-publisher-v2");
     let v2 = kasm_host::runtime::sha256_hex(&v2_bytes);
@@ -246,7 +206,7 @@ async fn rollback_restores_the_previous_hash_and_a_restart_keeps_the_deployed_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_v1_route_needs_the_token_and_health_does_not() {
-    let s = setup().await;
+    let s = Setup::new(TestBroker::from_env(), 4).await;
     let host = start(&s, Some(TOKEN)).await;
     let addr = host.admin_addr.to_string();
     let routes = [
@@ -289,8 +249,13 @@ async fn every_v1_route_needs_the_token_and_health_does_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_holds_offsets_while_events_arrive_and_resume_catches_up() {
-    let s = setup().await;
-    produce(&s.broker.producer(), &s.topic, &events(500, 0, &s.out)).await;
+    let s = Setup::new(TestBroker::from_env(), 4).await;
+    produce(
+        &s.broker.producer(),
+        &s.topic,
+        &events("ev", 0..500, &s.out),
+    )
+    .await;
     let host = start(&s, Some(TOKEN)).await;
     let addr = host.admin_addr.to_string();
     let stats = || host.handlers[0].stats.snapshot().processed;
@@ -304,7 +269,12 @@ async fn pause_holds_offsets_while_events_arrive_and_resume_catches_up() {
     assert!(body.contains("\"status\":\"paused\""), "{body}");
     tokio::time::sleep(Duration::from_millis(800)).await; // the last commit settles
     let committed_before = committed_offsets(&s.broker.bootstrap(), &s.group, &s.topic);
-    produce(&s.broker.producer(), &s.topic, &events(500, 500, &s.out)).await;
+    produce(
+        &s.broker.producer(),
+        &s.topic,
+        &events("ev", 500..1000, &s.out),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(stats(), 500, "nothing handled while paused");
     assert_eq!(
@@ -377,9 +347,9 @@ fn parse_metrics(text: &str) -> Vec<(String, HashMap<String, String>, f64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_count_what_was_produced() {
-    let s = setup().await;
-    let mut recs = events(100, 0, &s.out);
-    recs.extend(events(5, 0, &s.out)); // five duplicates
+    let s = Setup::new(TestBroker::from_env(), 4).await;
+    let mut recs = events("ev", 0..100, &s.out);
+    recs.extend(events("ev", 0..5, &s.out)); // five duplicates
     produce(&s.broker.producer(), &s.topic, &recs).await;
     let host = start(&s, Some(TOKEN)).await;
     let addr = host.admin_addr.to_string();
@@ -460,7 +430,7 @@ async fn metrics_parse_and_count_what_was_produced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_lists_exactly_the_served_routes() {
-    let s = setup().await;
+    let s = Setup::new(TestBroker::from_env(), 4).await;
     let host = start(&s, Some(TOKEN)).await;
     let addr = host.admin_addr.to_string();
     assert_eq!(
@@ -502,7 +472,7 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_and_replayed_after_a_fix_within_the_replay_limit() {
-    let s = setup().await;
+    let s = Setup::new(TestBroker::from_env(), 4).await;
     let body = format!(
         "[kafka]\n{k}\n[handlers.fx]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\ngroup_id = \"{g}\"\n\
          payload = \"json\"\nmax_replays = 1\ngrants = {{ producer = [\"{o}\"], kv = true }}\n",
@@ -513,10 +483,7 @@ async fn dead_letters_are_listed_and_replayed_after_a_fix_within_the_replay_limi
         o = s.out,
     );
     let config = Config::load(&write_config(s.dir.path(), &body)).unwrap();
-    let env = KafkaEnv {
-        bootstrap_servers: Some(s.broker.bootstrap()),
-        ..KafkaEnv::default()
-    };
+    let env = s.env();
     let poison = Rec {
         key: Some(b"k-poison".to_vec()),
         payload: br#"{"action":"fatal","message":"not handled yet"}"#.to_vec(),
@@ -629,7 +596,7 @@ async fn dead_letters_are_listed_and_replayed_after_a_fix_within_the_replay_limi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_posted_to_a_topic_is_acknowledged_and_handled() {
-    let s = setup().await;
+    let s = Setup::new(TestBroker::from_env(), 4).await;
     let host = start(&s, Some(TOKEN)).await;
     let addr = host.admin_addr.to_string();
     let body = format!(

@@ -4,34 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use kasm_host::config::{Config, KafkaEnv};
+use kasm_host::config::Config;
 use kasm_tests::broker::{Rec, TestBroker, committed_offsets, end_offsets, produce, read_topic};
 use kasm_tests::hostproc::http_get;
-use kasm_tests::{component, unique, write_config};
+use kasm_tests::{Setup, component, count_sources, events, write_config};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-
-struct Setup {
-    broker: TestBroker,
-    dir: tempfile::TempDir,
-    topic: String,
-    out: String,
-    group: String,
-}
-
-async fn setup(partitions: i32) -> Setup {
-    let broker = TestBroker::embedded();
-    let (topic, out) = (unique("in"), unique("out"));
-    broker.create_topic(&topic, partitions).await;
-    broker.create_topic(&out, partitions).await;
-    broker.create_topic(&format!("{topic}.dlq"), 1).await;
-    Setup {
-        broker,
-        dir: tempfile::tempdir().unwrap(),
-        topic,
-        out,
-        group: unique("group"),
-    }
-}
 
 fn load(s: &Setup, fixture: &str, extra: &str, kafka: &str) -> Config {
     let body = format!(
@@ -43,33 +20,6 @@ fn load(s: &Setup, fixture: &str, extra: &str, kafka: &str) -> Config {
         o = s.out,
     );
     Config::load(&write_config(s.dir.path(), &body)).unwrap()
-}
-
-fn env(s: &Setup) -> KafkaEnv {
-    KafkaEnv {
-        bootstrap_servers: Some(s.broker.bootstrap()),
-        ..KafkaEnv::default()
-    }
-}
-
-fn events(n: usize, out: &str) -> Vec<Rec> {
-    (0..n)
-        .map(|i| Rec {
-            key: Some(format!("k{i}").into_bytes()),
-            payload: format!("{{\"n\":{i}}}").into_bytes(),
-            headers: vec![
-                ("event-id".into(), format!("ev-{i}").into_bytes()),
-                ("out-topic".into(), out.as_bytes().to_vec()),
-            ],
-            partition: None,
-        })
-        .collect()
-}
-
-fn distinct_sources(got: &[kasm_tests::broker::Got]) -> std::collections::HashSet<String> {
-    got.iter()
-        .map(|o| o.json()["source"].as_str().unwrap_or_default().to_owned())
-        .collect()
 }
 
 /// Poll `GET path` until `pred(status, body)` holds (bounded); returns the body.
@@ -95,11 +45,11 @@ async fn wait_http(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn brokers_down_and_injected_errors_lose_nothing() {
-    let s = setup(4).await;
+    let s = Setup::new(TestBroker::embedded(), 4).await;
     let n = 3_000;
-    produce(&s.broker.producer(), &s.topic, &events(n, &s.out)).await;
+    produce(&s.broker.producer(), &s.topic, &events("ev", 0..n, &s.out)).await;
     let config = load(&s, "fixture-publisher", "", "");
-    let host = kasm_host::app::start(&config, &env(&s)).await.unwrap();
+    let host = kasm_host::app::start(&config, &s.env()).await.unwrap();
     let admin = host.admin_addr.to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
     while host.handlers[0].stats.snapshot().processed < 300 {
@@ -129,10 +79,10 @@ async fn brokers_down_and_injected_errors_lose_nothing() {
     .unwrap();
 
     let got = read_topic(&s.broker.bootstrap(), &s.out, n, Duration::from_secs(120));
-    let sources = distinct_sources(&got);
+    let sources = count_sources(&got);
     let missing: Vec<String> = (0..n)
         .map(|i| format!("ev-{i}"))
-        .filter(|id| !sources.contains(id))
+        .filter(|id| !sources.contains_key(id))
         .collect();
     assert!(
         missing.is_empty(),
@@ -158,7 +108,7 @@ async fn brokers_down_and_injected_errors_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_dead_letter_write_holds_the_partition_and_readiness_until_it_succeeds() {
-    let s = setup(1).await;
+    let s = Setup::new(TestBroker::embedded(), 1).await;
     let recs = vec![
         Rec {
             payload: br#"{"action":"fatal","message":"bad"}"#.to_vec(),
@@ -181,7 +131,7 @@ async fn a_failing_dead_letter_write_holds_the_partition_and_readiness_until_it_
         )
         .unwrap();
     let config = load(&s, "fixture", "", "");
-    let host = kasm_host::app::start(&config, &env(&s)).await.unwrap();
+    let host = kasm_host::app::start(&config, &s.env()).await.unwrap();
     let admin = host.admin_addr.to_string();
 
     let body = wait_http(&admin, "/readyz", Duration::from_secs(30), |c, b| {
@@ -218,7 +168,7 @@ async fn a_failing_dead_letter_write_holds_the_partition_and_readiness_until_it_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_before_the_first_assignment() {
-    let s = setup(2).await;
+    let s = Setup::new(TestBroker::embedded(), 2).await;
     // The group coordinator answers "not available" for a while: no assignment yet.
     s.broker
         .cluster()
@@ -228,7 +178,7 @@ async fn not_ready_before_the_first_assignment() {
         )
         .unwrap();
     let config = load(&s, "fixture-publisher", "", "");
-    let host = kasm_host::app::start(&config, &env(&s)).await.unwrap();
+    let host = kasm_host::app::start(&config, &s.env()).await.unwrap();
     let admin = host.admin_addr.to_string();
     let (code, body) = http_get(&admin, "/readyz");
     assert_eq!(code, 503, "{body}");
@@ -244,7 +194,7 @@ async fn not_ready_before_the_first_assignment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_fails_when_a_consumer_loop_dies() {
-    let s = setup(1).await;
+    let s = Setup::new(TestBroker::embedded(), 1).await;
     // Settings the producer accepts but the consumer refuses (fetch.max.bytes must be at least
     // message.max.bytes): the consumer loop cannot start and exits.
     let config = load(
@@ -253,7 +203,7 @@ async fn healthz_fails_when_a_consumer_loop_dies() {
         "",
         "\"fetch.max.bytes\" = 1000\n\"message.max.bytes\" = 100000",
     );
-    let host = kasm_host::app::start(&config, &env(&s)).await.unwrap();
+    let host = kasm_host::app::start(&config, &s.env()).await.unwrap();
     let admin = host.admin_addr.to_string();
     let body = wait_http(&admin, "/healthz", Duration::from_secs(30), |c, _| c == 503).await;
     assert!(body.contains("consumer loop failed"), "{body}");

@@ -4,36 +4,12 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use kasm_host::config::{Config, KafkaEnv};
+use kasm_host::config::Config;
 use kasm_tests::broker::{Rec, TestBroker, committed_offsets, end_offsets, produce, read_topic};
-use kasm_tests::{KAFKA_TEST_PROPS, component, unique, write_config};
+use kasm_tests::{KAFKA_TEST_PROPS, Setup, component, count_sources, events, write_config};
 
 /// An expected dead letter: error kind and attempts.
 type Expected = (&'static str, u32);
-
-struct Setup {
-    broker: TestBroker,
-    dir: tempfile::TempDir,
-    topic: String,
-    out: String,
-    group: String,
-}
-
-async fn setup(partitions: i32) -> Setup {
-    let broker = TestBroker::from_env();
-    let topic = unique("in");
-    let out = unique("out");
-    broker.create_topic(&topic, partitions).await;
-    broker.create_topic(&out, partitions).await;
-    broker.create_topic(&format!("{topic}.dlq"), 1).await;
-    Setup {
-        broker,
-        dir: tempfile::tempdir().unwrap(),
-        topic,
-        out,
-        group: unique("group"),
-    }
-}
 
 fn publisher_config(s: &Setup, extra: &str) -> Config {
     let body = format!(
@@ -46,37 +22,6 @@ fn publisher_config(s: &Setup, extra: &str) -> Config {
         o = s.out,
     );
     Config::load(&write_config(s.dir.path(), &body)).unwrap()
-}
-
-fn env(s: &Setup) -> KafkaEnv {
-    KafkaEnv {
-        bootstrap_servers: Some(s.broker.bootstrap()),
-        ..KafkaEnv::default()
-    }
-}
-
-fn events(n: usize, prefix: &str, out: &str) -> Vec<Rec> {
-    (0..n)
-        .map(|i| Rec {
-            key: Some(format!("k{}", i % 97).into_bytes()),
-            payload: format!("{{\"n\":{i}}}").into_bytes(),
-            headers: vec![
-                ("event-id".into(), format!("{prefix}-{i}").into_bytes()),
-                ("out-topic".into(), out.as_bytes().to_vec()),
-            ],
-            partition: None,
-        })
-        .collect()
-}
-
-/// Outputs per source event id.
-fn count_sources(outputs: &[kasm_tests::broker::Got]) -> HashMap<String, usize> {
-    let mut m = HashMap::new();
-    for o in outputs {
-        let src = o.json()["source"].as_str().unwrap_or_default().to_owned();
-        *m.entry(src).or_insert(0) += 1;
-    }
-    m
 }
 
 async fn wait_committed(
@@ -100,11 +45,11 @@ async fn wait_committed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_events_each_handled_exactly_once_and_committed() {
-    let s = setup(4).await;
+    let s = Setup::new(TestBroker::from_env(), 4).await;
     let n = 10_000;
-    produce(&s.broker.producer(), &s.topic, &events(n, "e", &s.out)).await;
+    produce(&s.broker.producer(), &s.topic, &events("e", 0..n, &s.out)).await;
     let config = publisher_config(&s, "");
-    let host = kasm_host::app::start(&config, &env(&s)).await.unwrap();
+    let host = kasm_host::app::start(&config, &s.env()).await.unwrap();
 
     let outputs = read_topic(&s.broker.bootstrap(), &s.out, n, Duration::from_secs(240));
     let counts = count_sources(&outputs);
@@ -137,18 +82,18 @@ async fn ten_thousand_events_each_handled_exactly_once_and_committed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_event_id_at_two_offsets_is_handled_once() {
-    let s = setup(2).await;
+    let s = Setup::new(TestBroker::from_env(), 2).await;
     let n = 200;
-    let mut recs = events(n, "dup", &s.out);
+    let mut recs = events("dup", 0..n, &s.out);
     // The same events again, later in the topic, at new offsets (other partitions too).
-    let mut again = events(n, "dup", &s.out);
+    let mut again = events("dup", 0..n, &s.out);
     for r in &mut again {
         r.key = Some(b"other-key".to_vec());
     }
     recs.extend(again);
     produce(&s.broker.producer(), &s.topic, &recs).await;
     let config = publisher_config(&s, "");
-    let host = kasm_host::app::start(&config, &env(&s)).await.unwrap();
+    let host = kasm_host::app::start(&config, &s.env()).await.unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(120);
     while host.handlers[0].stats.snapshot().processed + host.handlers[0].stats.snapshot().skipped
@@ -175,7 +120,7 @@ async fn the_same_event_id_at_two_offsets_is_handled_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_records_are_dead_lettered_with_provenance_and_the_partition_moves_on() {
-    let s = setup(1).await;
+    let s = Setup::new(TestBroker::from_env(), 1).await;
     let body = format!(
         "[kafka]\n{k}\n[handlers.fx]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\ngroup_id = \"{g}\"\npayload = \"json\"\n\
          max_payload_bytes = 4096\ndeadline = \"300ms\"\nmemory_mib = 16\n\
@@ -222,7 +167,7 @@ async fn poison_records_are_dead_lettered_with_provenance_and_the_partition_move
         })
         .collect();
     produce(&s.broker.producer(), &s.topic, &recs).await;
-    let host = kasm_host::app::start(&config, &env(&s)).await.unwrap();
+    let host = kasm_host::app::start(&config, &s.env()).await.unwrap();
 
     let dlq = read_topic(
         &s.broker.bootstrap(),

@@ -1,37 +1,13 @@
 //! The host as operators run it: a separate `kasm run` process, killed, stopped, joined by a
 //! second one, or started with a bad configuration.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use kasm_tests::broker::{
     Got, Rec, TestBroker, committed_offsets, end_offsets, produce, read_topic,
 };
 use kasm_tests::hostproc::HostProcess;
-use kasm_tests::{KAFKA_TEST_PROPS, component, unique, write_config};
-
-struct Setup {
-    broker: TestBroker,
-    dir: tempfile::TempDir,
-    topic: String,
-    out: String,
-    group: String,
-}
-
-async fn setup() -> Setup {
-    let broker = TestBroker::from_env();
-    let (topic, out) = (unique("in"), unique("out"));
-    broker.create_topic(&topic, 4).await;
-    broker.create_topic(&out, 4).await;
-    broker.create_topic(&format!("{topic}.dlq"), 1).await;
-    Setup {
-        broker,
-        dir: tempfile::tempdir().unwrap(),
-        topic,
-        out,
-        group: unique("group"),
-    }
-}
+use kasm_tests::{KAFKA_TEST_PROPS, Setup, component, count_sources, events, write_config};
 
 /// A config for the publisher fixture; `data` names the host's data folder.
 fn config(s: &Setup, data: &str, extra_top: &str) -> std::path::PathBuf {
@@ -50,32 +26,9 @@ fn config(s: &Setup, data: &str, extra_top: &str) -> std::path::PathBuf {
     write_config(&dir, &body)
 }
 
-fn events(n: usize, out: &str) -> Vec<Rec> {
-    (0..n)
-        .map(|i| Rec {
-            key: Some(format!("k{}", i % 101).into_bytes()),
-            payload: format!("{{\"n\":{i}}}").into_bytes(),
-            headers: vec![
-                ("event-id".into(), format!("ev-{i}").into_bytes()),
-                ("out-topic".into(), out.as_bytes().to_vec()),
-            ],
-            partition: None,
-        })
-        .collect()
-}
-
-fn counts(outputs: &[Got]) -> HashMap<String, usize> {
-    let mut m = HashMap::new();
-    for o in outputs {
-        *m.entry(o.json()["source"].as_str().unwrap_or_default().to_owned())
-            .or_insert(0) += 1;
-    }
-    m
-}
-
 /// Every event id present; returns the number of repeated executions.
 fn check_all_handled(outputs: &[Got], n: usize) -> usize {
-    let c = counts(outputs);
+    let c = count_sources(outputs);
     let missing: Vec<String> = (0..n)
         .map(|i| format!("ev-{i}"))
         .filter(|id| !c.contains_key(id))
@@ -99,7 +52,7 @@ fn wait_outputs(s: &Setup, n: usize, timeout: Duration) -> Vec<Got> {
             usize::MAX,
             Duration::from_secs(3),
         );
-        if counts(&got).len() >= n || Instant::now() > deadline {
+        if count_sources(&got).len() >= n || Instant::now() > deadline {
             return got;
         }
     }
@@ -117,13 +70,13 @@ fn outputs_so_far(s: &Setup) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_nothing_and_repeats_only_in_flight_records() {
-    let s = setup().await;
+    let s = Setup::new(TestBroker::from_env(), 4).await;
     let n = 20_000;
     // Never commit periodically: at every kill, everything done so far is recorded in the
     // ledger but not committed, so each restart is redelivered all of it and only the ledger
     // keeps it from running again.
     let cfg = config(&s, "host", "commit_interval = \"1h\"");
-    produce(&s.broker.producer(), &s.topic, &events(n, &s.out)).await;
+    produce(&s.broker.producer(), &s.topic, &events("ev", 0..n, &s.out)).await;
     let kills = 5;
     let mut done_at_last_kill = 0;
     for k in 0..kills {
@@ -167,7 +120,7 @@ async fn sigkill_at_random_moments_loses_nothing_and_repeats_only_in_flight_reco
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_while_shutting_down() {
-    let s = setup().await;
+    let s = Setup::new(TestBroker::from_env(), 4).await;
     let dir = s.dir.path().join("slow");
     std::fs::create_dir_all(&dir).unwrap();
     let body = format!(
@@ -198,10 +151,10 @@ async fn not_ready_while_shutting_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_drains_commits_and_restarts_without_repeats() {
-    let s = setup().await;
+    let s = Setup::new(TestBroker::from_env(), 4).await;
     let n = 4_000;
     let cfg = config(&s, "host", "");
-    produce(&s.broker.producer(), &s.topic, &events(n, &s.out)).await;
+    produce(&s.broker.producer(), &s.topic, &events("ev", 0..n, &s.out)).await;
     let mut host = HostProcess::start(&cfg, &s.broker.bootstrap());
     let deadline = Instant::now() + Duration::from_secs(60);
     while outputs_so_far(&s) < 300 && Instant::now() < deadline {}
@@ -241,11 +194,11 @@ async fn sigterm_under_load_drains_commits_and_restarts_without_repeats() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_host_joining_splits_partitions_without_loss() {
-    let s = setup().await;
+    let s = Setup::new(TestBroker::from_env(), 4).await;
     let n = 8_000;
     let a_cfg = config(&s, "a", "");
     let b_cfg = config(&s, "b", "");
-    produce(&s.broker.producer(), &s.topic, &events(n, &s.out)).await;
+    produce(&s.broker.producer(), &s.topic, &events("ev", 0..n, &s.out)).await;
     let mut a = HostProcess::start(&a_cfg, &s.broker.bootstrap());
     let deadline = Instant::now() + Duration::from_secs(60);
     while outputs_so_far(&s) < 500 && Instant::now() < deadline {}

@@ -202,7 +202,7 @@ async fn publishes_get_deterministic_ids_and_only_granted_topics() {
 }
 
 #[tokio::test]
-async fn logs_are_collected_and_kv_is_private() {
+async fn logs_are_collected_and_kv_round_trips() {
     let rt = runtime();
     let h = load(&rt, "fixture", Grants::all(), |_| {});
     let inv = h

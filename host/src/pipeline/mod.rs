@@ -150,8 +150,8 @@ pub struct HandlerCtx {
 }
 
 impl HandlerCtx {
-    /// Note that `version` handled `offset` of `topic/partition`: the first such offset after a
-    /// swap goes into the history.
+    /// Note that `version` handled `offset` of `topic/partition` (workers call it when their
+    /// version changes): the first such offset after a swap goes into the history.
     pub fn note_handled(&self, version: &str, topic: &str, partition: i32, offset: i64) {
         let Ok(mut h) = self.history.lock() else {
             return;

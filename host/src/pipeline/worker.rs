@@ -10,6 +10,7 @@
 //! at this offset and readiness reports it), then recorded in the ledger, then reported done.
 //! Nothing is ever reported done before it is handled, skipped or dead-lettered.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -52,6 +53,9 @@ pub(crate) async fn run(
     drain: CancellationToken,
     stop: CancellationToken,
 ) {
+    // The version this worker last handled a record with: the swap history wants the first
+    // offset of each new version per partition, which only changes when the version does.
+    let mut last_version = String::new();
     loop {
         let record = tokio::select! {
             biased;
@@ -70,7 +74,10 @@ pub(crate) async fn run(
             partition: record.partition,
             offset: record.offset,
         };
-        match process(&ctx, record, &stop).instrument(span).await {
+        match process(&ctx, record, &mut last_version, &stop)
+            .instrument(span)
+            .await
+        {
             Ok(()) => {
                 if done.send(completion).is_err() {
                     break;
@@ -84,6 +91,7 @@ pub(crate) async fn run(
 async fn process(
     ctx: &HandlerCtx,
     record: Record,
+    last_version: &mut String,
     stop: &CancellationToken,
 ) -> Result<(), Abandoned> {
     let payload = record.payload.clone().unwrap_or_default();
@@ -100,7 +108,10 @@ async fn process(
     // swap affects the next record, never one in flight.
     let component = ctx.component.load_full();
     let sha = component.info().sha256.clone();
-    ctx.note_handled(&sha, &record.topic, record.partition, record.offset);
+    if *last_version != sha {
+        ctx.note_handled(&sha, &record.topic, record.partition, record.offset);
+        last_version.clone_from(&sha);
+    }
 
     if let Some(reason) = undecodable(ctx, &event) {
         let now = now_ms();
@@ -337,7 +348,7 @@ pub const REPLAY_HANDLER_HEADER: &str = "kasm-replay-handler";
 /// replay (`kasm-replay-id`, else `kasm-replay-count`). The original is recorded as
 /// dead-lettered, so under its plain id a replay would be skipped; under its own key it runs,
 /// and a redelivery of that same replay is still deduplicated.
-fn ledger_key(event_id: &str, headers: &[(String, Vec<u8>)]) -> String {
+fn ledger_key<'a>(event_id: &'a str, headers: &[(String, Vec<u8>)]) -> Cow<'a, str> {
     let header = |name: &str| {
         headers
             .iter()
@@ -348,8 +359,8 @@ fn ledger_key(event_id: &str, headers: &[(String, Vec<u8>)]) -> String {
             .filter(|v| !v.is_empty() && *v != "0")
     };
     match header(REPLAY_ID_HEADER).or_else(|| header(REPLAY_COUNT_HEADER)) {
-        Some(replay) => format!("{event_id}\u{1f}replay-{replay}"),
-        None => event_id.to_owned(),
+        Some(replay) => Cow::Owned(format!("{event_id}\u{1f}replay-{replay}")),
+        None => Cow::Borrowed(event_id),
     }
 }
 
@@ -363,7 +374,7 @@ async fn record_ledger(
     stop: &CancellationToken,
 ) -> Result<(), Abandoned> {
     let key = ledger_key(event_id, &record.headers);
-    let event_id = key.as_str();
+    let event_id = key.as_ref();
     let entry = LedgerEntry {
         outcome,
         at_ms: now_ms(),

@@ -12,7 +12,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use wasmtime::Engine;
@@ -37,11 +37,6 @@ impl ArtifactCache {
         engine.precompile_compatibility_hash().hash(&mut h);
         let engine_key = format!("{:016x}", h.finish());
         Ok(Self { dir, engine_key })
-    }
-
-    /// The folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Where the artifact for `sha256` lives.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use wasmtime::{Store, Trap};
 
-use crate::capabilities::{Effects, Grants, KvStore, MemoryKv};
+use crate::capabilities::{Grants, KvStore, MemoryKv};
 use crate::event::Event;
 
 use super::Runtime;
@@ -327,13 +327,6 @@ impl LoadedHandler {
         }
         None
     }
-
-    /// Drop idle reusable instances (for example before a swap).
-    pub fn clear_idle(&self) {
-        if let Ok(mut idle) = self.warm.lock() {
-            idle.clear();
-        }
-    }
 }
 
 fn root_message(e: &wasmtime::Error) -> String {
@@ -362,13 +355,5 @@ fn to_wit(e: &Event) -> WitEvent {
         headers: e.headers.clone(),
         timestamp_ms: e.timestamp_ms,
         attempt: e.attempt,
-    }
-}
-
-/// The effects of an invocation, for callers that only need them.
-impl Invocation {
-    /// The queued effects, if the call ended `ok`.
-    pub fn ok_effects(&self) -> Option<&Effects> {
-        matches!(self.outcome, Outcome::Ok).then_some(&self.effects)
     }
 }
