@@ -20,15 +20,20 @@ pub struct HostProcess {
 
 impl HostProcess {
     /// Start `kasm run --config <config>` against `bootstrap`; wait for the admin address.
+    /// Logs at `warn` (or `KASM_TEST_LOG`).
     pub fn start(config: &Path, bootstrap: &str) -> Self {
+        let log = std::env::var("KASM_TEST_LOG").unwrap_or_else(|_| "warn".into());
+        Self::start_logged(config, bootstrap, &log)
+    }
+
+    /// [`HostProcess::start`] with the tracing filter `log` (`RUST_LOG`), so that a failing
+    /// test can show what the host did.
+    pub fn start_logged(config: &Path, bootstrap: &str, log: &str) -> Self {
         let mut child = Command::new(crate::kasm_bin())
             .args(["run", "--config"])
             .arg(config)
             .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
-            .env(
-                "RUST_LOG",
-                std::env::var("KASM_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .env("RUST_LOG", log)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

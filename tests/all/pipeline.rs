@@ -231,3 +231,53 @@ async fn poison_records_are_dead_lettered_with_provenance_and_the_partition_move
     assert_eq!(committed, end);
     host.shutdown().await.unwrap();
 }
+
+/// librdkafka keeps an application pause through revoke and re-assign. A partition paused for
+/// backpressure (backlog larger than the worker's intake) when a rebalance takes it away must
+/// still be consumed when it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_paused_for_backpressure_resume_after_a_rebalance() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let s = Setup::new(TestBroker::from_env(), 4).await;
+    let n = 4_000;
+    produce(&s.broker.producer(), &s.topic, &events("bp", 0..n, &s.out)).await;
+    // A small intake: every partition is paused while its backlog waits.
+    let config = publisher_config(&s, "partition_buffer = 4\n");
+    let host = kasm_host::app::start(&config, &s.env()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while host.handlers[0].stats.snapshot().processed < 200 {
+        assert!(Instant::now() < deadline, "the host made no progress");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Another member joins the group (everything is revoked and split), holds its share
+    // without committing, then leaves (everything comes back to the host).
+    let bootstrap = s.broker.bootstrap();
+    let (group, topic) = (s.group.clone(), s.topic.clone());
+    tokio::task::spawn_blocking(move || {
+        let intruder: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "500")
+            .create()
+            .unwrap();
+        intruder.subscribe(&[&topic]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while intruder.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
+            assert!(Instant::now() < deadline, "the second member got no partition");
+            let _ = intruder.poll(Duration::from_millis(100));
+        }
+        intruder.unsubscribe();
+    })
+    .await
+    .unwrap();
+
+    let outputs = read_topic(&s.broker.bootstrap(), &s.out, n, Duration::from_secs(120));
+    let counts = count_sources(&outputs);
+    let missing = (0..n)
+        .filter(|i| !counts.contains_key(&format!("bp-{i}")))
+        .count();
+    assert_eq!(missing, 0, "events never handled after the rebalance: {missing} of {n}");
+    host.shutdown().await.unwrap();
+}

@@ -161,6 +161,7 @@ async fn sigterm_under_load_drains_commits_and_restarts_without_repeats() {
     let start = Instant::now();
     host.signal("TERM");
     // Not ready while draining (the admin server stays up until the end).
+    host.wait_line("kasm: shutting down", Duration::from_secs(5));
     let (code, body) = kasm_tests::hostproc::http_get(&host.admin, "/readyz");
     assert!(
         code == 503 || code == 0,
@@ -199,10 +200,11 @@ async fn a_second_host_joining_splits_partitions_without_loss() {
     let a_cfg = config(&s, "a", "");
     let b_cfg = config(&s, "b", "");
     produce(&s.broker.producer(), &s.topic, &events("ev", 0..n, &s.out)).await;
-    let mut a = HostProcess::start(&a_cfg, &s.broker.bootstrap());
+    let log = "kasm_host=info,warn";
+    let mut a = HostProcess::start_logged(&a_cfg, &s.broker.bootstrap(), log);
     let deadline = Instant::now() + Duration::from_secs(60);
     while outputs_so_far(&s) < 500 && Instant::now() < deadline {}
-    let mut b = HostProcess::start(&b_cfg, &s.broker.bootstrap());
+    let mut b = HostProcess::start_logged(&b_cfg, &s.broker.bootstrap(), log);
     // Both end up with partitions.
     let deadline = Instant::now() + Duration::from_secs(60);
     let assigned = |h: &HostProcess| -> u64 {
@@ -225,15 +227,38 @@ async fn a_second_host_joining_splits_partitions_without_loss() {
         "partitions split between the hosts: {pa} + {pb}"
     );
     let outputs = wait_outputs(&s, n, Duration::from_secs(180));
+    a.signal("TERM");
+    b.signal("TERM");
+    let (sa, sb) = (
+        a.wait_exit(Duration::from_secs(30)),
+        b.wait_exit(Duration::from_secs(30)),
+    );
+    let logs = || {
+        format!(
+            "host a:\n{}\nhost b:\n{}",
+            a.output.join("\n"),
+            b.output.join("\n")
+        )
+    };
+    let counts = count_sources(&outputs);
+    let missing: Vec<String> = (0..n)
+        .map(|i| format!("ev-{i}"))
+        .filter(|id| !counts.contains_key(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} events lost, e.g. {:?}\n{}",
+        missing.len(),
+        &missing[..missing.len().min(5)],
+        logs()
+    );
     let repeats = check_all_handled(&outputs, n);
     assert!(
         repeats <= 4,
-        "{repeats} repeats: only records in flight at the revoke may repeat"
+        "{repeats} repeats: only records in flight at the revoke may repeat\n{}",
+        logs()
     );
-    a.signal("TERM");
-    b.signal("TERM");
-    assert!(a.wait_exit(Duration::from_secs(30)).success());
-    assert!(b.wait_exit(Duration::from_secs(30)).success());
+    assert!(sa.success() && sb.success(), "exit {sa} / {sb}\n{}", logs());
 }
 
 fn run_with(config_text: &str, dir: &std::path::Path) -> (i32, String) {

@@ -112,9 +112,11 @@ impl ConsumerContext for LoopContext {
                     .map(|e| (e.topic().to_owned(), e.partition()))
                     .collect();
                 tracing::info!(handler = %self.ctx.name, partitions = ?tps, "partitions assigned");
-                self.assign(&tps);
+                let fresh = self.assign(&tps);
                 if self.handler_paused.load(Ordering::SeqCst) {
                     self.pause_all(consumer);
+                } else {
+                    self.resume_fresh(consumer, &fresh);
                 }
                 let n = consumer
                     .assignment()
@@ -151,12 +153,15 @@ impl LoopContext {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn assign(&self, tps: &[Tp]) {
+    /// Start a worker for each partition of `tps` not already ours; returns those.
+    fn assign(&self, tps: &[Tp]) -> Vec<Tp> {
         let mut parts = self.lock();
+        let mut fresh = Vec::new();
         for tp in tps {
             if parts.contains_key(tp) {
                 continue;
             }
+            fresh.push(tp.clone());
             let (tx, rx) = mpsc::channel(self.ctx.config.partition_buffer);
             let drain = CancellationToken::new();
             let stop = CancellationToken::new();
@@ -179,6 +184,24 @@ impl LoopContext {
                     held: VecDeque::new(),
                 },
             );
+        }
+        fresh
+    }
+
+    /// librdkafka keeps an application pause on a partition through revoke and re-assign
+    /// (only its own library pause is reset), so a partition paused for backpressure when it
+    /// was revoked would come back paused for good. A partition that is new to this loop
+    /// starts unpaused, and librdkafka is told so.
+    fn resume_fresh(&self, consumer: &BaseConsumer<Self>, fresh: &[Tp]) {
+        if fresh.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for tp in fresh {
+            tpl.add_partition(&tp.0, tp.1);
+        }
+        if let Err(e) = consumer.resume(&tpl) {
+            tracing::warn!(handler = %self.ctx.name, error = %e, partitions = ?fresh, "resuming assigned partitions failed");
         }
     }
 
