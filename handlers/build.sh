@@ -28,6 +28,7 @@ components=(
     "live_updates.wasm live-updates.wasm"
     "fixture.wasm fixture.wasm"
     "fixture_publisher.wasm fixture-publisher.wasm"
+    "fixture_sql.wasm fixture-sql.wasm"
     "other-world.wasm other-world.wasm"
 )
 for pair in "${components[@]}"; do

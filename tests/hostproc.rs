@@ -29,11 +29,17 @@ impl HostProcess {
     /// [`HostProcess::start`] with the tracing filter `log` (`RUST_LOG`), so that a failing
     /// test can show what the host did.
     pub fn start_logged(config: &Path, bootstrap: &str, log: &str) -> Self {
+        Self::start_with_env(config, bootstrap, log, &[])
+    }
+
+    /// [`HostProcess::start_logged`] with extra environment variables (database URLs).
+    pub fn start_with_env(config: &Path, bootstrap: &str, log: &str, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(crate::kasm_bin())
             .args(["run", "--config"])
             .arg(config)
             .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
             .env("RUST_LOG", log)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -116,6 +122,13 @@ impl HostProcess {
                 );
             }
         }
+    }
+
+    /// The first output line so far containing `needle`, reading what the host printed
+    /// without waiting.
+    pub fn find_line(&mut self, needle: &str) -> Option<String> {
+        while self.pump(Duration::from_millis(0)) {}
+        self.output.iter().find(|l| l.contains(needle)).cloned()
     }
 
     /// Wait until `GET path` answers `status` (bounded).

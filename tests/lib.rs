@@ -14,6 +14,7 @@
 
 pub mod broker;
 pub mod hostproc;
+pub mod receiver;
 
 use std::path::PathBuf;
 use std::sync::Arc;

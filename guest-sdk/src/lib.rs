@@ -26,9 +26,9 @@
 //!   about it and [`Event::json`] to decode its payload.
 //! - [`HandlerError`] tells the host what to do with a failed record: [`HandlerError::retryable`]
 //!   (retry with backoff, then dead-letter) or [`HandlerError::fatal`] (dead-letter at once).
-//! - [`publish`], [`publish_json`], [`next_event_id`], [`kv`] and [`log`] call the host
-//!   capabilities. Publishes and kv writes are effects of the call: the host applies publishes
-//!   only after the handler returns `Ok`.
+//! - [`publish`], [`publish_json`], [`next_event_id`], [`kv`], [`sql`], [`websocket`],
+//!   [`http`], [`settings`] and [`log`] call the host capabilities. Publishes and SQL writes are effects of the call: the host sends the
+//!   publishes and commits the SQL transaction only after the handler returns `Ok`.
 //! - [`taskapp`] holds the event types shared by the task-app handlers.
 //!
 //! The capability functions only work inside a component: called from a native build (a
@@ -46,10 +46,14 @@ extern crate self as kasm_guest;
 
 mod error;
 mod event;
+pub mod http;
 pub mod kv;
 pub mod log;
 mod producer;
+pub mod settings;
+pub mod sql;
 pub mod taskapp;
+pub mod websocket;
 
 pub use error::HandlerError;
 pub use event::Event;
@@ -72,6 +76,7 @@ pub mod bindings {
         export_macro_name: "__export_handler",
         default_bindings_module: "kasm_guest::bindings",
         runtime_path: "kasm_guest::wit_bindgen::rt",
+        additional_derives: [PartialEq],
     });
 }
 

@@ -2,7 +2,9 @@
 //!
 //! Component: `handlers/dist/fixture.wasm` (built by `make handlers`) with the payload
 //! `{"action":"ok"}` (decode the JSON payload, return ok), and the `audit` handler on its
-//! demo event (decode a task event, build an audit entry, queue one publish).
+//! demo event (decode a task event, build an audit entry, insert it into SQLite in one
+//! transaction; after the first call the row exists, so each call is an idempotent no-op
+//! insert plus BEGIN/COMMIT).
 //! Run with `make bench`; the numbers and the method go in BENCHMARKS.md.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
@@ -43,6 +45,19 @@ fn bench_calls(c: &mut Criterion) {
             std::fs::read(root().join("handlers/audit/demo/event.json")).unwrap(),
         ),
     ];
+    // The audit handler's SQLite database, schema from its migrations.
+    let db_dir = tempfile::tempdir().unwrap();
+    let db = kasm_host::capabilities::sql::open(
+        &kasm_host::capabilities::SqlTarget::Sqlite(db_dir.path().join("audit.sqlite")),
+        "audit",
+    )
+    .unwrap();
+    rt.block_on(kasm_host::capabilities::sql::migrate(
+        db.as_ref(),
+        "audit",
+        &root().join("handlers/audit/migrations"),
+    ))
+    .unwrap();
     let mut group = c.benchmark_group("handler_call");
     group.measurement_time(Duration::from_secs(5));
     for (label, name, payload) in cases {
@@ -52,6 +67,7 @@ fn bench_calls(c: &mut Criterion) {
             let mut spec = HandlerSpec::new(name);
             spec.grants = Grants::all();
             spec.instance_reuse = reuse;
+            spec.sql = Some(db.clone());
             let handler = runtime.load(&bytes, spec).unwrap();
             // Warm up and check the call really succeeds.
             let inv = rt.block_on(handler.invoke(&event)).unwrap();

@@ -50,6 +50,8 @@ pub struct AdminState {
     pub kafka: Arc<(crate::config::KafkaEnv, Vec<(String, String)>)>,
     /// Producer for replays.
     pub producer: crate::kafka::producer::KafkaProducer,
+    /// The WebSocket clients of `GET /ws`.
+    pub ws: Arc<crate::websocket::Hub>,
 }
 
 /// An error answer: status and message.
@@ -320,7 +322,8 @@ fn build(state: AdminState) -> (Router, Vec<(&'static str, String)>) {
         .add("GET", "/healthz", get(healthz))
         .add("GET", "/readyz", get(readyz))
         .add("GET", "/metrics", get(metrics))
-        .add("GET", "/openapi.json", guarded_openapi);
+        .add("GET", "/openapi.json", guarded_openapi)
+        .add("GET", "/ws", get(websocket));
     let mut list = open.list;
     list.extend(v1.list.into_iter().map(|(m, p)| (m, format!("/v1{p}"))));
     let v1 = v1
@@ -467,7 +470,7 @@ async fn dlq_replay(
 struct EventBody {
     /// The event (any JSON; written as the record value).
     event: serde_json::Value,
-    /// Record key (e.g. the user id).
+    /// Record key; default: the event's `user_id` field.
     key: Option<String>,
     /// Extra headers.
     #[serde(default)]
@@ -483,10 +486,10 @@ struct Produced {
     event_id: String,
 }
 
-/// Publish one event the way a producing service should: `acks=all`, idempotent, an
-/// `event-id` (the header, else the event's `event_id` field, else a new UUID) carried both
-/// as a header and, for a JSON object without one, as its `event_id` field; the answer waits
-/// for the broker's acknowledgement.
+/// Publish one event the way a producing service should (see [`crate::produce`]): `acks=all`,
+/// idempotent, an `event-id` (the header, else the event's `event_id` field, else a new UUID)
+/// carried both as a header and, for a JSON object without one, as its `event_id` field; key
+/// the one given, else the event's `user_id`; the answer waits for the acknowledgement.
 async fn produce_event(
     State(s): State<AdminState>,
     Path(topic): Path<String>,
@@ -498,47 +501,52 @@ async fn produce_event(
             format!("`{topic}` is not a valid topic name"),
         ));
     }
-    let mut event = body.event;
-    let from_field = event
-        .get("event_id")
-        .and_then(|v| v.as_str())
-        .map(str::to_owned);
-    let event_id = body
-        .headers
-        .get(crate::event::EVENT_ID_HEADER)
-        .cloned()
-        .or(from_field)
-        .filter(|id| !id.trim().is_empty())
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    if let Some(obj) = event.as_object_mut() {
-        obj.entry("event_id")
-            .or_insert_with(|| serde_json::Value::String(event_id.clone()));
-    }
-    let payload = serde_json::to_vec(&event)
+    let prepared = crate::produce::prepare(body.event, body.key, body.headers)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let mut headers: Vec<(String, Vec<u8>)> = body
-        .headers
-        .into_iter()
-        .filter(|(k, _)| k != crate::event::EVENT_ID_HEADER)
-        .map(|(k, v)| (k, v.into_bytes()))
-        .collect();
-    headers.push((
-        crate::event::EVENT_ID_HEADER.to_owned(),
-        event_id.clone().into_bytes(),
-    ));
-    let out = crate::kafka::producer::OutRecord {
-        topic: &topic,
-        key: body.key.as_deref().map(str::as_bytes),
-        payload: &payload,
-        headers: &headers,
-    };
-    let d = s.producer.send(out).await.map_err(internal)?;
+    let d = crate::produce::send(&s.producer, &topic, &prepared)
+        .await
+        .map_err(internal)?;
     Ok(Json(Produced {
         topic,
         partition: d.partition,
         offset: d.offset,
-        event_id,
+        event_id: prepared.event_id,
     }))
+}
+
+/// Query of `GET /ws`.
+#[derive(Debug, serde::Deserialize)]
+struct WsQuery {
+    channel: String,
+    token: Option<String>,
+}
+
+/// `GET /ws?channel=...`: a WebSocket receiving what handlers broadcast to that channel. The
+/// channel's token (see [`crate::websocket`]) comes as a bearer header or `?token=`.
+async fn websocket(
+    State(s): State<AdminState>,
+    axum::extract::Query(q): axum::extract::Query<WsQuery>,
+    headers: axum::http::HeaderMap,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> Result<axum::response::Response, ApiError> {
+    use crate::websocket::Refused;
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let token = bearer.or(q.token.as_deref());
+    let sub = s.ws.subscribe(&q.channel, token).map_err(|e| {
+        let status = match e {
+            Refused::Disabled | Refused::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refused::BadChannel(_) => StatusCode::BAD_REQUEST,
+            Refused::BadToken(_) => StatusCode::UNAUTHORIZED,
+        };
+        ApiError::new(status, e.to_string())
+    })?;
+    let hub = s.ws.clone();
+    Ok(upgrade
+        .max_message_size(64 << 10)
+        .on_upgrade(move |socket| crate::websocket::serve_client(socket, sub, hub)))
 }
 
 async fn openapi() -> impl IntoResponse {

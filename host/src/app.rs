@@ -39,6 +39,8 @@ pub struct Host {
     admin_stop: CancellationToken,
     admin_task: tokio::task::JoinHandle<()>,
     sweeper: tokio::task::JoinHandle<()>,
+    /// The WebSocket clients (`GET /ws`).
+    pub ws: Arc<crate::websocket::Hub>,
 }
 
 /// Load everything and start consuming; the admin token comes from `KASM_ADMIN_TOKEN`.
@@ -49,11 +51,28 @@ pub async fn start(config: &Config, env: &KafkaEnv) -> anyhow::Result<Host> {
     start_with(config, env, token.map(Secret::new)).await
 }
 
-/// Load everything and start consuming, with the admin token given.
+/// Load everything and start consuming, with the admin token given (the WebSocket secret
+/// from `KASM_WS_SECRET`).
 pub async fn start_with(
     config: &Config,
     env: &KafkaEnv,
     admin_token: Option<Secret>,
+) -> anyhow::Result<Host> {
+    start_with_hub(
+        config,
+        env,
+        admin_token,
+        Arc::new(crate::websocket::Hub::from_env()),
+    )
+    .await
+}
+
+/// Load everything and start consuming, with the admin token and the WebSocket hub given.
+pub async fn start_with_hub(
+    config: &Config,
+    env: &KafkaEnv,
+    admin_token: Option<Secret>,
+    ws: Arc<crate::websocket::Hub>,
 ) -> anyhow::Result<Host> {
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(config.data_dir.join("artifacts")),
@@ -69,16 +88,28 @@ pub async fn start_with(
     let health = Arc::new(Health::default());
     let metrics = Arc::new(crate::metrics::Metrics::new());
 
+    let kv_path = config.data_dir.join("kv.redb");
+    let kv: Arc<dyn crate::capabilities::KvStore> =
+        Arc::new(crate::capabilities::FileKv::open(&kv_path)?);
     let mut handlers = Vec::new();
     for (name, hc) in &config.handlers {
-        let (rt2, dir, n2, hc2) = (
+        let resources = crate::deploy::HandlerResources::open(
+            name,
+            hc,
+            &config.data_dir,
+            kv.clone(),
+            ws.clone(),
+        )?;
+        resources.migrate(name).await?;
+        let (rt2, dir, n2, hc2, res2) = (
             runtime.clone(),
             config.data_dir.clone(),
             name.clone(),
             hc.clone(),
+            resources.clone(),
         );
         let loaded = tokio::task::spawn_blocking(move || {
-            crate::deploy::startup_component(&rt2, &dir, &n2, &hc2)
+            crate::deploy::startup_component(&rt2, &dir, &n2, &hc2, &res2)
         })
         .await
         .context("component loading task failed")??;
@@ -98,6 +129,7 @@ pub async fn start_with(
             paused: Default::default(),
             history: Default::default(),
             partitions: Default::default(),
+            resources,
         }));
     }
 
@@ -129,6 +161,7 @@ pub async fn start_with(
             .unwrap_or(usize::MAX),
         kafka: Arc::new((env.clone(), props.clone())),
         producer: producer.clone(),
+        ws: ws.clone(),
     };
     let admin_stop = CancellationToken::new();
     let served = crate::admin::serve(config.admin.listen, state, admin_stop.clone()).await?;
@@ -152,6 +185,7 @@ pub async fn start_with(
         admin_stop,
         admin_task,
         sweeper,
+        ws,
     })
 }
 
@@ -192,6 +226,8 @@ impl Host {
         tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10)))
             .await
             .context("flushing the producer")??;
+        // WebSocket clients hold their connections open: let them go first.
+        self.ws.close_all();
         self.admin_stop.cancel();
         let _ = self.admin_task.await;
         Ok(())

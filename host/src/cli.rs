@@ -47,6 +47,10 @@ pub enum Command {
     Invoke(InvokeArgs),
     /// Consume Kafka with the handlers of a config file (connection from KAFKA_* variables).
     Run(RunArgs),
+    /// Publish events (JSON, one value or JSON lines, from a file or stdin) the way a producing
+    /// service should: acks=all, idempotent, an event-id on each, keyed by user; prints where
+    /// each landed once the broker acknowledged it.
+    Produce(ProduceArgs),
     /// Run the task app on an embedded Kafka cluster, with demo events and a live view.
     Dev(DevArgs),
     /// Talk to a running host's admin API (handlers, handler, deploy, rollback, pause, resume,
@@ -61,6 +65,25 @@ pub struct RunArgs {
     /// The configuration file.
     #[arg(long, short, default_value = "kasm.toml")]
     pub config: PathBuf,
+}
+
+/// `kasm produce`.
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    /// The topic.
+    pub topic: String,
+    /// File holding the event(s) (`-` for stdin): one JSON value, or one per line.
+    #[arg(default_value = "-")]
+    pub events: PathBuf,
+    /// Record key. Default: each event's `user_id` field.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Extra header `name=value`; repeatable. `event-id=...` sets the id (one event only).
+    #[arg(long = "header", value_name = "NAME=VALUE")]
+    pub headers: Vec<String>,
+    /// Print one JSON object per event instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `kasm dev`.
@@ -80,7 +103,8 @@ pub struct DevArgs {
 /// Grant options shared by `validate` and `invoke`.
 #[derive(Debug, Args)]
 pub struct GrantArgs {
-    /// Grant a capability: `producer` (any topic), `producer=topic-a,topic-b`, `kv` or `log`.
+    /// Grant a capability: `producer` (any topic), `producer=topic-a,topic-b`, `kv`, `sql`,
+    /// `websocket`, `http` (any host), `http=host:port,...` or `log`.
     /// Repeatable. Without any `--grant`, every capability is granted.
     #[arg(long = "grant", value_name = "CAPABILITY[=TOPICS]")]
     pub grants: Vec<String>,
@@ -109,9 +133,21 @@ impl GrantArgs {
                     g.producer = Some(TopicGrant::Only(set));
                 }
                 ("kv", None) => g.kv = true,
+                ("sql", None) => g.sql = true,
+                ("websocket", None) => g.websocket = true,
+                ("http", None) => g.http = Some(crate::capabilities::HostGrant::Any),
+                ("http", Some(h)) => {
+                    let set: BTreeSet<String> = h
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                    g.http = Some(crate::capabilities::HostGrant::Only(set));
+                }
                 ("log", None) => {}
                 (other, _) => bail!(
-                    "--grant `{spec}`: unknown capability `{other}` (known: producer[=topics], kv, log)"
+                    "--grant `{spec}`: unknown capability `{other}` (known: producer[=topics], kv, sql, websocket, http[=hosts], log)"
                 ),
             }
         }
@@ -169,6 +205,16 @@ pub struct InvokeArgs {
     /// Capabilities granted to the handler.
     #[command(flatten)]
     pub grants: GrantArgs,
+    /// SQLite file behind the `sql` capability (kept after the call). Default: a temporary
+    /// file, removed afterwards.
+    #[arg(long, value_name = "FILE")]
+    pub sqlite: Option<PathBuf>,
+    /// Folder of `*.sql` migrations applied to that database first.
+    #[arg(long, value_name = "DIR")]
+    pub migrations: Option<PathBuf>,
+    /// A handler setting `key=value` (the `settings` interface); repeatable.
+    #[arg(long = "setting", value_name = "KEY=VALUE")]
+    pub settings: Vec<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -184,9 +230,11 @@ pub fn init_tracing(cli: &Cli) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only on a terminal: a log file or a collector gets plain text.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -196,6 +244,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Validate(args) => validate(&cli, args).await,
         Command::Invoke(args) => invoke(&cli, args).await,
         Command::Run(args) => run_host(args).await,
+        Command::Produce(args) => produce(args).await,
         Command::Dev(args) => crate::dev::run(crate::dev::DevOptions {
             handlers_dir: args.handlers_dir.clone(),
             rate: args.rate,
@@ -225,6 +274,54 @@ async fn run_host(args: &RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     crate::app::run(config, crate::config::KafkaEnv::from_env()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn produce(args: &ProduceArgs) -> anyhow::Result<ExitCode> {
+    if !crate::config::valid_topic(&args.topic) {
+        bail!("`{}` is not a valid topic name", args.topic);
+    }
+    let text =
+        String::from_utf8(read_payload(&args.events)?).context("the events are not UTF-8 text")?;
+    let events = crate::produce::parse_events(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.events.display()))?;
+    if events.is_empty() {
+        bail!("{}: no event to publish", args.events.display());
+    }
+    let headers: std::collections::BTreeMap<String, String> = parse_headers(&args.headers)?
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+        .collect();
+    if events.len() > 1 && headers.contains_key(crate::event::EVENT_ID_HEADER) {
+        bail!(
+            "--header event-id=... names one event, but {} were given",
+            events.len()
+        );
+    }
+    let env = crate::config::KafkaEnv::from_env();
+    if env.bootstrap_servers.is_none() {
+        bail!("KAFKA_BOOTSTRAP_SERVERS is not set");
+    }
+    let producer = crate::kafka::producer::KafkaProducer::new(&env, &[])?;
+    for (i, event) in events.into_iter().enumerate() {
+        let p = crate::produce::prepare(event, args.key.clone(), headers.clone())
+            .with_context(|| format!("event #{}", i + 1))?;
+        let d = crate::produce::send(&producer, &args.topic, &p)
+            .await
+            .with_context(|| format!("event #{} (event-id {})", i + 1, p.event_id))?;
+        if args.json {
+            let v = serde_json::json!({
+                "topic": args.topic, "partition": d.partition, "offset": d.offset,
+                "event_id": p.event_id,
+            });
+            println!("{v}");
+        } else {
+            println!(
+                "produced   topic={} partition={} offset={} event-id={}",
+                args.topic, d.partition, d.offset, p.event_id
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -396,7 +493,16 @@ struct InvokeReport<'a> {
     duration_us: u128,
     publishes: Vec<PublishView>,
     logs: &'a [crate::capabilities::LogLine],
+    sql: SqlView,
+    broadcasts: &'a [crate::capabilities::Broadcast],
     guest_output: &'a str,
+}
+
+#[derive(Serialize)]
+struct SqlView {
+    statements: u32,
+    rows_changed: u64,
+    committed: bool,
 }
 
 fn payload_value(b: &[u8]) -> serde_json::Value {
@@ -415,6 +521,28 @@ async fn invoke(cli: &Cli, args: &InvokeArgs) -> anyhow::Result<ExitCode> {
     spec.grants = args.grants.grants()?;
     spec.deadline = Duration::from_millis(args.deadline_ms);
     spec.memory_bytes = args.memory_mib.saturating_mul(1 << 20);
+    for kv in &args.settings {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("--setting `{kv}`: expected KEY=VALUE");
+        };
+        spec.settings.insert(k.trim().to_owned(), v.to_owned());
+    }
+    // The `sql` capability: the file given, or a temporary one (kept alive until the end).
+    let scratch = tempfile::tempdir().context("creating a temporary folder")?;
+    if spec.grants.sql {
+        let path = args
+            .sqlite
+            .clone()
+            .unwrap_or_else(|| scratch.path().join(format!("{name}.sqlite")));
+        let db =
+            crate::capabilities::sql::open(&crate::capabilities::SqlTarget::Sqlite(path), &name)?;
+        if let Some(dir) = &args.migrations {
+            crate::capabilities::sql::migrate(db.as_ref(), &name, dir)
+                .await
+                .with_context(|| format!("applying the migrations in {}", dir.display()))?;
+        }
+        spec.sql = Some(db);
+    }
     let handler = match load_blocking(&runtime, &args.component, spec).await? {
         Ok(h) => h,
         Err(e) => bail!("component {} refused: {e}", args.component.display()),
@@ -484,6 +612,12 @@ fn print_invoke_json(
         duration_us: inv.duration.as_micros(),
         publishes,
         logs: &inv.effects.logs,
+        sql: SqlView {
+            statements: inv.effects.sql_statements,
+            rows_changed: inv.effects.sql_rows_changed,
+            committed: inv.effects.sql_statements > 0 && matches!(inv.outcome, Outcome::Ok),
+        },
+        broadcasts: &inv.effects.broadcasts,
         guest_output: &inv.guest_output,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
@@ -531,7 +665,29 @@ fn print_invoke_text(handler: &crate::runtime::LoadedHandler, event: &Event, inv
             inv.effects.logs_dropped
         );
     }
-    if inv.effects.publishes.is_empty() && inv.effects.logs.is_empty() {
+    for b in &inv.effects.broadcasts {
+        println!("push       channel={}", b.channel);
+        println!("           {}", b.message);
+    }
+    if !inv.effects.broadcasts.is_empty() && !matches!(inv.outcome, Outcome::Ok) {
+        println!("           (not pushed: effects are applied only when the handler returns ok)");
+    }
+    if inv.effects.sql_statements > 0 {
+        let fate = if matches!(inv.outcome, Outcome::Ok) {
+            "committed"
+        } else {
+            "rolled back"
+        };
+        println!(
+            "sql        {} statements, {} rows changed, {fate}",
+            inv.effects.sql_statements, inv.effects.sql_rows_changed
+        );
+    }
+    if inv.effects.publishes.is_empty()
+        && inv.effects.logs.is_empty()
+        && inv.effects.sql_statements == 0
+        && inv.effects.broadcasts.is_empty()
+    {
         println!("effects    none");
     }
     if !inv.guest_output.is_empty() && matches!(inv.outcome, Outcome::Ok) {

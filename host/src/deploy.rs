@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
+use crate::capabilities::{KvStore, SqlDatabase};
 use crate::config::HandlerConfig;
 use crate::pipeline::HandlerCtx;
 use crate::runtime::{HandlerSpec, LoadError, LoadedHandler, Runtime, sha256_hex};
@@ -83,12 +84,72 @@ pub struct Deployer {
     lock: tokio::sync::Mutex<Persisted>,
 }
 
+/// What a handler keeps across its versions: its kv store and its SQL database (opened once,
+/// when the host starts).
+#[derive(Debug, Clone)]
+pub struct HandlerResources {
+    /// Backend of the `kv` capability.
+    pub kv: Arc<dyn KvStore>,
+    /// The database of the `sql` capability, when granted.
+    pub sql: Option<Arc<dyn SqlDatabase>>,
+    /// Migrations applied to `sql` before each version runs.
+    pub migrations: Option<PathBuf>,
+    /// Where `websocket` broadcasts go (shared by the host's handlers).
+    pub ws: Arc<crate::websocket::Hub>,
+}
+
+impl HandlerResources {
+    /// Open the resources of handler `name` on the host's `kv` store (a database is
+    /// connected lazily).
+    pub fn open(
+        name: &str,
+        hc: &HandlerConfig,
+        data_dir: &Path,
+        kv: Arc<dyn KvStore>,
+        ws: Arc<crate::websocket::Hub>,
+    ) -> anyhow::Result<Self> {
+        let (sql, migrations) = match &hc.grants.sql {
+            Some(g) => {
+                let target = g.target(name, data_dir)?;
+                (
+                    Some(crate::capabilities::sql::open(&target, name)?),
+                    g.migrations.clone(),
+                )
+            }
+            None => (None, None),
+        };
+        Ok(Self {
+            kv,
+            sql,
+            migrations,
+            ws,
+        })
+    }
+
+    /// Apply the handler's pending migrations (before a version starts running).
+    pub async fn migrate(&self, name: &str) -> anyhow::Result<()> {
+        let (Some(db), Some(dir)) = (&self.sql, &self.migrations) else {
+            return Ok(());
+        };
+        let applied = crate::capabilities::sql::migrate(db.as_ref(), name, dir)
+            .await
+            .with_context(|| format!("handler={name}: migrating {}", db.describe()))?;
+        if !applied.is_empty() {
+            tracing::info!(handler = %name, database = %db.describe(), ?applied, "sql migrations applied");
+        }
+        Ok(())
+    }
+}
+
 /// The runtime spec of handler `name` from its configuration.
-pub fn spec_for(name: &str, hc: &HandlerConfig) -> HandlerSpec {
+pub fn spec_for(name: &str, hc: &HandlerConfig, res: &HandlerResources) -> HandlerSpec {
     let mut spec = HandlerSpec::new(name.to_owned());
     spec.grants = hc.grants.to_grants();
     spec.deadline = hc.deadline;
     spec.memory_bytes = hc.memory_mib.saturating_mul(1 << 20);
+    spec.kv = res.kv.clone();
+    spec.sql = res.sql.clone();
+    spec.settings = hc.settings.clone();
     spec
 }
 
@@ -99,20 +160,21 @@ pub fn startup_component(
     data_dir: &Path,
     name: &str,
     hc: &HandlerConfig,
+    res: &HandlerResources,
 ) -> anyhow::Result<LoadedHandler> {
     let persisted = read_state(&data_dir.join("active.json")).unwrap_or_default();
     if let Some(p) = persisted.handlers.get(name) {
         let path = data_dir
             .join("components")
             .join(format!("{}.wasm", p.active));
-        match runtime.load_file(&path, spec_for(name, hc)) {
+        match runtime.load_file(&path, spec_for(name, hc, res)) {
             Ok(loaded) => return Ok(loaded),
             Err(e) => tracing::warn!(handler = %name, version = %p.active, error = %e,
                 "the deployed version cannot be loaded; starting with the configured component"),
         }
     }
     runtime
-        .load_file(&hc.component, spec_for(name, hc))
+        .load_file(&hc.component, spec_for(name, hc, res))
         .with_context(|| format!("handler `{name}`: component {}", hc.component.display()))
 }
 
@@ -231,7 +293,7 @@ impl Deployer {
         push_previous: bool,
     ) -> Result<SwapReport, DeployError> {
         let (ctx, hc) = self.handler(name)?;
-        let spec = spec_for(name, hc);
+        let spec = spec_for(name, hc, &ctx.resources);
         let started = Instant::now();
         let runtime = self.runtime.clone();
         let sha = sha256_hex(&bytes);
@@ -244,6 +306,12 @@ impl Deployer {
         };
         let compile = started.elapsed();
         let load = loaded.load_report().source;
+        // The schema the new version runs on (new migration files are applied now; a failure
+        // refuses the deploy and the active version keeps serving).
+        ctx.resources
+            .migrate(name)
+            .await
+            .map_err(DeployError::Internal)?;
 
         // Store the bytes (content-addressed, written once) and the new active set.
         let path = self.components_dir.join(format!("{sha}.wasm"));

@@ -16,6 +16,7 @@ use anyhow::Context as _;
 
 use crate::config::{
     AdminConfig, Config, GrantsConfig, HandlerConfig, KafkaEnv, PayloadFormat, RetryPolicy,
+    SqlGrantConfig,
 };
 use crate::kafka::mock::EmbeddedCluster;
 use crate::kafka::producer::{KafkaProducer, OutRecord};
@@ -32,7 +33,7 @@ pub struct DevOptions {
 }
 
 const SOURCE_TOPICS: [(&str, i32); 3] = [("task-events", 4), ("task-updates", 4), ("reminders", 2)];
-const OUTPUT_TOPICS: [&str; 3] = ["notifications", "audit-log", "live-updates"];
+const OUTPUT_TOPICS: [&str; 1] = ["notifications"];
 
 fn handler(dir: &Path, name: &str, topic: &str, publish_to: &str) -> HandlerConfig {
     HandlerConfig {
@@ -52,32 +53,72 @@ fn handler(dir: &Path, name: &str, topic: &str, publish_to: &str) -> HandlerConf
         grants: GrantsConfig {
             producer: Some(vec![publish_to.to_owned()]),
             kv: false,
+            sql: None,
+            websocket: false,
+            http: None,
         },
         ledger_retention: Duration::from_secs(24 * 3600),
         ledger_max_entries: 1_000_000,
         max_replays: 3,
+        settings: BTreeMap::new(),
     }
 }
 
-/// The dev configuration: the four task-app handlers.
-pub fn dev_config(handlers_dir: &Path, data_dir: &Path, admin: std::net::SocketAddr) -> Config {
+/// The dev configuration: the four task-app handlers; notifications go to `webhook`.
+pub fn dev_config(
+    handlers_dir: &Path,
+    data_dir: &Path,
+    admin: std::net::SocketAddr,
+    webhook: std::net::SocketAddr,
+) -> Config {
     let mut handlers = BTreeMap::new();
-    handlers.insert(
-        "notification".into(),
-        handler(handlers_dir, "notification", "reminders", "notifications"),
-    );
+    // Notifications go to the webhook receiver `kasm dev` runs.
+    let mut notification = handler(handlers_dir, "notification", "reminders", "notifications");
+    notification.grants = GrantsConfig {
+        producer: None,
+        kv: false,
+        sql: None,
+        websocket: false,
+        http: Some(vec![webhook.to_string()]),
+    };
+    notification
+        .settings
+        .insert("webhook_url".into(), format!("http://{webhook}/hook"));
+    handlers.insert("notification".into(), notification);
     handlers.insert(
         "recurring".into(),
         handler(handlers_dir, "recurring", "task-events", "task-events"),
     );
-    handlers.insert(
-        "audit".into(),
-        handler(handlers_dir, "audit", "task-events", "audit-log"),
-    );
-    handlers.insert(
-        "live-updates".into(),
-        handler(handlers_dir, "live-updates", "task-updates", "live-updates"),
-    );
+    // The audit log is a table in SQLite (in the dev data folder), schema from the handler's
+    // migrations next to its source.
+    let mut audit = handler(handlers_dir, "audit", "task-events", "audit-log");
+    audit.grants = GrantsConfig {
+        producer: None,
+        websocket: false,
+        http: None,
+        kv: false,
+        sql: Some(SqlGrantConfig {
+            sqlite: None,
+            url_env: None,
+            migrations: Some(
+                handlers_dir
+                    .parent()
+                    .unwrap_or(handlers_dir)
+                    .join("audit")
+                    .join("migrations"),
+            ),
+        }),
+    };
+    handlers.insert("audit".into(), audit);
+    let mut live = handler(handlers_dir, "live-updates", "task-updates", "live-updates");
+    live.grants = GrantsConfig {
+        producer: None,
+        kv: false,
+        sql: None,
+        websocket: true,
+        http: None,
+    };
+    handlers.insert("live-updates".into(), live);
     Config {
         data_dir: data_dir.to_owned(),
         drain_timeout: Duration::from_secs(5),
@@ -109,14 +150,29 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         cluster.create_topic(t, 4)?;
     }
     let data = tempfile::tempdir().context("creating the dev data folder")?;
-    let config = dev_config(&opts.handlers_dir, data.path(), opts.admin);
+    let (webhook, webhooks_received) = spawn_webhook_receiver().await?;
+    let config = dev_config(&opts.handlers_dir, data.path(), opts.admin, webhook);
     config.validate()?;
     let env = KafkaEnv {
         bootstrap_servers: Some(cluster.bootstrap_servers().to_owned()),
         ..KafkaEnv::default()
     };
 
-    let host = crate::app::start(&config, &env).await?;
+    // Live updates: the secret from KASM_WS_SECRET, else a random one for this session.
+    let ws_secret = std::env::var("KASM_WS_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let hub = Arc::new(crate::websocket::Hub::new(
+        Some(crate::config::Secret::new(ws_secret.clone())),
+        crate::websocket::DEFAULT_CLIENT_BUFFER,
+        crate::websocket::DEFAULT_MAX_CLIENTS,
+    ));
+    let admin_token = std::env::var("KASM_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .map(crate::config::Secret::new);
+    let host = crate::app::start_with_hub(&config, &env, admin_token, hub).await?;
     println!(
         "kasm dev: embedded Kafka at {}  (any Kafka client can connect)",
         cluster.bootstrap_servers()
@@ -126,7 +182,12 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         host.admin_addr
     );
     println!(
-        "kasm dev: topics: task-events, task-updates, reminders -> notifications, audit-log, live-updates (+ .dlq)"
+        "kasm dev: live updates of user u1: ws://{}/ws?channel=user:u1&token={}",
+        host.admin_addr,
+        crate::websocket::channel_token(ws_secret.as_bytes(), "user:u1")
+    );
+    println!(
+        "kasm dev: topics: task-events, task-updates, reminders -> notifications (+ .dlq); audit log in SQLite"
     );
     println!("kasm dev: Ctrl-C to stop\n");
 
@@ -137,12 +198,22 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     );
     let producer = KafkaProducer::new(&env, &[])?;
     let demo = tokio::spawn(demo_stream(producer, opts.rate));
-    let view = tokio::spawn(live_view(host.handlers.clone()));
+    let app = AppView {
+        handlers: host.handlers.clone(),
+        webhooks: webhooks_received.clone(),
+        ws: host.ws.clone(),
+    };
+    println!(
+        "kasm dev: webhook receiver at http://{webhook}/hook (the notification handler posts there)\n"
+    );
+    let view = tokio::spawn(live_view(app.clone()));
     crate::app::wait_for_signal().await?;
     demo.abort();
     view.abort();
+    // The demo producer goes before the cluster does.
+    let _ = demo.await;
     println!("\nkasm dev: shutting down");
-    print_lines(&host.handlers);
+    print_lines(&app).await;
     host.shutdown().await?;
     drop(cluster);
     Ok(())
@@ -206,17 +277,83 @@ fn watch_handlers(
     Ok(debouncer)
 }
 
-fn print_lines(handlers: &[Arc<crate::pipeline::HandlerCtx>]) {
-    for h in handlers {
+/// What the live view shows.
+#[derive(Clone)]
+struct AppView {
+    handlers: Vec<Arc<crate::pipeline::HandlerCtx>>,
+    webhooks: Arc<std::sync::atomic::AtomicU64>,
+    ws: Arc<crate::websocket::Hub>,
+}
+
+/// A webhook receiver on loopback for the notification handler: answers 200 and counts.
+async fn spawn_webhook_receiver()
+-> anyhow::Result<(std::net::SocketAddr, Arc<std::sync::atomic::AtomicU64>)> {
+    let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let c = count.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the dev webhook receiver")?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((addr, count))
+}
+
+/// Rows in the audit handler's `audit_log`, if it has a database.
+async fn audit_rows(handlers: &[Arc<crate::pipeline::HandlerCtx>]) -> Option<i64> {
+    let db = handlers
+        .iter()
+        .find(|h| h.name == "audit")?
+        .resources
+        .sql
+        .clone()?;
+    let mut tx = db.begin().await.ok()?;
+    let rows = tx.query("SELECT count(*) FROM audit_log", &[]).await.ok()?;
+    match rows.rows.first()?.first()? {
+        crate::capabilities::SqlValue::Integer(n) => Some(*n),
+        _ => None,
+    }
+}
+
+async fn print_lines(app: &AppView) {
+    for h in &app.handlers {
         let s = h.stats.snapshot();
         println!(
             "  {:<13} processed {:>6}   duplicates skipped {:>4}   retried {:>4}   dead-lettered {:>4}",
             h.name, s.processed, s.skipped, s.retried, s.dead_lettered
         );
     }
+    let next = app
+        .handlers
+        .iter()
+        .find(|h| h.name == "recurring")
+        .map_or(0, |h| h.stats.snapshot().published);
+    let rows = audit_rows(&app.handlers)
+        .await
+        .map_or_else(|| "-".to_owned(), |n| n.to_string());
+    println!(
+        "  app           audit rows {rows:>6}   next occurrences {next:>4}   webhooks received {:>4}   pushes {:>5} ({} clients)     ",
+        app.webhooks.load(std::sync::atomic::Ordering::Relaxed),
+        app.ws
+            .stats
+            .delivered
+            .load(std::sync::atomic::Ordering::Relaxed),
+        app.ws.clients()
+    );
 }
 
-async fn live_view(handlers: Vec<Arc<crate::pipeline::HandlerCtx>>) {
+async fn live_view(app: AppView) {
     let tty = std::io::stdout().is_terminal();
     let mut tick = tokio::time::interval(if tty {
         Duration::from_millis(500)
@@ -227,10 +364,10 @@ async fn live_view(handlers: Vec<Arc<crate::pipeline::HandlerCtx>>) {
     loop {
         tick.tick().await;
         if tty && !first {
-            print!("\x1b[{}A", handlers.len());
+            print!("\x1b[{}A", app.handlers.len() + 1);
         }
         first = false;
-        print_lines(&handlers);
+        print_lines(&app).await;
         let _ = std::io::stdout().flush();
     }
 }

@@ -25,7 +25,9 @@ pub mod ledger;
 pub mod metrics;
 pub mod openapi;
 pub mod pipeline;
+pub mod produce;
 pub mod runtime;
+pub mod websocket;
 
 pub use event::{Event, identify_event_id};
 pub use runtime::{

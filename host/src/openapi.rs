@@ -43,7 +43,7 @@ fn json_ok(description: &str, schema: &str) -> Value {
 pub fn document() -> Value {
     let handler_ok = json_ok("the handler", "Handler");
     let swap_ok = json_ok("the version change", "SwapReport");
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "kasm admin API",
@@ -151,6 +151,25 @@ pub fn document() -> Value {
                     "load": { "type": "string", "enum": ["compiled", "cache"] },
                     "compile_ms": { "type": "number" }, "swap_us": { "type": "number" } } }
             }
+        }
+    });
+    doc["paths"]["/ws"] = json!({ "get": ws_op() });
+    doc
+}
+
+/// `GET /ws` (added apart: one more path in the big `json!` passes the macro's recursion limit).
+fn ws_op() -> Value {
+    json!({
+        "summary": "WebSocket of one channel: what handlers broadcast to it. Token: hex(HMAC-SHA256(KASM_WS_SECRET, channel)), as a bearer header or ?token=",
+        "parameters": [
+            { "name": "channel", "in": "query", "required": true, "schema": { "type": "string", "pattern": "^[A-Za-z0-9:._-]{1,200}$" } },
+            { "name": "token", "in": "query", "required": false, "schema": { "type": "string" } }
+        ],
+        "responses": {
+            "101": { "description": "switching to the WebSocket protocol; text messages follow" },
+            "400": error_response("not a channel name"),
+            "401": error_response("missing or wrong token for the channel"),
+            "503": error_response("live updates off (no KASM_WS_SECRET) or too many clients")
         }
     })
 }

@@ -69,7 +69,10 @@ fn validate_prints_world_imports_size_and_hash() {
         out.contains("world      kasm:handler/handler@0.1.0"),
         "{out}"
     );
-    assert!(out.contains("kasm:handler/producer@0.1.0"), "{out}");
+    assert!(
+        out.contains("kasm:handler/sql@0.1.0 (capability sql)"),
+        "{out}"
+    );
     assert!(out.contains("exports    handle"), "{out}");
     let bytes = std::fs::read(component("audit")).unwrap();
     assert!(
@@ -102,20 +105,73 @@ fn validate_names_the_reason_of_a_refusal() {
 }
 
 #[test]
-fn invoke_notification_demo_emits_a_notification() {
-    let report = invoke_demo("notification", "reminders");
-    let p = single_publish(&report, "notifications");
+fn invoke_notification_demo_posts_to_the_webhook_with_the_idempotency_key() {
+    let receiver = kasm_tests::receiver::Receiver::start(&[200]);
+    let wasm = component("notification").display().to_string();
+    let setting = format!("webhook_url={}", receiver.url());
+    let (code, out, err) = kasm(&[
+        "invoke",
+        &wasm,
+        &demo("notification"),
+        "--name",
+        "notification",
+        "--topic",
+        "reminders",
+        "--setting",
+        &setting,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["outcome"], "ok", "{report:#}");
     let reminder = demo_json("notification");
+    let got = receiver.requests();
+    assert_eq!(got.len(), 1, "one POST");
     assert_eq!(
-        p["payload"]["idempotency_key"], reminder["event_id"],
-        "{p:#}"
+        (got[0].method.as_str(), got[0].path.as_str()),
+        ("POST", "/hook")
     );
-    assert_eq!(p["payload"]["user_id"], reminder["user_id"], "{p:#}");
+    assert_eq!(
+        got[0].header("idempotency-key"),
+        reminder["event_id"].as_str(),
+        "{:?}",
+        got[0].headers
+    );
+    let body: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(body["user_id"], reminder["user_id"]);
     assert!(
-        p["payload"]["body"]
+        body["body"]
             .as_str()
             .unwrap()
             .contains(reminder["title"].as_str().unwrap())
+    );
+}
+
+#[test]
+fn invoke_notification_to_a_host_not_granted_is_denied_without_a_connection() {
+    let receiver = kasm_tests::receiver::Receiver::start(&[200]);
+    let wasm = component("notification").display().to_string();
+    let setting = format!("webhook_url={}", receiver.url());
+    let (code, out, _) = kasm(&[
+        "invoke",
+        &wasm,
+        &demo("notification"),
+        "--grant",
+        "http=hooks.example.com:443",
+        "--grant",
+        "log",
+        "--setting",
+        &setting,
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("outcome    fatal") && out.contains("denied"),
+        "{out}"
+    );
+    assert_eq!(
+        *receiver.connections.lock().unwrap(),
+        0,
+        "no connection was made"
     );
 }
 
@@ -134,36 +190,79 @@ fn invoke_recurring_demo_emits_the_next_occurrence() {
 }
 
 #[test]
-fn invoke_audit_demo_emits_an_audit_entry() {
-    let report = invoke_demo("audit", "task-events");
-    let p = single_publish(&report, "audit-log");
+fn invoke_audit_demo_writes_one_row_and_a_second_run_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.sqlite");
+    let migrations = root().join("handlers/audit/migrations");
+    let wasm = component("audit").display().to_string();
+    let run = || {
+        let (code, out, err) = kasm(&[
+            "invoke",
+            &wasm,
+            &demo("audit"),
+            "--name",
+            "audit",
+            "--topic",
+            "task-events",
+            "--sqlite",
+            db.to_str().unwrap(),
+            "--migrations",
+            migrations.to_str().unwrap(),
+            "--json",
+        ]);
+        assert_eq!(code, 0, "kasm invoke audit failed: {out}\n{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let first = run();
+    assert_eq!(first["outcome"], "ok", "{first:#}");
+    assert_eq!(first["sql"]["rows_changed"], 1, "{first:#}");
+    assert_eq!(first["sql"]["committed"], true);
+    assert!(first["publishes"].as_array().unwrap().is_empty());
+    let again = run();
+    assert_eq!(again["sql"]["rows_changed"], 0, "same event id: {again:#}");
+
+    let conn = rusqlite::Connection::open(&db).unwrap();
     let source = demo_json("audit");
-    assert_eq!(p["payload"]["event_id"], source["event_id"], "{p:#}");
-    assert_eq!(p["payload"]["task_id"], source["task_id"]);
+    let (n, summary, task_id): (i64, String, String) = conn
+        .query_row(
+            "SELECT count(*), max(summary), max(task_id) FROM audit_log WHERE event_id = ?1",
+            [source["event_id"].as_str().unwrap()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(task_id, source["task_id"].as_str().unwrap());
+    assert_eq!(summary, r#"task "Buy milk" completed by user u1"#);
 }
 
 #[test]
 fn invoke_live_updates_demo_targets_the_user_channel() {
     let report = invoke_demo("live-updates", "task-updates");
-    let p = single_publish(&report, "live-updates");
+    assert_eq!(report["outcome"], "ok", "{report:#}");
+    assert!(report["publishes"].as_array().unwrap().is_empty());
+    let pushes = report["broadcasts"].as_array().unwrap();
+    assert_eq!(pushes.len(), 1, "{report:#}");
     let source = demo_json("live-updates");
     let channel = format!("user:{}", source["user_id"].as_str().unwrap());
-    assert_eq!(p["payload"]["channel"], channel.as_str(), "{p:#}");
+    assert_eq!(pushes[0]["channel"], channel.as_str(), "{report:#}");
+    let message: serde_json::Value =
+        serde_json::from_str(pushes[0]["message"].as_str().unwrap()).unwrap();
+    assert_eq!(message["task_id"], source["task_id"], "{message:#}");
 }
 
 #[test]
 fn invoke_text_output_shows_outcome_and_effects() {
-    let wasm = component("notification").display().to_string();
+    let wasm = component("recurring").display().to_string();
     let (code, out, err) = kasm(&[
         "invoke",
         &wasm,
-        &demo("notification"),
+        &demo("recurring"),
         "--topic",
-        "reminders",
+        "task-events",
     ]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("outcome    ok"), "{out}");
-    assert!(out.contains("publish    #0 topic=notifications"), "{out}");
+    assert!(out.contains("publish    #0 topic=task-events"), "{out}");
 }
 
 #[test]

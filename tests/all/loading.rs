@@ -55,6 +55,9 @@ fn an_ungranted_capability_is_refused_naming_the_import() {
     let grants = Grants {
         producer: Some(TopicGrant::Any),
         kv: false,
+        sql: false,
+        websocket: false,
+        http: None,
     };
     let e = refuse(&rt, &component_bytes("fixture"), grants);
     assert!(matches!(e, LoadError::NotGranted { .. }), "{e}");
@@ -85,17 +88,20 @@ fn a_component_over_the_size_limit_is_refused_before_compiling() {
 #[test]
 fn the_handlers_load_with_exactly_their_capabilities() {
     let rt = runtime();
-    for name in [
-        "notification",
-        "recurring",
-        "audit",
-        "live-updates",
-        "fixture-publisher",
+    for (name, needs) in [
+        ("notification", &["settings", "http", "log"][..]),
+        ("recurring", &["producer", "log"]),
+        ("audit", &["sql", "log"]),
+        ("live-updates", &["websocket", "log"]),
+        ("fixture-publisher", &["producer", "log"]),
     ] {
         let mut spec = HandlerSpec::new(name);
         spec.grants = Grants {
             producer: Some(TopicGrant::Any),
             kv: false,
+            sql: true,
+            websocket: true,
+            http: Some(kasm_host::capabilities::HostGrant::Any),
         };
         let h = rt
             .load(&component_bytes(name), spec)
@@ -106,11 +112,7 @@ fn the_handlers_load_with_exactly_their_capabilities() {
             .iter()
             .map(|c| c.to_string())
             .collect();
-        assert_eq!(
-            caps,
-            ["producer", "log"],
-            "{name} needs exactly producer and log"
-        );
+        assert_eq!(caps, needs, "{name} needs exactly {needs:?}");
         assert_eq!(h.info().sha256.len(), 64);
     }
 }

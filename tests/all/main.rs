@@ -14,3 +14,5 @@ mod loading;
 mod pipeline;
 mod process;
 mod sandbox;
+mod services;
+mod sql;

@@ -265,7 +265,10 @@ async fn partitions_paused_for_backpressure_resume_after_a_rebalance() {
         intruder.subscribe(&[&topic]).unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         while intruder.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
-            assert!(Instant::now() < deadline, "the second member got no partition");
+            assert!(
+                Instant::now() < deadline,
+                "the second member got no partition"
+            );
             let _ = intruder.poll(Duration::from_millis(100));
         }
         intruder.unsubscribe();
@@ -278,6 +281,9 @@ async fn partitions_paused_for_backpressure_resume_after_a_rebalance() {
     let missing = (0..n)
         .filter(|i| !counts.contains_key(&format!("bp-{i}")))
         .count();
-    assert_eq!(missing, 0, "events never handled after the rebalance: {missing} of {n}");
+    assert_eq!(
+        missing, 0,
+        "events never handled after the rebalance: {missing} of {n}"
+    );
     host.shutdown().await.unwrap();
 }

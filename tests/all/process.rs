@@ -253,9 +253,22 @@ async fn a_second_host_joining_splits_partitions_without_loss() {
         logs()
     );
     let repeats = check_all_handled(&outputs, n);
+    // A host drains and commits synchronously when its partitions are revoked, so only the
+    // records in flight (one per partition) may run again on the new owner. A broker may
+    // refuse that commit because the rebalance is already under way (librdkafka's mock
+    // cluster does when the new member's join got there first; Kafka accepts commits of the
+    // current generation then): the new owner then starts from the last periodic commit and
+    // may repeat up to one commit interval (200 ms here, a few hundred records) of work.
+    let refused = [&a, &b]
+        .iter()
+        .flat_map(|h| h.output.iter())
+        .any(|l| l.contains("offset commit failed") && l.contains("mode=Sync"));
+    let bound = if refused { 4 + 600 } else { 4 };
+    eprintln!("two hosts: {repeats} repeats (bound {bound}; revoke commit refused: {refused})");
     assert!(
-        repeats <= 4,
-        "{repeats} repeats: only records in flight at the revoke may repeat\n{}",
+        repeats <= bound,
+        "{repeats} repeats (revoke commit refused: {refused}): only records in flight at the \
+         revoke, or one commit interval when the broker refused the revoke commit, may repeat\n{}",
         logs()
     );
     assert!(sa.success() && sb.success(), "exit {sa} / {sb}\n{}", logs());

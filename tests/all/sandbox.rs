@@ -156,6 +156,9 @@ async fn publishes_get_deterministic_ids_and_only_granted_topics() {
     let grants = Grants {
         producer: Some(TopicGrant::Only(["out".to_owned()].into())),
         kv: true,
+        sql: false,
+        websocket: false,
+        http: None,
     };
     let h = load(&rt, "fixture", grants, |_| {});
     let e = event(serde_json::json!({"action": "publish", "topic": "out", "count": 3}));
@@ -253,4 +256,36 @@ async fn concurrent_calls_on_fresh_instances() {
             _ => assert_eq!(failure(&outcome).0, FailureKind::Trap),
         }
     }
+}
+
+#[tokio::test]
+async fn files_environment_arguments_and_sockets_are_denied_even_with_every_grant() {
+    let rt = runtime();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let h = load(&rt, "fixture", Grants::all(), |_| {});
+    let inv = call(&h, serde_json::json!({"action": "probe", "message": addr})).await;
+    assert_eq!(inv.outcome, Outcome::Ok, "{inv:?}");
+    let seen: serde_json::Value = serde_json::from_str(&inv.effects.logs[0].message).unwrap();
+    for attempt in [
+        "read_file",
+        "list_dir",
+        "create_file",
+        "env_vars",
+        "env_home",
+        "args",
+        "tcp_connect",
+        "dns",
+    ] {
+        assert!(
+            seen[attempt].as_str().unwrap().starts_with("denied"),
+            "{attempt}: {}",
+            seen[attempt]
+        );
+    }
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "no connection reached the listener"
+    );
 }

@@ -1,25 +1,55 @@
-//! The audit service: consumes task events (topic `task-events`) and emits one
-//! [`AuditEntry`] per event to topic `audit-log`, keyed by task id so a task's history stays
-//! in order within one partition.
+//! The audit service: consumes task events (topic `task-events`) and writes one row per event
+//! to the table `audit_log` of its SQL database (SQLite or PostgreSQL, as the operator grants;
+//! the schema is `migrations/001_audit_log.sql`).
 //!
+//! The event id is the table's key and the insert does nothing on a conflict, so an event that
+//! runs again (after a crash, or replayed from the dead-letter topic) adds no second row.
 //! Every event type is recorded, unknown ones included: an audit log that skips what it does
 //! not understand is not an audit log.
 
+use kasm_guest::sql::{self, Value};
 use kasm_guest::taskapp::{AuditEntry, TaskEvent, TaskEventKind};
 use kasm_guest::{Event, HandlerError};
 
-/// The topic audit entries go to.
-pub const AUDIT_TOPIC: &str = "audit-log";
+/// The insert, idempotent by event id.
+pub const INSERT: &str = "INSERT INTO audit_log (event_id, event_type, task_id, user_id, \
+     occurred_at, summary, task, source_topic, source_partition, source_offset) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (event_id) DO NOTHING";
 
 fn handle(event: Event) -> Result<(), HandlerError> {
     let task_event: TaskEvent = event.json()?;
     let entry = audit_entry(&task_event);
-    kasm_guest::publish_json(AUDIT_TOPIC, Some(entry.task_id.as_bytes()), &entry)?;
-    kasm_guest::log::debug(&entry.summary);
+    let inserted = sql::execute(INSERT, &row(&entry, &event)?)?;
+    if inserted == 0 {
+        kasm_guest::log::info(&format!("{} already recorded", entry.event_id));
+    } else {
+        kasm_guest::log::debug(&entry.summary);
+    }
     Ok(())
 }
 
 kasm_guest::handler!(handle);
+
+/// The values of [`INSERT`] for `entry`, read from `source`.
+pub fn row(entry: &AuditEntry, source: &Event) -> Result<Vec<Value>, HandlerError> {
+    let task = serde_json::to_string(&entry.task)
+        .map_err(|e| HandlerError::fatal(format!("encoding the task: {e}")))?;
+    Ok(vec![
+        entry.event_id.as_str().into(),
+        entry.event_type.as_str().into(),
+        entry.task_id.as_str().into(),
+        entry.user_id.as_str().into(),
+        entry
+            .occurred_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            .into(),
+        entry.summary.as_str().into(),
+        task.into(),
+        source.topic().into(),
+        Value::Integer(source.partition().into()),
+        Value::Integer(source.offset()),
+    ])
+}
 
 /// The audit entry recording `event`.
 pub fn audit_entry(event: &TaskEvent) -> AuditEntry {
@@ -123,6 +153,24 @@ mod tests {
         assert_eq!(json["task"]["title"], "Buy milk");
         assert_eq!(json["task"]["tags"], serde_json::json!(["shopping"]));
         let _: TaskData = serde_json::from_value(json["task"].clone()).unwrap();
+    }
+
+    #[test]
+    fn the_row_binds_every_column_of_the_insert() {
+        let source = event("task.completed", "Buy milk");
+        let entry = audit_entry(&source);
+        let raw = Event::new("evt-42", "task-events", b"{}".to_vec())
+            .with_partition(3)
+            .with_offset(1234);
+        let row = row(&entry, &raw).unwrap();
+        assert_eq!(INSERT.matches('$').count(), row.len());
+        assert_eq!(row[0], Value::Text("evt-42".into()));
+        assert_eq!(row[4], Value::Text("2026-11-27T09:15:00.000Z".into()));
+        let task: TaskData = serde_json::from_str(row[6].as_str().unwrap()).unwrap();
+        assert_eq!(task, source.task);
+        assert_eq!(row[7], Value::Text("task-events".into()));
+        assert_eq!(row[8], Value::Integer(3));
+        assert_eq!(row[9], Value::Integer(1234));
     }
 
     #[test]

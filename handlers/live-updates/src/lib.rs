@@ -1,19 +1,16 @@
 //! The live-updates service: consumes task events (topic `task-updates`; `task-events` works
-//! too) and emits one [`LiveUpdate`] per event to topic `live-updates`, keyed by its channel
-//! `user:<user_id>`, for the host's WebSocket fan-out to push to that user's open clients.
+//! too) and pushes one [`LiveUpdate`] per event to the WebSocket clients of its user's channel
+//! `user:<user_id>` (the host's `GET /ws`).
 //!
 //! Every event type is forwarded; a client ignores the ones it does not know.
 
 use kasm_guest::taskapp::{LiveUpdate, TaskEvent};
 use kasm_guest::{Event, HandlerError};
 
-/// The topic live updates go to.
-pub const LIVE_UPDATES_TOPIC: &str = "live-updates";
-
 fn handle(event: Event) -> Result<(), HandlerError> {
     let task_event: TaskEvent = event.json()?;
     let update = live_update(&task_event)?;
-    kasm_guest::publish_json(LIVE_UPDATES_TOPIC, Some(update.channel.as_bytes()), &update)?;
+    kasm_guest::websocket::broadcast_json(&update.channel, &update)?;
     kasm_guest::log::debug(&format!(
         "{} pushed to {}",
         update.event_type, update.channel

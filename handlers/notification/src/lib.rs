@@ -1,16 +1,18 @@
-//! The notification service: consumes reminders (topic `reminders`) and emits one
-//! [`Notification`] per reminder to topic `notifications`, keyed by user id, for the delivery
-//! service to send.
+//! The notification service: consumes reminders (topic `reminders`) and POSTs one
+//! [`Notification`] per reminder, as JSON, to the webhook of the handler's setting
+//! `webhook_url` (its host must be granted with `grants.http`).
 //!
-//! The notification's idempotency key is the reminder's event id, so a reminder delivered twice
-//! never notifies twice. A reminder that cannot make sense (no title, no user, reminding after
-//! the task is due) is refused as `fatal`: retrying it would not fix it.
+//! The request carries an `Idempotency-Key` header equal to the reminder's event id, so a
+//! webhook that honours it never notifies twice for one reminder. A 5xx, 408, 429 or a timeout
+//! is `retryable` (the host retries with backoff, then dead-letters); any other 4xx is `fatal`.
+//! A reminder that cannot make sense (no title, no user, reminding after the task is due) is
+//! refused as `fatal` before anything is sent: retrying it would not fix it.
 
 use kasm_guest::taskapp::{Notification, Reminder};
 use kasm_guest::{Event, HandlerError};
 
-/// The topic notifications go to.
-pub const NOTIFICATIONS_TOPIC: &str = "notifications";
+/// The setting naming the webhook.
+pub const WEBHOOK_SETTING: &str = "webhook_url";
 
 /// The channel of a reminder that names none.
 pub const DEFAULT_CHANNEL: &str = "push";
@@ -18,13 +20,21 @@ pub const DEFAULT_CHANNEL: &str = "push";
 fn handle(event: Event) -> Result<(), HandlerError> {
     let reminder: Reminder = event.json()?;
     let notification = notification(&reminder)?;
-    kasm_guest::publish_json(
-        NOTIFICATIONS_TOPIC,
-        Some(notification.user_id.as_bytes()),
-        &notification,
+    let url = kasm_guest::settings::require(WEBHOOK_SETTING)?;
+    let body = serde_json::to_vec(&notification)
+        .map_err(|e| HandlerError::fatal(format!("encoding the notification: {e}")))?;
+    let response = kasm_guest::http::post(
+        &url,
+        &[
+            ("content-type", "application/json"),
+            ("idempotency-key", &notification.idempotency_key),
+        ],
+        &body,
     )?;
+    let status = response.status;
+    response.error_for_status()?;
     kasm_guest::log::info(&format!(
-        "{} notification queued for task {}",
+        "{} notification for task {} delivered (HTTP {status})",
         notification.channel, notification.task_id
     ));
     Ok(())

@@ -1,6 +1,6 @@
 //! The recurring-task service: consumes task events (topic `task-events`) and, when a task
 //! with a recurrence rule is completed, emits a `task.created` [`TaskEvent`] for its next
-//! occurrence to topic `task-events`, keyed by user id. Every other event, a task without a
+//! occurrence back to the topic it came from (`task-events` in the task app), keyed by user id. Every other event, a task without a
 //! rule, and a series whose rule has ended produce nothing.
 //!
 //! # The series
@@ -29,9 +29,6 @@ use chrono::{Datelike, Days, NaiveDate};
 use kasm_guest::taskapp::{Frequency, Recurrence, TaskData, TaskEvent, TaskEventKind};
 use kasm_guest::{Event, HandlerError};
 
-/// The topic the next occurrences go to (the topic this handler consumes).
-pub const TASK_EVENTS_TOPIC: &str = "task-events";
-
 fn handle(event: Event) -> Result<(), HandlerError> {
     let task_event: TaskEvent = event.json()?;
     if task_event.kind() != TaskEventKind::Completed || task_event.task.recurrence.is_none() {
@@ -39,7 +36,8 @@ fn handle(event: Event) -> Result<(), HandlerError> {
     }
     match next_occurrence(&task_event, &kasm_guest::next_event_id())? {
         Some(next) => {
-            kasm_guest::publish_json(TASK_EVENTS_TOPIC, Some(next.user_id.as_bytes()), &next)?;
+            // Back to the topic the completion came from: the series lives on one topic.
+            kasm_guest::publish_json(event.topic(), Some(next.user_id.as_bytes()), &next)?;
             kasm_guest::log::info(&format!(
                 "task {} completed: next occurrence {} due {}",
                 task_event.task_id,

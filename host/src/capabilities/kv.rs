@@ -1,8 +1,12 @@
 //! `kasm:handler/kv`: a key-value store private to each handler.
 //!
-//! The store is a trait so the embedded file store (with the ledger's storage) and a shared
-//! store can come without touching the runtime; [`MemoryKv`] is the in-memory
-//! implementation used by `kasm invoke` and by tests.
+//! The store is a trait so a shared store can come without touching the runtime.
+//! [`FileKv`] is the embedded store a host uses (`<data_dir>/kv.redb`: survives restarts and
+//! version swaps); [`MemoryKv`] is the in-memory one used by `kasm invoke` and by tests.
+//!
+//! kv writes are applied when the handler makes them (a handler reads its own writes within
+//! a call), not at the end of the call like publishes and SQL: write values that are correct
+//! to keep even if the call fails afterwards (counters keyed by event id, caches).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -87,9 +91,144 @@ impl KvStore for MemoryKv {
     }
 }
 
+const KV: redb::TableDefinition<(&str, &str), &[u8]> = redb::TableDefinition::new("kv");
+
+/// The embedded [`KvStore`]: a redb file. Each value is stored after an 8-byte big-endian
+/// expiry (ms since the Unix epoch; 0 = never), so a TTL survives a restart. Expired entries
+/// read as absent and are removed when the store is opened.
+#[derive(Debug, Clone)]
+pub struct FileKv {
+    db: std::sync::Arc<redb::Database>,
+}
+
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The live value of a stored entry.
+fn live(stored: &[u8], now_ms: u64) -> Option<Vec<u8>> {
+    let (expiry, value) = stored.split_at_checked(8)?;
+    let expiry = u64::from_be_bytes(expiry.try_into().ok()?);
+    (expiry == 0 || expiry > now_ms).then(|| value.to_vec())
+}
+
+impl FileKv {
+    /// Open (creating) the store at `path`; expired entries are removed.
+    pub fn open(path: &std::path::Path) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let what = || format!("opening the kv store {}", path.display());
+        if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(what)?;
+        }
+        let db = redb::Builder::new()
+            .set_cache_size(32 << 20)
+            .create(path)
+            .with_context(what)?;
+        let tx = db.begin_write().with_context(what)?;
+        {
+            let mut t = tx.open_table(KV).with_context(what)?;
+            let now = epoch_ms();
+            t.retain(|_, v| live(v, now).is_some()).with_context(what)?;
+        }
+        tx.commit().with_context(what)?;
+        Ok(Self {
+            db: std::sync::Arc::new(db),
+        })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::Database) -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db)).await?
+    }
+}
+
+#[async_trait]
+impl KvStore for FileKv {
+    async fn get(&self, namespace: &str, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let (ns, key) = (namespace.to_owned(), key.to_owned());
+        self.blocking(move |db| {
+            use redb::ReadableDatabase as _;
+            let tx = db.begin_read()?;
+            let t = tx.open_table(KV)?;
+            Ok(t.get((ns.as_str(), key.as_str()))?
+                .and_then(|v| live(v.value(), epoch_ms())))
+        })
+        .await
+    }
+
+    async fn set(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> anyhow::Result<()> {
+        let (ns, key) = (namespace.to_owned(), key.to_owned());
+        let expiry = ttl.map_or(0, |d| {
+            epoch_ms().saturating_add(d.as_millis() as u64).max(1)
+        });
+        self.blocking(move |db| {
+            let mut stored = Vec::with_capacity(8 + value.len());
+            stored.extend_from_slice(&expiry.to_be_bytes());
+            stored.extend_from_slice(&value);
+            let tx = db.begin_write()?;
+            tx.open_table(KV)?
+                .insert((ns.as_str(), key.as_str()), stored.as_slice())?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete(&self, namespace: &str, key: &str) -> anyhow::Result<bool> {
+        let (ns, key) = (namespace.to_owned(), key.to_owned());
+        self.blocking(move |db| {
+            let tx = db.begin_write()?;
+            let was_live = tx
+                .open_table(KV)?
+                .remove((ns.as_str(), key.as_str()))?
+                .is_some_and(|v| live(v.value(), epoch_ms()).is_some());
+            tx.commit()?;
+            Ok(was_live)
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_file_store_keeps_values_and_ttls_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+        {
+            let kv = FileKv::open(&path).unwrap();
+            kv.set("a", "k", b"1".to_vec(), None).await.unwrap();
+            kv.set("a", "short", b"2".to_vec(), Some(Duration::from_millis(1)))
+                .await
+                .unwrap();
+            kv.set("a", "long", b"3".to_vec(), Some(Duration::from_secs(3600)))
+                .await
+                .unwrap();
+            assert_eq!(kv.get("b", "k").await.unwrap(), None, "namespaces apart");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        let kv = FileKv::open(&path).unwrap();
+        assert_eq!(kv.get("a", "k").await.unwrap(), Some(b"1".to_vec()));
+        assert_eq!(kv.get("a", "short").await.unwrap(), None, "expired");
+        assert_eq!(kv.get("a", "long").await.unwrap(), Some(b"3".to_vec()));
+        assert!(kv.delete("a", "k").await.unwrap());
+        assert!(!kv.delete("a", "k").await.unwrap());
+        assert_eq!(kv.get("a", "k").await.unwrap(), None);
+    }
 
     #[tokio::test]
     async fn namespaces_and_ttl() {

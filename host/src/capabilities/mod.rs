@@ -13,15 +13,17 @@
 pub mod kv;
 pub mod log;
 pub mod producer;
+pub mod sql;
 
 use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::Serialize;
 
-pub use kv::{KvStore, MemoryKv};
+pub use kv::{FileKv, KvStore, MemoryKv};
 pub use log::LogLine;
 pub use producer::{Publish, derive_event_id};
+pub use sql::{SqlDatabase, SqlError, SqlRows, SqlTarget, SqlValue};
 
 /// A host capability a handler can be granted. Each maps to one WIT interface of
 /// `kasm:handler`.
@@ -32,26 +34,49 @@ pub enum Capability {
     Producer,
     /// `kasm:handler/kv`: a key-value store private to the handler.
     Kv,
+    /// `kasm:handler/sql`: statements on the handler's SQL database.
+    Sql,
+    /// `kasm:handler/websocket`: push to the clients of `GET /ws`.
+    Websocket,
+    /// `kasm:handler/settings`: the handler's own configured values; always granted.
+    Settings,
+    /// `wasi:http/outgoing-handler`: HTTP requests to the granted hosts.
+    Http,
     /// `kasm:handler/log`: structured logging; always granted.
     Log,
 }
 
 impl Capability {
     /// Every capability, in a stable order.
-    pub const ALL: [Capability; 3] = [Capability::Producer, Capability::Kv, Capability::Log];
+    pub const ALL: [Capability; 7] = [
+        Capability::Producer,
+        Capability::Kv,
+        Capability::Sql,
+        Capability::Websocket,
+        Capability::Http,
+        Capability::Settings,
+        Capability::Log,
+    ];
 
     /// The WIT interface name inside the `kasm:handler` package.
     pub fn interface(self) -> &'static str {
         match self {
             Capability::Producer => "producer",
             Capability::Kv => "kv",
+            Capability::Sql => "sql",
+            Capability::Websocket => "websocket",
+            Capability::Settings => "settings",
+            Capability::Http => "http",
             Capability::Log => "log",
         }
     }
 
     /// The capability behind a `kasm:handler` interface name, if it is one.
     pub fn from_interface(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.interface() == name)
+        Self::ALL
+            .into_iter()
+            .filter(|c| *c != Capability::Http)
+            .find(|c| c.interface() == name)
     }
 }
 
@@ -100,6 +125,57 @@ pub struct Grants {
     pub producer: Option<TopicGrant>,
     /// Whether `kv` is granted.
     pub kv: bool,
+    /// Whether `sql` is granted (the database itself comes with the handler's spec).
+    pub sql: bool,
+    /// Whether `websocket` is granted.
+    pub websocket: bool,
+    /// Hosts (`host` or `host:port`) outbound HTTP may reach; `None`: `http` not granted.
+    pub http: Option<HostGrant>,
+}
+
+/// The hosts a handler may send HTTP requests to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostGrant {
+    /// Any host (used by `kasm invoke`).
+    Any,
+    /// These entries: `host` (any port) or `host:port`, compared case-insensitively.
+    Only(BTreeSet<String>),
+}
+
+impl HostGrant {
+    /// Whether a request to `host` on `port` may go out.
+    pub fn allows(&self, host: &str, port: u16) -> bool {
+        match self {
+            HostGrant::Any => true,
+            HostGrant::Only(set) => {
+                let host = host.to_ascii_lowercase();
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                set.iter().any(|g| {
+                    let g = g.to_ascii_lowercase();
+                    match g.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()) {
+                        Some((h, p)) => {
+                            h.trim_start_matches('[').trim_end_matches(']') == host
+                                && p.parse() == Ok(port)
+                        }
+                        None => g == host,
+                    }
+                })
+            }
+        }
+    }
+}
+
+impl fmt::Display for HostGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostGrant::Any => f.write_str("any host"),
+            HostGrant::Only(set) if set.is_empty() => f.write_str("no host"),
+            HostGrant::Only(set) => {
+                let v: Vec<&str> = set.iter().map(String::as_str).collect();
+                f.write_str(&v.join(", "))
+            }
+        }
+    }
 }
 
 impl Grants {
@@ -108,6 +184,9 @@ impl Grants {
         Self {
             producer: None,
             kv: false,
+            sql: false,
+            websocket: false,
+            http: None,
         }
     }
 
@@ -116,6 +195,9 @@ impl Grants {
         Self {
             producer: Some(TopicGrant::Any),
             kv: true,
+            sql: true,
+            websocket: true,
+            http: Some(HostGrant::Any),
         }
     }
 
@@ -124,7 +206,10 @@ impl Grants {
         match cap {
             Capability::Producer => self.producer.is_some(),
             Capability::Kv => self.kv,
-            Capability::Log => true,
+            Capability::Sql => self.sql,
+            Capability::Websocket => self.websocket,
+            Capability::Http => self.http.is_some(),
+            Capability::Settings | Capability::Log => true,
         }
     }
 
@@ -152,4 +237,19 @@ pub struct Effects {
     pub logs: Vec<LogLine>,
     /// Log lines dropped because the call went over its line limit.
     pub logs_dropped: u32,
+    /// SQL statements run (successful ones), in the call's transaction.
+    pub sql_statements: u32,
+    /// Rows changed by those statements; committed only if the call returns `ok`.
+    pub sql_rows_changed: u64,
+    /// WebSocket pushes queued; delivered only if the call returns `ok`.
+    pub broadcasts: Vec<Broadcast>,
+}
+
+/// One queued WebSocket push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Broadcast {
+    /// The channel.
+    pub channel: String,
+    /// The message.
+    pub message: String,
 }

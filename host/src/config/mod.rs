@@ -19,7 +19,7 @@
 //! component = "handlers/dist/audit.wasm"
 //! topics = ["task-events"]
 //! payload = "json"
-//! grants = { producer = ["audit-log"] }
+//! grants = { sql = { migrations = "handlers/audit/migrations" } }
 //! retry = { attempts = 5, initial_backoff = "200ms", max_backoff = "30s", jitter = 0.2 }
 //! ```
 
@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::capabilities::{Grants, TopicGrant};
+use crate::capabilities::{Grants, SqlTarget, TopicGrant};
 pub use kafka_env::{KafkaEnv, Secret};
 
 /// The whole configuration file.
@@ -137,6 +137,10 @@ pub struct HandlerConfig {
     /// `kasm-replay-count` header guards against replay loops).
     #[serde(default = "defaults::max_replays")]
     pub max_replays: u32,
+    /// Values the handler reads through the `settings` interface (a webhook URL, a channel
+    /// prefix). Not for secrets: the file is not a secret store.
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
 }
 
 /// Exponential backoff with jitter.
@@ -194,6 +198,54 @@ pub struct GrantsConfig {
     /// Whether the handler may use its private key-value store.
     #[serde(default)]
     pub kv: bool,
+    /// The handler's SQL database (the `sql` capability). Absent: not granted.
+    pub sql: Option<SqlGrantConfig>,
+    /// Whether the handler may push to the WebSocket clients of `GET /ws`.
+    #[serde(default)]
+    pub websocket: bool,
+    /// Hosts outbound HTTP may reach: `"host"` (any port) or `"host:port"`. Absent: no
+    /// outbound HTTP. A request to any other host is refused before a connection is made.
+    pub http: Option<Vec<String>>,
+}
+
+/// The `sql` grant: which database, and its schema.
+///
+/// ```toml
+/// grants = { sql = {} }                                    # SQLite in the data folder
+/// grants = { sql = { sqlite = "audit.db", migrations = "handlers/audit/migrations" } }
+/// grants = { sql = { url_env = "AUDIT_DATABASE_URL", migrations = "handlers/audit/migrations" } }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlGrantConfig {
+    /// An SQLite file, relative to `data_dir`. Default: `<data_dir>/sql/<handler>.sqlite`.
+    pub sqlite: Option<PathBuf>,
+    /// The name of an environment variable holding a PostgreSQL URL
+    /// (`postgresql://user:password@host:5432/db`): credentials never live in the file.
+    pub url_env: Option<String>,
+    /// A folder of `*.sql` files applied in name order, once each, before the handler runs
+    /// (at start and at every deploy). Relative to the config file's folder.
+    pub migrations: Option<PathBuf>,
+}
+
+impl SqlGrantConfig {
+    /// Where the database of handler `name` is. Reads the URL from the environment.
+    pub fn target(&self, name: &str, data_dir: &Path) -> anyhow::Result<SqlTarget> {
+        if let Some(var) = &self.url_env {
+            let url = std::env::var(var).map_err(|_| {
+                anyhow::anyhow!(
+                    "handlers.{name}.grants.sql.url_env: environment variable {var} is not set"
+                )
+            })?;
+            return Ok(SqlTarget::Postgres(url));
+        }
+        let path = match &self.sqlite {
+            Some(p) if p.is_absolute() => p.clone(),
+            Some(p) => data_dir.join(p),
+            None => data_dir.join("sql").join(format!("{name}.sqlite")),
+        };
+        Ok(SqlTarget::Sqlite(path))
+    }
 }
 
 impl GrantsConfig {
@@ -205,6 +257,12 @@ impl GrantsConfig {
                 .as_ref()
                 .map(|t| TopicGrant::Only(t.iter().cloned().collect())),
             kv: self.kv,
+            sql: self.sql.is_some(),
+            websocket: self.websocket,
+            http: self
+                .http
+                .as_ref()
+                .map(|h| crate::capabilities::HostGrant::Only(h.iter().cloned().collect())),
         }
     }
 }
@@ -283,6 +341,11 @@ impl Config {
         for h in config.handlers.values_mut() {
             if h.component.is_relative() {
                 h.component = base.join(&h.component);
+            }
+            if let Some(m) = h.grants.sql.as_mut().and_then(|g| g.migrations.as_mut())
+                && m.is_relative()
+            {
+                *m = base.join(&*m);
             }
         }
         config.validate()?;
@@ -460,6 +523,55 @@ impl Config {
             if h.ledger_max_entries == 0 {
                 err(k("ledger_max_entries"), "must be more than 0".into());
             }
+            if let Some(sql) = &h.grants.sql {
+                if sql.sqlite.is_some() && sql.url_env.is_some() {
+                    err(
+                        k("grants.sql"),
+                        "give either `sqlite` (a file) or `url_env` (PostgreSQL), not both".into(),
+                    );
+                }
+                if let Some(var) = &sql.url_env {
+                    if !valid_env_name(var) {
+                        err(
+                            k("grants.sql.url_env"),
+                            format!(
+                                "`{var}` is not an environment variable name (the URL itself goes in the environment)"
+                            ),
+                        );
+                    } else if std::env::var_os(var).is_none_or(|v| v.is_empty()) {
+                        err(
+                            k("grants.sql.url_env"),
+                            format!("environment variable {var} is not set"),
+                        );
+                    }
+                }
+                if let Some(m) = &sql.migrations
+                    && !m.is_dir()
+                {
+                    err(
+                        k("grants.sql.migrations"),
+                        format!("migrations folder {} does not exist", m.display()),
+                    );
+                }
+            }
+            if let Some(hosts) = &h.grants.http {
+                for host in hosts {
+                    let bad = host.is_empty()
+                        || host.contains(['/', '@', ' '])
+                        || host.contains("://")
+                        || host.rsplit_once(':').is_some_and(|(_, p)| {
+                            !p.is_empty() && p.parse::<u16>().is_err() && !host.starts_with('[')
+                        });
+                    if bad {
+                        err(
+                            k("grants.http"),
+                            format!(
+                                "`{host}` is not a host (`name` or `name:port`, no scheme or path)"
+                            ),
+                        );
+                    }
+                }
+            }
             if let Some(topics) = &h.grants.producer {
                 for t in topics {
                     if !valid_topic(t) {
@@ -506,6 +618,15 @@ fn valid_name(s: &str) -> bool {
         && s.len() <= 100
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`.
+fn valid_env_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Kafka's rule: 1–249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.

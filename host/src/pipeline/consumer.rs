@@ -141,6 +141,17 @@ impl ConsumerContext for LoopContext {
     ) {
         if let Err(e) = result {
             tracing::warn!(handler = %self.ctx.name, error = %e, offsets = ?offsets, "offset commit failed; will retry");
+            // An asynchronous commit was recorded as sent: take that back, so the next commit
+            // (periodic, or the synchronous one on revoke) sends these positions again.
+            let mut parts = self.lock();
+            for el in offsets.elements() {
+                if let (Offset::Offset(o), Some(st)) = (
+                    el.offset(),
+                    parts.get_mut(&(el.topic().to_owned(), el.partition())),
+                ) {
+                    st.tracker.commit_failed(o);
+                }
+            }
         }
     }
 }
@@ -282,7 +293,13 @@ impl LoopContext {
                 if only.is_some_and(|o| !o.contains(tp)) {
                     continue;
                 }
-                if let Some(pos) = st.tracker.committable()
+                // On revoke and shutdown, send every done position again, whatever was sent
+                // before: an earlier asynchronous commit may have failed unseen.
+                let pos = match mode {
+                    CommitMode::Sync => st.tracker.position(),
+                    CommitMode::Async => st.tracker.committable(),
+                };
+                if let Some(pos) = pos
                     && tpl
                         .add_partition_offset(&tp.0, tp.1, Offset::Offset(pos))
                         .is_ok()

@@ -59,6 +59,8 @@ pub struct Stats {
     pub retried: AtomicU64,
     /// Records dead-lettered.
     pub dead_lettered: AtomicU64,
+    /// Records the handler published (acknowledged), over all its `ok` calls.
+    pub published: AtomicU64,
 }
 
 /// A snapshot of [`Stats`].
@@ -72,6 +74,8 @@ pub struct StatsSnapshot {
     pub retried: u64,
     /// See [`Stats::dead_lettered`].
     pub dead_lettered: u64,
+    /// See [`Stats::published`].
+    pub published: u64,
 }
 
 impl Stats {
@@ -82,6 +86,7 @@ impl Stats {
             skipped: self.skipped.load(Ordering::Relaxed),
             retried: self.retried.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            published: self.published.load(Ordering::Relaxed),
         }
     }
 }
@@ -147,6 +152,8 @@ pub struct HandlerCtx {
     pub history: Mutex<Vec<SwapRecord>>,
     /// Assigned partitions (`topic/partition`), as the loop last saw them.
     pub partitions: Mutex<BTreeMap<String, PartitionView>>,
+    /// Its kv store and SQL database, shared by all its versions.
+    pub resources: crate::deploy::HandlerResources,
 }
 
 impl HandlerCtx {

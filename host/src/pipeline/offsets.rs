@@ -62,6 +62,15 @@ impl OffsetTracker {
         self.committed = Some(self.committed.map_or(position, |c| c.max(position)));
     }
 
+    /// A commit of `position` failed (an asynchronous commit is reported after it was
+    /// recorded): unless a later commit was recorded since, forget it, so that the next commit
+    /// sends the position again.
+    pub fn commit_failed(&mut self, position: i64) {
+        if self.committed == Some(position) {
+            self.committed = None;
+        }
+    }
+
     /// Records dispatched and not yet done.
     pub fn in_flight(&self) -> usize {
         self.pending.iter().filter(|(_, done)| !done).count()
@@ -100,5 +109,26 @@ mod tests {
         t.done(9);
         t.done(5);
         assert_eq!(t.committable(), Some(10));
+    }
+
+    #[test]
+    fn a_failed_commit_is_sent_again() {
+        let mut t = OffsetTracker::default();
+        t.dispatched(0);
+        t.done(0);
+        t.committed(1);
+        assert_eq!(t.committable(), None);
+        t.commit_failed(1);
+        assert_eq!(
+            t.committable(),
+            Some(1),
+            "the failed position goes out again"
+        );
+        t.committed(1);
+        t.dispatched(1);
+        t.done(1);
+        t.committed(2);
+        t.commit_failed(1);
+        assert_eq!(t.committable(), None, "a later commit stands");
     }
 }

@@ -172,6 +172,13 @@ async fn process(
             Ok(inv) => match inv.outcome {
                 Outcome::Ok => match publish_all(ctx, &inv.effects.publishes).await {
                     Ok(()) => {
+                        ctx.stats
+                            .published
+                            .fetch_add(inv.effects.publishes.len() as u64, Ordering::Relaxed);
+                        // Pushes are best effort and never wait (see `crate::websocket`).
+                        for b in &inv.effects.broadcasts {
+                            ctx.resources.ws.broadcast(&b.channel, &b.message);
+                        }
                         record_ledger(
                             ctx,
                             &record,

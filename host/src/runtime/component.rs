@@ -319,6 +319,23 @@ pub(crate) fn check_world(
                 needed.insert(capability);
                 ImportKind::Capability { capability }
             }
+        } else if pkg == "wasi:http" && ver.is_some_and(|v| v.starts_with("0.2.")) {
+            // Outbound HTTP only: a handler serves no HTTP.
+            if iface != "outgoing-handler" && iface != "types" {
+                return Err(unknown());
+            }
+            let capability = Capability::Http;
+            if !grants.allows(capability) {
+                let granted: Vec<String> = grants.granted().iter().map(|c| c.to_string()).collect();
+                return Err(LoadError::NotGranted {
+                    import: name.to_owned(),
+                    capability,
+                    handler: handler.to_owned(),
+                    granted: granted.join(", "),
+                });
+            }
+            needed.insert(capability);
+            ImportKind::Capability { capability }
         } else if WASI_PACKAGES.contains(&pkg) && ver.is_some_and(|v| v.starts_with("0.2.")) {
             ImportKind::Wasi
         } else {

@@ -13,7 +13,10 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::capabilities::log::{MAX_LOG_LINE, MAX_LOG_LINES, truncate_utf8};
 use crate::capabilities::producer::CAUSATION_HEADER;
-use crate::capabilities::{Effects, Grants, KvStore, LogLine, Publish, derive_event_id};
+use crate::capabilities::sql::SqlTx;
+use crate::capabilities::{
+    Effects, Grants, KvStore, LogLine, Publish, SqlDatabase, SqlError, SqlValue, derive_event_id,
+};
 use crate::event::EVENT_ID_HEADER;
 
 use super::capture::OutputCapture;
@@ -23,11 +26,15 @@ wasmtime::component::bindgen!({
     world: "handler",
     imports: {
         "kasm:handler/kv": async,
+        "kasm:handler/sql": async,
         default: tracing,
     },
     exports: { default: async },
 });
 
+pub(crate) use kasm::handler::sql::{
+    Error as WitSqlError, Rows as WitSqlRows, Value as WitSqlValue,
+};
 pub(crate) use kasm::handler::types::{Event as WitEvent, HandlerError as WitHandlerError, Level};
 
 /// Per-handler settings the imports need; shared by every instance of the handler.
@@ -39,16 +46,39 @@ pub(crate) struct HandlerEnv {
     pub max_publishes: usize,
     pub max_record_bytes: usize,
     pub kv_timeout: Duration,
+    /// The handler's database, when `sql` is granted.
+    pub sql: Option<Arc<dyn SqlDatabase>>,
+    /// Bound on one SQL statement (and on opening the call's transaction).
+    pub sql_timeout: Duration,
+    /// The handler's settings (the `settings` interface).
+    pub settings: Arc<std::collections::BTreeMap<String, String>>,
+    /// Bound on each phase of an outbound HTTP request (connect, first byte, between bytes).
+    pub http_timeout: Duration,
 }
 
 /// The event being handled, as the imports tag their work with it.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct CallState {
     pub event_id: String,
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
     pub effects: Effects,
+    /// The call's SQL transaction, opened at its first statement; committed by the caller
+    /// when the call ends `ok`, rolled back when dropped.
+    pub sql: Option<Box<dyn SqlTx>>,
+    /// The first SQL failure of the call: its transaction is gone and it cannot commit.
+    pub sql_failed: Option<SqlError>,
+}
+
+impl std::fmt::Debug for CallState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallState")
+            .field("event_id", &self.event_id)
+            .field("sql_open", &self.sql.is_some())
+            .field("sql_failed", &self.sql_failed)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A `StoreLimits` that remembers whether a memory growth was refused, which is how a trap
@@ -120,6 +150,8 @@ impl ResourceLimiter for Limiter {
 /// Everything a handler instance's `Store` holds.
 pub(crate) struct HostState {
     wasi: WasiCtx,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    http_hooks: HttpHooks,
     table: ResourceTable,
     pub limiter: Limiter,
     pub output: OutputCapture,
@@ -146,8 +178,15 @@ impl HostState {
             .build();
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);
+        let http_hooks = HttpHooks {
+            handler: env.name.clone(),
+            grant: env.grants.http.clone(),
+            timeout: env.http_timeout,
+        };
         Self {
             wasi,
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http_hooks,
             table,
             limiter: Limiter::new(memory_bytes),
             output,
@@ -164,6 +203,8 @@ impl HostState {
             partition,
             offset,
             effects: Effects::default(),
+            sql: None,
+            sql_failed: None,
         };
         self.limiter.memory_denied = false;
         self.output.clear();
@@ -187,7 +228,79 @@ impl WasiView for HostState {
     }
 }
 
+impl wasmtime_wasi_http::WasiHttpView for HostState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
+        }
+    }
+}
+
+/// Outbound HTTP policy of one handler: only the granted hosts, every phase bounded.
+struct HttpHooks {
+    handler: String,
+    grant: Option<crate::capabilities::HostGrant>,
+    timeout: Duration,
+}
+
+type SendResult = Result<
+    (
+        axum::http::Response<wasmtime_wasi_http::WasiBody>,
+        Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ),
+    wasmtime_wasi_http::Error,
+>;
+
+impl wasmtime_wasi_http::WasiHttpHooks for HttpHooks {
+    fn send_request(
+        &mut self,
+        request: axum::http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<dyn std::future::Future<Output = SendResult> + Send> {
+        drop(fut);
+        let uri = request.uri();
+        let https = uri.scheme() == Some(&axum::http::uri::Scheme::HTTPS);
+        let host = uri.host().unwrap_or_default().to_owned();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let allowed = self.grant.as_ref().is_some_and(|g| g.allows(&host, port));
+        if !allowed {
+            // Refused before any connection (or name lookup) is made.
+            tracing::warn!(handler = %self.handler, %host, port, "outbound HTTP to a host not granted: denied");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        // The guest may ask for shorter timeouts, never longer ones.
+        let bound =
+            |asked: Option<Duration>| Some(asked.map_or(self.timeout, |a| a.min(self.timeout)));
+        let options = wasmtime_wasi_http::RequestOptions {
+            connect_timeout: bound(options.and_then(|o| o.connect_timeout)),
+            first_byte_timeout: bound(options.and_then(|o| o.first_byte_timeout)),
+            between_bytes_timeout: bound(options.and_then(|o| o.between_bytes_timeout)),
+        };
+        Box::new(async move {
+            let (res, io) =
+                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            Ok((
+                res.map(http_body_util::BodyExt::boxed_unsync),
+                Box::new(io)
+                    as Box<
+                        dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>>
+                            + Send,
+                    >,
+            ))
+        })
+    }
+}
+
 impl kasm::handler::types::Host for HostState {}
+
+impl kasm::handler::settings::Host for HostState {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.env.settings.get(&key).cloned()
+    }
+}
 
 impl kasm::handler::producer::Host for HostState {
     fn publish(
@@ -309,6 +422,174 @@ async fn bounded<T>(
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(format!("kv backend error: {e:#}")),
         Err(_) => Err(format!("kv backend did not answer within {limit:?}")),
+    }
+}
+
+impl kasm::handler::sql::Host for HostState {
+    async fn execute(
+        &mut self,
+        statement: String,
+        params: Vec<WitSqlValue>,
+    ) -> Result<u64, WitSqlError> {
+        let params = from_wit_params(params);
+        let limit = self.env.sql_timeout;
+        let tx = self.sql_tx().await?;
+        let result = bounded_sql(limit, tx.execute(&statement, &params)).await;
+        let n = self.note_sql(result)?;
+        let fx = &mut self.call.effects;
+        fx.sql_statements = fx.sql_statements.saturating_add(1);
+        fx.sql_rows_changed = fx.sql_rows_changed.saturating_add(n);
+        Ok(n)
+    }
+
+    async fn query(
+        &mut self,
+        statement: String,
+        params: Vec<WitSqlValue>,
+    ) -> Result<WitSqlRows, WitSqlError> {
+        let params = from_wit_params(params);
+        let limit = self.env.sql_timeout;
+        let tx = self.sql_tx().await?;
+        let result = bounded_sql(limit, tx.query(&statement, &params))
+            .await
+            .and_then(|rows| {
+                if rows.rows.len() > MAX_SQL_ROWS {
+                    Err(SqlError::Rejected(format!(
+                        "the query returned {} rows, over the limit of {MAX_SQL_ROWS}; add a LIMIT",
+                        rows.rows.len()
+                    )))
+                } else {
+                    Ok(rows)
+                }
+            });
+        let rows = self.note_sql(result)?;
+        let fx = &mut self.call.effects;
+        fx.sql_statements = fx.sql_statements.saturating_add(1);
+        Ok(WitSqlRows {
+            columns: rows.columns,
+            rows: rows
+                .rows
+                .into_iter()
+                .map(|r| r.into_iter().map(to_wit_value).collect())
+                .collect(),
+        })
+    }
+}
+
+/// Most rows one query may return to a handler.
+const MAX_SQL_ROWS: usize = 10_000;
+
+impl HostState {
+    /// The call's transaction, opened at its first statement.
+    async fn sql_tx(&mut self) -> Result<&mut Box<dyn SqlTx>, WitSqlError> {
+        let Some(db) = self.env.sql.clone() else {
+            return Err(WitSqlError::Rejected(format!(
+                "the sql capability is not granted to handler `{}`",
+                self.env.name
+            )));
+        };
+        if let Some(e) = &self.call.sql_failed {
+            return Err(to_wit_error(SqlError::Rejected(format!(
+                "an earlier statement of this call failed and its transaction was rolled back ({e})"
+            ))));
+        }
+        if self.call.sql.is_none() {
+            let tx = bounded_sql(self.env.sql_timeout, db.begin()).await;
+            let tx = self.note_sql(tx)?;
+            self.call.sql = Some(tx);
+        }
+        self.call
+            .sql
+            .as_mut()
+            .ok_or_else(|| WitSqlError::Unavailable("the call's transaction is gone".into()))
+    }
+
+    /// Remember a failed statement: the transaction is rolled back and the call cannot
+    /// commit (PostgreSQL refuses further statements in it anyway; SQLite is made to agree).
+    fn note_sql<T>(&mut self, r: Result<T, SqlError>) -> Result<T, WitSqlError> {
+        r.map_err(|e| {
+            self.call.sql = None;
+            self.call.sql_failed = Some(e.clone());
+            to_wit_error(e)
+        })
+    }
+}
+
+async fn bounded_sql<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, SqlError>>,
+) -> Result<T, SqlError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(SqlError::Unavailable(format!(
+            "the database did not answer within {limit:?}"
+        ))),
+    }
+}
+
+fn from_wit_params(params: Vec<WitSqlValue>) -> Vec<SqlValue> {
+    params
+        .into_iter()
+        .map(|v| match v {
+            WitSqlValue::Null => SqlValue::Null,
+            WitSqlValue::Integer(i) => SqlValue::Integer(i),
+            WitSqlValue::Real(r) => SqlValue::Real(r),
+            WitSqlValue::Text(t) => SqlValue::Text(t),
+            WitSqlValue::Blob(b) => SqlValue::Blob(b),
+        })
+        .collect()
+}
+
+fn to_wit_value(v: SqlValue) -> WitSqlValue {
+    match v {
+        SqlValue::Null => WitSqlValue::Null,
+        SqlValue::Integer(i) => WitSqlValue::Integer(i),
+        SqlValue::Real(r) => WitSqlValue::Real(r),
+        SqlValue::Text(t) => WitSqlValue::Text(t),
+        SqlValue::Blob(b) => WitSqlValue::Blob(b),
+    }
+}
+
+fn to_wit_error(e: SqlError) -> WitSqlError {
+    match e {
+        SqlError::Unavailable(m) => WitSqlError::Unavailable(m),
+        SqlError::Rejected(m) => WitSqlError::Rejected(m),
+    }
+}
+
+/// Largest WebSocket message a handler may push, in bytes.
+const MAX_BROADCAST_BYTES: usize = 64 << 10;
+
+impl kasm::handler::websocket::Host for HostState {
+    fn broadcast(&mut self, channel: String, message: String) -> Result<(), String> {
+        let env = &self.env;
+        if !env.grants.websocket {
+            return Err(format!(
+                "the websocket capability is not granted to handler `{}`",
+                env.name
+            ));
+        }
+        if !crate::websocket::valid_channel(&channel) {
+            return Err(format!(
+                "`{}` is not a channel name (1-200 characters of letters, digits, `:._-`)",
+                channel.chars().take(60).collect::<String>()
+            ));
+        }
+        if message.len() > MAX_BROADCAST_BYTES {
+            return Err(format!(
+                "message of {} bytes is over the limit of {MAX_BROADCAST_BYTES} bytes",
+                message.len()
+            ));
+        }
+        let broadcasts = &mut self.call.effects.broadcasts;
+        if broadcasts.len() >= env.max_publishes {
+            return Err(format!(
+                "handler `{}` already queued {} broadcasts in this call, the limit",
+                env.name, env.max_publishes
+            ));
+        }
+        broadcasts.push(crate::capabilities::Broadcast { channel, message });
+        Ok(())
     }
 }
 

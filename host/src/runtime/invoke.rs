@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use wasmtime::{Store, Trap};
 
-use crate::capabilities::{Grants, KvStore, MemoryKv};
+use crate::capabilities::{Grants, KvStore, MemoryKv, SqlDatabase, SqlError};
 use crate::event::Event;
 
 use super::Runtime;
@@ -47,6 +47,10 @@ pub struct HandlerSpec {
     pub kv: Arc<dyn KvStore>,
     /// Bound on one kv backend call.
     pub kv_timeout: Duration,
+    /// The handler's database (with `sql` granted).
+    pub sql: Option<Arc<dyn SqlDatabase>>,
+    /// The handler's settings (`settings` interface).
+    pub settings: std::collections::BTreeMap<String, String>,
 }
 
 impl HandlerSpec {
@@ -64,6 +68,8 @@ impl HandlerSpec {
             max_idle_instances: 8,
             kv: Arc::new(MemoryKv::default()),
             kv_timeout: Duration::from_secs(5),
+            sql: None,
+            settings: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -116,6 +122,14 @@ impl LoadedHandler {
             max_publishes: spec.max_publishes,
             max_record_bytes: spec.max_record_bytes,
             kv_timeout: spec.kv_timeout,
+            sql: spec.sql,
+            // A slow database answers the handler with an `unavailable` error (retryable)
+            // before the call's own deadline stops it as a timeout.
+            sql_timeout: spec.deadline,
+            settings: Arc::new(spec.settings),
+            // Like SQL: a slow server answers the guest with a timeout error (retryable)
+            // before the call's deadline stops it.
+            http_timeout: spec.deadline,
         });
         Self {
             runtime,
@@ -226,7 +240,7 @@ impl LoadedHandler {
             )),
             Ok(Ok((bindings, guest_result))) => {
                 let outcome = match guest_result {
-                    Ok(()) => Outcome::Ok,
+                    Ok(()) => self.commit_sql(&mut store).await,
                     Err(WitHandlerError::Retryable(m)) => {
                         Outcome::Failed(HandlerFailure::new(FailureKind::Retryable, m))
                     }
@@ -268,6 +282,39 @@ impl LoadedHandler {
         Ok(self.finish(&mut store, outcome, start, reused))
     }
 
+    /// The call returned `ok`: commit its SQL transaction, if it opened one. A call that hit
+    /// an SQL error (and went on to return `ok` anyway) cannot commit: its outcome becomes that
+    /// error (`unavailable` → retryable, `rejected` → fatal).
+    async fn commit_sql(&self, store: &mut Store<HostState>) -> Outcome {
+        let call = &mut store.data_mut().call;
+        if let Some(e) = call.sql_failed.take() {
+            call.sql = None;
+            let message = format!(
+                "returned ok after a failed sql statement (its transaction was rolled back): {e}"
+            );
+            let kind = match e {
+                SqlError::Unavailable(_) => FailureKind::Retryable,
+                SqlError::Rejected(_) => FailureKind::Fatal,
+            };
+            return Outcome::Failed(HandlerFailure::new(kind, message));
+        }
+        let Some(tx) = call.sql.take() else {
+            return Outcome::Ok;
+        };
+        let limit = self.env.sql_timeout;
+        match tokio::time::timeout(limit, tx.commit()).await {
+            Ok(Ok(())) => Outcome::Ok,
+            Ok(Err(e)) => Outcome::Failed(HandlerFailure::new(
+                FailureKind::Retryable,
+                format!("committing the sql transaction failed: {e}"),
+            )),
+            Err(_) => Outcome::Failed(HandlerFailure::new(
+                FailureKind::Retryable,
+                format!("committing the sql transaction took longer than {limit:?}"),
+            )),
+        }
+    }
+
     fn finish(
         &self,
         store: &mut Store<HostState>,
@@ -276,6 +323,8 @@ impl LoadedHandler {
         reused: bool,
     ) -> Invocation {
         let state = store.data_mut();
+        // Whatever was not committed is rolled back now, not when the instance is next used.
+        state.call.sql = None;
         let effects = std::mem::take(&mut state.call.effects);
         let guest_output = state.output.text();
         Invocation {

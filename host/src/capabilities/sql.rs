@@ -1,0 +1,778 @@
+//! The `sql` capability: parameterized statements on the database granted to a handler.
+//!
+//! Two backends behind [`SqlDatabase`]: an SQLite file (the default, in the data folder) and
+//! PostgreSQL (when the grant names an environment variable holding the connection URL, so
+//! the credentials never live in `kasm.toml`).
+//!
+//! Every call of the handler that touches SQL runs in **one transaction**, opened at its
+//! first statement and committed only when the handler returns `ok` (before its publishes
+//! are sent and before the ledger records the event); a failure, trap or timeout rolls it
+//! back. A handler that fails half way therefore leaves no rows behind. A crash between the
+//! commit and the ledger write re-runs the event, so statements should be idempotent by
+//! event id (`INSERT … ON CONFLICT DO NOTHING`), which is what the audit handler does.
+//!
+//! Parameters are positional, written `$1`, `$2`, … in both dialects, and bound by value:
+//! the API has no way to splice text into a statement. Values are typed both ways
+//! ([`SqlValue`]: null, integer, real, text, blob).
+//!
+//! Schema: the grant may name a migrations folder. Its `*.sql` files are applied in name
+//! order, once each, when the handler starts and whenever a new version is deployed; applied
+//! files are recorded in the table `kasm_migrations` with their sha256, and a file changed
+//! after it was applied is refused (write a new file instead).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use async_trait::async_trait;
+use sha2::{Digest as _, Sha256};
+
+/// A value crossing the `sql` interface: a parameter or a column of a result row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    /// SQL NULL.
+    Null,
+    /// A 64-bit signed integer (booleans are 0 / 1).
+    Integer(i64),
+    /// A 64-bit float.
+    Real(f64),
+    /// UTF-8 text (also JSON, timestamps and UUIDs read from PostgreSQL).
+    Text(String),
+    /// Bytes.
+    Blob(Vec<u8>),
+}
+
+/// The result of a query: column names and rows of values.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SqlRows {
+    /// Column names, in select order.
+    pub columns: Vec<String>,
+    /// The rows; each has one value per column.
+    pub rows: Vec<Vec<SqlValue>>,
+}
+
+/// Why a statement failed, as the handler sees it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SqlError {
+    /// The database could not be reached, was busy past the timeout, or aborted the
+    /// transaction (deadlock, serialization): the same call may succeed later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The statement itself failed (syntax, constraint, type): it will fail again.
+    #[error("statement rejected: {0}")]
+    Rejected(String),
+}
+
+impl SqlError {
+    fn unavailable(e: impl fmt::Display) -> Self {
+        Self::Unavailable(format!("{e:#}"))
+    }
+}
+
+impl From<rusqlite::Error> for SqlError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode as C;
+        match e.sqlite_error_code() {
+            Some(
+                C::DatabaseBusy
+                | C::DatabaseLocked
+                | C::SystemIoFailure
+                | C::DiskFull
+                | C::CannotOpen
+                | C::OutOfMemory,
+            ) => Self::Unavailable(e.to_string()),
+            _ => Self::Rejected(e.to_string()),
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for SqlError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        let Some(db) = e.as_db_error() else {
+            // No SQLSTATE: the connection, the protocol, or a parameter that did not convert.
+            if e.is_closed()
+                || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>())
+            {
+                return Self::Unavailable(e.to_string());
+            }
+            return Self::Rejected(format!(
+                "{e}{}",
+                std::error::Error::source(&e)
+                    .map(|s| format!(": {s}"))
+                    .unwrap_or_default()
+            ));
+        };
+        let code = db.code().code();
+        let message = format!("{} ({code}): {}", db.severity(), db.message());
+        // 08 connection, 40 transaction rollback (deadlock, serialization), 53 resources,
+        // 57 operator intervention (shutdown, cancel).
+        if ["08", "40", "53", "57"].iter().any(|c| code.starts_with(c)) {
+            Self::Unavailable(message)
+        } else {
+            Self::Rejected(message)
+        }
+    }
+}
+
+/// A database a handler is granted.
+#[async_trait]
+pub trait SqlDatabase: Send + Sync + fmt::Debug {
+    /// Open a transaction (on a pooled connection).
+    async fn begin(&self) -> Result<Box<dyn SqlTx>, SqlError>;
+    /// `sqlite <path>` or `postgresql <host>/<db>` (never the password).
+    fn describe(&self) -> String;
+}
+
+/// One open transaction. Dropping it without [`SqlTx::commit`] rolls it back.
+#[async_trait]
+pub trait SqlTx: Send {
+    /// Run a statement; returns the number of rows changed.
+    async fn execute(&mut self, statement: &str, params: &[SqlValue]) -> Result<u64, SqlError>;
+    /// Run a query; returns its rows.
+    async fn query(&mut self, statement: &str, params: &[SqlValue]) -> Result<SqlRows, SqlError>;
+    /// Run several statements without parameters (migrations).
+    async fn batch(&mut self, statements: &str) -> Result<(), SqlError>;
+    /// Commit.
+    async fn commit(self: Box<Self>) -> Result<(), SqlError>;
+}
+
+/// Where a handler's database is, as granted in config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlTarget {
+    /// An SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL (read from the environment).
+    Postgres(String),
+}
+
+/// Open the database `target` for handler `handler`.
+pub fn open(target: &SqlTarget, handler: &str) -> anyhow::Result<Arc<dyn SqlDatabase>> {
+    match target {
+        SqlTarget::Sqlite(path) => {
+            Ok(Arc::new(SqliteDb::open(path).with_context(|| {
+                format!("handler={handler}: sql database")
+            })?))
+        }
+        SqlTarget::Postgres(url) => {
+            Ok(Arc::new(PostgresDb::open(url).with_context(|| {
+                format!("handler={handler}: sql database")
+            })?))
+        }
+    }
+}
+
+/// Apply the `*.sql` files of `dir` not yet applied for `handler`, in name order, each in
+/// its own transaction together with its record in `kasm_migrations`. Returns the names of
+/// the files applied now.
+pub async fn migrate(
+    db: &dyn SqlDatabase,
+    handler: &str,
+    dir: &Path,
+) -> anyhow::Result<Vec<String>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading the migrations folder {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    files.sort();
+    let mut applied = Vec::new();
+    for file in files {
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading migration {}", file.display()))?;
+        let sha = hex::encode(Sha256::digest(text.as_bytes()));
+        let mut tx = db.begin().await?;
+        tx.batch(
+            "CREATE TABLE IF NOT EXISTS kasm_migrations (\
+               handler TEXT NOT NULL, name TEXT NOT NULL, sha256 TEXT NOT NULL, \
+               applied_at TEXT NOT NULL, PRIMARY KEY (handler, name))",
+        )
+        .await
+        .context("creating kasm_migrations")?;
+        let done = tx
+            .query(
+                "SELECT sha256 FROM kasm_migrations WHERE handler = $1 AND name = $2",
+                &[
+                    SqlValue::Text(handler.to_owned()),
+                    SqlValue::Text(name.clone()),
+                ],
+            )
+            .await?;
+        match done.rows.first().and_then(|r| r.first()) {
+            Some(SqlValue::Text(old)) if *old == sha => continue,
+            Some(_) => bail!(
+                "migration {} was changed after it was applied to {} (add a new file instead)",
+                file.display(),
+                db.describe()
+            ),
+            None => {}
+        }
+        tx.batch(&text)
+            .await
+            .with_context(|| format!("applying migration {}", file.display()))?;
+        tx.execute(
+            "INSERT INTO kasm_migrations (handler, name, sha256, applied_at) VALUES ($1, $2, $3, $4)",
+            &[
+                SqlValue::Text(handler.to_owned()),
+                SqlValue::Text(name.clone()),
+                SqlValue::Text(sha),
+                SqlValue::Text(chrono::Utc::now().to_rfc3339()),
+            ],
+        )
+        .await?;
+        tx.commit()
+            .await
+            .with_context(|| format!("committing migration {}", file.display()))?;
+        applied.push(name);
+    }
+    Ok(applied)
+}
+
+// ---------------------------------------------------------------------------------------
+// SQLite
+
+/// An SQLite file in WAL mode, with a few pooled connections.
+pub struct SqliteDb {
+    path: PathBuf,
+    idle: Arc<Mutex<Vec<rusqlite::Connection>>>,
+}
+
+impl fmt::Debug for SqliteDb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteDb")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// How long a writer waits for another writer's transaction before giving up.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle connections kept.
+const SQLITE_MAX_IDLE: usize = 8;
+
+impl SqliteDb {
+    /// Open (creating) the file at `path`.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let db = Self {
+            path: path.to_owned(),
+            idle: Arc::new(Mutex::new(Vec::new())),
+        };
+        let conn = db.connect()?;
+        db.put_back(conn);
+        Ok(db)
+    }
+
+    fn connect(&self) -> anyhow::Result<rusqlite::Connection> {
+        let conn = rusqlite::Connection::open(&self.path)
+            .with_context(|| format!("opening sqlite {}", self.path.display()))?;
+        conn.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        Ok(conn)
+    }
+
+    fn put_back(&self, conn: rusqlite::Connection) {
+        put_back(&self.idle, conn);
+    }
+}
+
+fn put_back(idle: &Mutex<Vec<rusqlite::Connection>>, conn: rusqlite::Connection) {
+    if let Ok(mut idle) = idle.lock()
+        && idle.len() < SQLITE_MAX_IDLE
+    {
+        idle.push(conn);
+    }
+}
+
+#[async_trait]
+impl SqlDatabase for SqliteDb {
+    async fn begin(&self) -> Result<Box<dyn SqlTx>, SqlError> {
+        let pooled = self.idle.lock().ok().and_then(|mut i| i.pop());
+        let conn = match pooled {
+            Some(c) => c,
+            None => self.connect().map_err(SqlError::unavailable)?,
+        };
+        let mut tx = SqliteTx {
+            conn: Some(conn),
+            idle: self.idle.clone(),
+            open: false,
+        };
+        // IMMEDIATE: take the write lock now, so two calls never deadlock upgrading a read.
+        tx.run(|c| c.execute_batch("BEGIN IMMEDIATE")).await?;
+        tx.open = true;
+        Ok(Box::new(tx))
+    }
+
+    fn describe(&self) -> String {
+        format!("sqlite {}", self.path.display())
+    }
+}
+
+struct SqliteTx {
+    conn: Option<rusqlite::Connection>,
+    idle: Arc<Mutex<Vec<rusqlite::Connection>>>,
+    open: bool,
+}
+
+impl SqliteTx {
+    /// Run `f` on the connection on a blocking thread (SQLite calls may wait on the file).
+    async fn run<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, SqlError> {
+        let mut conn = self
+            .conn
+            .take()
+            .ok_or_else(|| SqlError::Unavailable("the transaction's connection was lost".into()))?;
+        let (conn, result) = tokio::task::spawn_blocking(move || {
+            let r = f(&mut conn);
+            (conn, r)
+        })
+        .await
+        .map_err(SqlError::unavailable)?;
+        self.conn = Some(conn);
+        result.map_err(SqlError::from)
+    }
+}
+
+impl Drop for SqliteTx {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if self.open && conn.execute_batch("ROLLBACK").is_err() {
+                return; // a connection in an unknown state is not pooled
+            }
+            put_back(&self.idle, conn);
+        }
+    }
+}
+
+fn sqlite_params(params: &[SqlValue]) -> Vec<rusqlite::types::Value> {
+    params
+        .iter()
+        .map(|p| match p {
+            SqlValue::Null => rusqlite::types::Value::Null,
+            SqlValue::Integer(i) => rusqlite::types::Value::Integer(*i),
+            SqlValue::Real(r) => rusqlite::types::Value::Real(*r),
+            SqlValue::Text(t) => rusqlite::types::Value::Text(t.clone()),
+            SqlValue::Blob(b) => rusqlite::types::Value::Blob(b.clone()),
+        })
+        .collect()
+}
+
+#[async_trait]
+impl SqlTx for SqliteTx {
+    async fn execute(&mut self, statement: &str, params: &[SqlValue]) -> Result<u64, SqlError> {
+        let (statement, params) = (statement.to_owned(), sqlite_params(params));
+        self.run(move |c| {
+            let mut st = c.prepare_cached(&statement)?;
+            let n = st.execute(rusqlite::params_from_iter(params))?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn query(&mut self, statement: &str, params: &[SqlValue]) -> Result<SqlRows, SqlError> {
+        let (statement, params) = (statement.to_owned(), sqlite_params(params));
+        self.run(move |c| {
+            let mut st = c.prepare_cached(&statement)?;
+            let columns: Vec<String> = st.column_names().map(str::to_owned).collect();
+            let width = columns.len();
+            let mut rows = Vec::new();
+            let mut it = st.query(rusqlite::params_from_iter(params))?;
+            while let Some(row) = it.next()? {
+                let mut out = Vec::with_capacity(width);
+                for i in 0..width {
+                    out.push(match row.get_ref(i)? {
+                        rusqlite::types::ValueRef::Null => SqlValue::Null,
+                        rusqlite::types::ValueRef::Integer(v) => SqlValue::Integer(v),
+                        rusqlite::types::ValueRef::Real(v) => SqlValue::Real(v),
+                        rusqlite::types::ValueRef::Text(t) => {
+                            SqlValue::Text(String::from_utf8_lossy(t).into_owned())
+                        }
+                        rusqlite::types::ValueRef::Blob(b) => SqlValue::Blob(b.to_vec()),
+                    });
+                }
+                rows.push(out);
+            }
+            Ok(SqlRows { columns, rows })
+        })
+        .await
+    }
+
+    async fn batch(&mut self, statements: &str) -> Result<(), SqlError> {
+        let statements = statements.to_owned();
+        self.run(move |c| c.execute_batch(&statements)).await
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<(), SqlError> {
+        self.run(|c| c.execute_batch("COMMIT")).await?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// PostgreSQL
+
+/// A PostgreSQL database behind a connection pool.
+pub struct PostgresDb {
+    pool: deadpool_postgres::Pool,
+    describe: String,
+}
+
+impl fmt::Debug for PostgresDb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresDb")
+            .field("database", &self.describe)
+            .finish()
+    }
+}
+
+/// Most pooled PostgreSQL connections per handler.
+const PG_POOL_SIZE: usize = 8;
+
+impl PostgresDb {
+    /// A pool for `url` (`postgresql://user:password@host:port/db`); connects lazily.
+    pub fn open(url: &str) -> anyhow::Result<Self> {
+        let pg: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| anyhow!("the PostgreSQL URL does not parse: {e}"))?;
+        let hosts: Vec<String> = pg
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+            })
+            .collect();
+        let describe = format!(
+            "postgresql {}/{}",
+            hosts.join(","),
+            pg.get_dbname().unwrap_or("")
+        );
+        let manager = deadpool_postgres::Manager::from_config(
+            pg,
+            tokio_postgres::NoTls,
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(PG_POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .build()
+            .context("building the PostgreSQL pool")?;
+        Ok(Self { pool, describe })
+    }
+}
+
+#[async_trait]
+impl SqlDatabase for PostgresDb {
+    async fn begin(&self) -> Result<Box<dyn SqlTx>, SqlError> {
+        let client =
+            self.pool.get().await.map_err(|e| {
+                SqlError::Unavailable(format!("connecting to {}: {e}", self.describe))
+            })?;
+        client.batch_execute("BEGIN").await?;
+        Ok(Box::new(PostgresTx {
+            client: Some(client),
+        }))
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+}
+
+struct PostgresTx {
+    client: Option<deadpool_postgres::Object>,
+}
+
+impl PostgresTx {
+    fn client(&self) -> Result<&deadpool_postgres::Object, SqlError> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| SqlError::Unavailable("the transaction's connection was lost".into()))
+    }
+}
+
+impl Drop for PostgresTx {
+    fn drop(&mut self) {
+        // Not committed: roll back before the connection goes back to the pool. Without a
+        // runtime the connection is discarded instead.
+        if let Some(client) = self.client.take() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    if client.batch_execute("ROLLBACK").await.is_err() {
+                        drop(deadpool_postgres::Object::take(client));
+                    }
+                });
+            } else {
+                drop(deadpool_postgres::Object::take(client));
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl SqlTx for PostgresTx {
+    async fn execute(&mut self, statement: &str, params: &[SqlValue]) -> Result<u64, SqlError> {
+        let client = self.client()?;
+        let st = client.prepare_cached(statement).await?;
+        let refs = pg_params(params);
+        Ok(client.execute(&st, &refs).await?)
+    }
+
+    async fn query(&mut self, statement: &str, params: &[SqlValue]) -> Result<SqlRows, SqlError> {
+        let client = self.client()?;
+        let st = client.prepare_cached(statement).await?;
+        let refs = pg_params(params);
+        let rows = client.query(&st, &refs).await?;
+        let columns: Vec<String> = st.columns().iter().map(|c| c.name().to_owned()).collect();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut values = Vec::with_capacity(columns.len());
+            for (i, col) in st.columns().iter().enumerate() {
+                values.push(pg_value(row, i, col)?);
+            }
+            out.push(values);
+        }
+        Ok(SqlRows { columns, rows: out })
+    }
+
+    async fn batch(&mut self, statements: &str) -> Result<(), SqlError> {
+        Ok(self.client()?.batch_execute(statements).await?)
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<(), SqlError> {
+        let client = self
+            .client
+            .take()
+            .ok_or_else(|| SqlError::Unavailable("the transaction's connection was lost".into()))?;
+        match client.batch_execute("COMMIT").await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                drop(deadpool_postgres::Object::take(client));
+                Err(e.into())
+            }
+        }
+    }
+}
+
+fn pg_params(params: &[SqlValue]) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+    params
+        .iter()
+        .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect()
+}
+
+/// A [`SqlValue`] is bound as the type PostgreSQL inferred for the parameter: an integer
+/// fits `int2`/`int4`/`int8`/`float*`/`bool`/`numeric`-free columns, text fits text-like,
+/// JSON, UUID and timestamp columns, a blob fits `bytea`.
+impl tokio_postgres::types::ToSql for SqlValue {
+    fn to_sql(
+        &self,
+        ty: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use tokio_postgres::types::{IsNull, Type};
+        let mismatch = || -> Box<dyn std::error::Error + Sync + Send> {
+            format!(
+                "a {} value cannot be bound to a parameter of type {ty}",
+                self.kind()
+            )
+            .into()
+        };
+        match self {
+            SqlValue::Null => Ok(IsNull::Yes),
+            SqlValue::Integer(i) => match *ty {
+                Type::INT8 => i.to_sql(ty, out),
+                Type::INT4 => i32::try_from(*i)?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(*i)?.to_sql(ty, out),
+                Type::FLOAT8 => (*i as f64).to_sql(ty, out),
+                Type::FLOAT4 => (*i as f32).to_sql(ty, out),
+                Type::BOOL => (*i != 0).to_sql(ty, out),
+                _ => Err(mismatch()),
+            },
+            SqlValue::Real(r) => match *ty {
+                Type::FLOAT8 => r.to_sql(ty, out),
+                Type::FLOAT4 => (*r as f32).to_sql(ty, out),
+                _ => Err(mismatch()),
+            },
+            SqlValue::Text(t) => match *ty {
+                Type::JSON | Type::JSONB => {
+                    let v: serde_json::Value = serde_json::from_str(t)?;
+                    v.to_sql(ty, out)
+                }
+                Type::UUID => t.parse::<uuid::Uuid>()?.to_sql(ty, out),
+                Type::TIMESTAMPTZ => chrono::DateTime::parse_from_rfc3339(t)?
+                    .with_timezone(&chrono::Utc)
+                    .to_sql(ty, out),
+                Type::TIMESTAMP => chrono::DateTime::parse_from_rfc3339(t)?
+                    .naive_utc()
+                    .to_sql(ty, out),
+                _ if <&str as tokio_postgres::types::ToSql>::accepts(ty) => {
+                    t.as_str().to_sql(ty, out)
+                }
+                _ => Err(mismatch()),
+            },
+            SqlValue::Blob(b) => match *ty {
+                Type::BYTEA => b.as_slice().to_sql(ty, out),
+                _ => Err(mismatch()),
+            },
+        }
+    }
+
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+impl SqlValue {
+    fn kind(&self) -> &'static str {
+        match self {
+            SqlValue::Null => "null",
+            SqlValue::Integer(_) => "integer",
+            SqlValue::Real(_) => "real",
+            SqlValue::Text(_) => "text",
+            SqlValue::Blob(_) => "blob",
+        }
+    }
+}
+
+fn pg_value(
+    row: &tokio_postgres::Row,
+    i: usize,
+    col: &tokio_postgres::Column,
+) -> Result<SqlValue, SqlError> {
+    use tokio_postgres::types::Type;
+    let ty = col.type_();
+    let v = match *ty {
+        Type::INT2 => row
+            .try_get::<_, Option<i16>>(i)?
+            .map(|v| SqlValue::Integer(v.into())),
+        Type::INT4 => row
+            .try_get::<_, Option<i32>>(i)?
+            .map(|v| SqlValue::Integer(v.into())),
+        Type::INT8 => row.try_get::<_, Option<i64>>(i)?.map(SqlValue::Integer),
+        Type::OID => row
+            .try_get::<_, Option<u32>>(i)?
+            .map(|v| SqlValue::Integer(v.into())),
+        Type::BOOL => row
+            .try_get::<_, Option<bool>>(i)?
+            .map(|v| SqlValue::Integer(v.into())),
+        Type::FLOAT4 => row
+            .try_get::<_, Option<f32>>(i)?
+            .map(|v| SqlValue::Real(v.into())),
+        Type::FLOAT8 => row.try_get::<_, Option<f64>>(i)?.map(SqlValue::Real),
+        Type::BYTEA => row.try_get::<_, Option<Vec<u8>>>(i)?.map(SqlValue::Blob),
+        Type::JSON | Type::JSONB => row
+            .try_get::<_, Option<serde_json::Value>>(i)?
+            .map(|v| SqlValue::Text(v.to_string())),
+        Type::UUID => row
+            .try_get::<_, Option<uuid::Uuid>>(i)?
+            .map(|v| SqlValue::Text(v.to_string())),
+        Type::TIMESTAMPTZ => row
+            .try_get::<_, Option<chrono::DateTime<chrono::Utc>>>(i)?
+            .map(|v| SqlValue::Text(v.to_rfc3339())),
+        Type::TIMESTAMP => row
+            .try_get::<_, Option<chrono::NaiveDateTime>>(i)?
+            .map(|v| SqlValue::Text(v.and_utc().to_rfc3339())),
+        _ if <String as tokio_postgres::types::FromSql>::accepts(ty) => {
+            row.try_get::<_, Option<String>>(i)?.map(SqlValue::Text)
+        }
+        _ => {
+            return Err(SqlError::Rejected(format!(
+                "column `{}` has type {ty}, which the sql interface does not carry; cast it \
+                 (`::text`, `::float8`, `::int8`)",
+                col.name()
+            )));
+        }
+    };
+    Ok(v.unwrap_or(SqlValue::Null))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_commits_on_commit_and_rolls_back_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(&dir.path().join("t.db")).unwrap();
+        let mut tx = db.begin().await.unwrap();
+        tx.batch("CREATE TABLE t (id TEXT PRIMARY KEY, n INTEGER, r REAL, b BLOB)")
+            .await
+            .unwrap();
+        let n = tx
+            .execute(
+                "INSERT INTO t VALUES ($1, $2, $3, $4)",
+                &[
+                    SqlValue::Text("a".into()),
+                    SqlValue::Integer(7),
+                    SqlValue::Real(1.5),
+                    SqlValue::Blob(vec![0, 1]),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        tx.commit().await.unwrap();
+
+        let mut tx = db.begin().await.unwrap();
+        tx.execute(
+            "INSERT INTO t VALUES ($1, NULL, NULL, NULL)",
+            &[SqlValue::Text("gone".into())],
+        )
+        .await
+        .unwrap();
+        drop(tx); // rolled back
+
+        let mut tx = db.begin().await.unwrap();
+        let rows = tx
+            .query("SELECT id, n, r, b FROM t ORDER BY id", &[])
+            .await
+            .unwrap();
+        assert_eq!(rows.columns, ["id", "n", "r", "b"]);
+        assert_eq!(
+            rows.rows,
+            vec![vec![
+                SqlValue::Text("a".into()),
+                SqlValue::Integer(7),
+                SqlValue::Real(1.5),
+                SqlValue::Blob(vec![0, 1]),
+            ]]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn migrations_apply_once_and_refuse_a_changed_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(&dir.path().join("m.db")).unwrap();
+        let mig = dir.path().join("migrations");
+        std::fs::create_dir_all(&mig).unwrap();
+        std::fs::write(mig.join("001_init.sql"), "CREATE TABLE a (x INTEGER);").unwrap();
+        assert_eq!(migrate(&db, "h", &mig).await.unwrap(), ["001_init.sql"]);
+        assert!(migrate(&db, "h", &mig).await.unwrap().is_empty());
+        std::fs::write(mig.join("002_more.sql"), "CREATE TABLE b (y TEXT);").unwrap();
+        assert_eq!(migrate(&db, "h", &mig).await.unwrap(), ["002_more.sql"]);
+        std::fs::write(mig.join("001_init.sql"), "CREATE TABLE a (x TEXT);").unwrap();
+        let e = migrate(&db, "h", &mig).await.unwrap_err().to_string();
+        assert!(e.contains("001_init.sql") && e.contains("changed"), "{e}");
+    }
+}
