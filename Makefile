@@ -67,9 +67,12 @@ fmt:
 	$(CARGO) fmt --all
 	$(CARGO) fmt --manifest-path handlers/Cargo.toml --all
 
-## bench: handler call benchmarks (release build); numbers go in BENCHMARKS.md
+## bench: handler call benchmarks and pipeline throughput side by side (baseline rdkafka,
+## kasm, the aiokafka peer from PyPI), release build; numbers go in BENCHMARKS.md
 bench: handlers
+	$(CARGO) build --release -p kasm-host --bins
 	$(CARGO) bench -p kasm-host --bench invoke
+	$(CARGO) bench -p kasm-host --bench pipeline
 
 clean:
 	$(CARGO) clean

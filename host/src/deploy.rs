@@ -150,6 +150,7 @@ pub fn spec_for(name: &str, hc: &HandlerConfig, res: &HandlerResources) -> Handl
     spec.kv = res.kv.clone();
     spec.sql = res.sql.clone();
     spec.settings = hc.settings.clone();
+    spec.instance_reuse = hc.instance_reuse;
     spec
 }
 

@@ -61,6 +61,7 @@ fn handler(dir: &Path, name: &str, topic: &str, publish_to: &str) -> HandlerConf
         ledger_max_entries: 1_000_000,
         max_replays: 3,
         settings: BTreeMap::new(),
+        instance_reuse: 0,
     }
 }
 

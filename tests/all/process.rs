@@ -26,13 +26,19 @@ fn config(s: &Setup, data: &str, extra_top: &str) -> std::path::PathBuf {
     write_config(&dir, &body)
 }
 
+/// The ids `ev-0` … `ev-{n-1}` with no output.
+fn missing_ids(outputs: &[Got], n: usize) -> Vec<String> {
+    let c = count_sources(outputs);
+    (0..n)
+        .map(|i| format!("ev-{i}"))
+        .filter(|id| !c.contains_key(id))
+        .collect()
+}
+
 /// Every event id present; returns the number of repeated executions.
 fn check_all_handled(outputs: &[Got], n: usize) -> usize {
     let c = count_sources(outputs);
-    let missing: Vec<String> = (0..n)
-        .map(|i| format!("ev-{i}"))
-        .filter(|id| !c.contains_key(id))
-        .collect();
+    let missing = missing_ids(outputs, n);
     assert!(
         missing.is_empty(),
         "{} events lost, e.g. {:?}",
@@ -240,11 +246,7 @@ async fn a_second_host_joining_splits_partitions_without_loss() {
             b.output.join("\n")
         )
     };
-    let counts = count_sources(&outputs);
-    let missing: Vec<String> = (0..n)
-        .map(|i| format!("ev-{i}"))
-        .filter(|id| !counts.contains_key(id))
-        .collect();
+    let missing = missing_ids(&outputs, n);
     assert!(
         missing.is_empty(),
         "{} events lost, e.g. {:?}\n{}",

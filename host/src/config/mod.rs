@@ -137,6 +137,11 @@ pub struct HandlerConfig {
     /// `kasm-replay-count` header guards against replay loops).
     #[serde(default = "defaults::max_replays")]
     pub max_replays: u32,
+    /// 0 (default): a fresh instance per record, nothing carried over. N > 0: an instance
+    /// serves up to N records (faster; module state persists between records, so only for
+    /// handlers written for it); an instance that trapped or timed out is never reused.
+    #[serde(default)]
+    pub instance_reuse: u32,
     /// Values the handler reads through the `settings` interface (a webhook URL, a channel
     /// prefix). Not for secrets: the file is not a secret store.
     #[serde(default)]

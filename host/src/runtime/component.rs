@@ -296,6 +296,19 @@ pub(crate) fn check_world(
         let Some((pkg, iface, ver)) = split_name(name) else {
             return Err(unknown());
         };
+        // A capability import: granted, or refused naming the import.
+        let capability_import = |capability: Capability| {
+            if grants.allows(capability) {
+                return Ok(ImportKind::Capability { capability });
+            }
+            let granted: Vec<String> = grants.granted().iter().map(|c| c.to_string()).collect();
+            Err(LoadError::NotGranted {
+                import: name.to_owned(),
+                capability,
+                handler: handler.to_owned(),
+                granted: granted.join(", "),
+            })
+        };
         let kind = if pkg == PACKAGE {
             if !compatible_version(ver) {
                 return Err(LoadError::IncompatibleVersion {
@@ -306,36 +319,16 @@ pub(crate) fn check_world(
                 ImportKind::ContractTypes
             } else {
                 let capability = Capability::from_interface(iface).ok_or_else(unknown)?;
-                if !grants.allows(capability) {
-                    let granted: Vec<String> =
-                        grants.granted().iter().map(|c| c.to_string()).collect();
-                    return Err(LoadError::NotGranted {
-                        import: name.to_owned(),
-                        capability,
-                        handler: handler.to_owned(),
-                        granted: granted.join(", "),
-                    });
-                }
                 needed.insert(capability);
-                ImportKind::Capability { capability }
+                capability_import(capability)?
             }
         } else if pkg == "wasi:http" && ver.is_some_and(|v| v.starts_with("0.2.")) {
             // Outbound HTTP only: a handler serves no HTTP.
             if iface != "outgoing-handler" && iface != "types" {
                 return Err(unknown());
             }
-            let capability = Capability::Http;
-            if !grants.allows(capability) {
-                let granted: Vec<String> = grants.granted().iter().map(|c| c.to_string()).collect();
-                return Err(LoadError::NotGranted {
-                    import: name.to_owned(),
-                    capability,
-                    handler: handler.to_owned(),
-                    granted: granted.join(", "),
-                });
-            }
-            needed.insert(capability);
-            ImportKind::Capability { capability }
+            needed.insert(Capability::Http);
+            capability_import(Capability::Http)?
         } else if WASI_PACKAGES.contains(&pkg) && ver.is_some_and(|v| v.starts_with("0.2.")) {
             ImportKind::Wasi
         } else {
