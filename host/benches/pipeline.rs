@@ -359,7 +359,7 @@ fn main() {
         medians.push(m);
     }
     println!(
-        "ratios (medians): kasm fresh / baseline {:.3}, kasm reused / baseline {:.3}, kasm fresh / peer {:.2}, kasm reused / peer {:.2}",
+        "ratios (medians): kasm fresh / baseline {:.5}, kasm reused / baseline {:.5}, kasm fresh / peer {:.4}, kasm reused / peer {:.4}",
         medians[1] / medians[0],
         medians[2] / medians[0],
         medians[1] / medians[3],
