@@ -136,11 +136,11 @@ fn rate(n: usize, took: Duration) -> f64 {
 }
 
 /// A kasm config with the trivial handler on `topic`.
-fn kasm_config(dir: &Path, topic: &str, reuse: u32) -> PathBuf {
+fn kasm_config(dir: &Path, topic: &str, reuse: u32, pending: usize) -> PathBuf {
     let body = format!(
         "data_dir = \"{data}\"\ncommit_interval = \"1s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [handlers.trivial]\ncomponent = \"{c}\"\ntopics = [\"{topic}\"]\ngroup_id = \"{g}\"\n\
-         payload = \"json\"\ninstance_reuse = {reuse}\n\
+         payload = \"json\"\ninstance_reuse = {reuse}\npending_ledger_writes = {pending}\n\
          grants = {{ producer = [\"bench-out\"], kv = true }}\n",
         data = dir.join("data").display(),
         c = root().join("handlers/dist/fixture.wasm").display(),
@@ -151,9 +151,10 @@ fn kasm_config(dir: &Path, topic: &str, reuse: u32) -> PathBuf {
     path
 }
 
-async fn kasm(bootstrap: &str, topic: &str, n: usize, reuse: u32) -> f64 {
+async fn kasm(bootstrap: &str, topic: &str, n: usize, reuse: u32, pending: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let config = kasm_host::config::Config::load(&kasm_config(dir.path(), topic, reuse)).unwrap();
+    let config =
+        kasm_host::config::Config::load(&kasm_config(dir.path(), topic, reuse, pending)).unwrap();
     let env = kasm_host::config::KafkaEnv {
         bootstrap_servers: Some(bootstrap.to_owned()),
         ..Default::default()
@@ -238,7 +239,7 @@ fn kasm_process_rss(bootstrap: &str, topic: &str, n: usize) -> Result<(f64, f64)
         return Err(format!("{} not built", bin.display()));
     }
     let dir = tempfile::tempdir().unwrap();
-    let config = kasm_config(dir.path(), topic, 0);
+    let config = kasm_config(dir.path(), topic, 0, 1);
     let mut child = std::process::Command::new(&bin)
         .args(["run", "--config"])
         .arg(&config)
@@ -318,15 +319,22 @@ fn main() {
     if let Err(e) = &python {
         eprintln!("peer unavailable: {e}");
     }
-    let names = ["baseline", "kasm fresh", "kasm reused", "peer"];
+    let names = [
+        "baseline",
+        "kasm fresh",
+        "kasm reused",
+        "kasm fresh, 1024 pending ledger writes",
+        "peer",
+    ];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     for round in 0..runs {
         for (i, name) in names.iter().enumerate() {
             let topic = rt.block_on(fill(&cluster, n));
             let r = match i {
                 0 => baseline(&bootstrap, &topic, n),
-                1 => rt.block_on(kasm(&bootstrap, &topic, n, 0)),
-                2 => rt.block_on(kasm(&bootstrap, &topic, n, 10_000)),
+                1 => rt.block_on(kasm(&bootstrap, &topic, n, 0, 1)),
+                2 => rt.block_on(kasm(&bootstrap, &topic, n, 10_000, 1)),
+                3 => rt.block_on(kasm(&bootstrap, &topic, n, 0, 1024)),
                 _ => match &python {
                     Ok(py) => match peer(py, &bootstrap, &topic, n) {
                         Ok(r) => r,
@@ -338,7 +346,7 @@ fn main() {
                     Err(_) => continue,
                 },
             };
-            eprintln!("round {}: {name:<12} {r:>10.0} records/s", round + 1);
+            eprintln!("round {}: {name:<40} {r:>10.0} records/s", round + 1);
             results[i].push(r);
         }
     }
@@ -350,21 +358,21 @@ fn main() {
     let mut medians = Vec::new();
     for (name, r) in names.iter().zip(&results) {
         if r.is_empty() {
-            println!("{name:<12} {:>12}", "n/a");
+            println!("{name:<40} {:>12}", "n/a");
             medians.push(f64::NAN);
             continue;
         }
         let (m, lo, hi) = median_spread(r.clone());
-        println!("{name:<12} {m:>12.0} {lo:>12.0} {hi:>12.0}");
+        println!("{name:<40} {m:>12.0} {lo:>12.0} {hi:>12.0}");
         medians.push(m);
     }
-    println!(
-        "ratios (medians): kasm fresh / baseline {:.5}, kasm reused / baseline {:.5}, kasm fresh / peer {:.4}, kasm reused / peer {:.4}",
-        medians[1] / medians[0],
-        medians[2] / medians[0],
-        medians[1] / medians[3],
-        medians[2] / medians[3]
-    );
+    for (i, name) in names.iter().enumerate().skip(1).take(3) {
+        println!(
+            "ratios (medians): {name}: / baseline {:.5}, / peer {:.4}",
+            medians[i] / medians[0],
+            medians[i] / medians[4]
+        );
+    }
     let topic = rt.block_on(fill(&cluster, n));
     match kasm_process_rss(&bootstrap, &topic, n) {
         Ok((hwm, rss)) => println!(

@@ -62,6 +62,7 @@ fn handler(dir: &Path, name: &str, topic: &str, publish_to: &str) -> HandlerConf
         max_replays: 3,
         settings: BTreeMap::new(),
         instance_reuse: 0,
+        pending_ledger_writes: 1,
     }
 }
 

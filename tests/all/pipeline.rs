@@ -287,3 +287,34 @@ async fn partitions_paused_for_backpressure_resume_after_a_rebalance() {
     );
     host.shutdown().await.unwrap();
 }
+
+/// With ledger writes overlapping the next records (`pending_ledger_writes` > 1), every event is
+/// still handled once — a duplicate right behind its original is skipped while the original's
+/// entry is in flight — and the offsets reach the end only through durable entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_ledger_writes_keep_exactly_once_and_commit_everything() {
+    let s = Setup::new(TestBroker::from_env(), 4).await;
+    let n = 5_000;
+    let mut recs = Vec::new();
+    for chunk in events("ov", 0..n, &s.out).chunks(50) {
+        recs.extend_from_slice(chunk);
+        // The chunk's first event again, keyed like the original (same partition, right behind).
+        recs.push(chunk[0].clone());
+    }
+    let total = recs.len();
+    produce(&s.broker.producer(), &s.topic, &recs).await;
+    let config = publisher_config(&s, "pending_ledger_writes = 512\n");
+    let host = kasm_host::app::start(&config, &s.env()).await.unwrap();
+    let outputs = read_topic(&s.broker.bootstrap(), &s.out, n, Duration::from_secs(240));
+    let counts = count_sources(&outputs);
+    assert_eq!(counts.len(), n, "every event handled");
+    assert!(counts.values().all(|c| *c == 1), "each once");
+    let (end, committed) = wait_committed(&s, total, Duration::from_secs(60)).await;
+    assert_eq!(committed, end, "committed offsets equal the end offsets");
+    let stats = host.handlers[0].stats.snapshot();
+    assert_eq!(
+        (stats.processed, stats.skipped),
+        (n as u64, (total - n) as u64)
+    );
+    host.shutdown().await.unwrap();
+}

@@ -137,6 +137,14 @@ pub struct HandlerConfig {
     /// `kasm-replay-count` header guards against replay loops).
     #[serde(default = "defaults::max_replays")]
     pub max_replays: u32,
+    /// Ledger writes a partition may have in flight while its next records are handled.
+    /// 1 (default): each record's ledger entry is durable before the next record runs, so a
+    /// crash repeats at most one record per partition. N > 1: up to N records per partition are
+    /// handled while their entries become durable (one durable commit carries them all: much
+    /// higher throughput), and a crash may repeat up to N records per partition. Offsets never
+    /// move before the entries are durable either way.
+    #[serde(default = "defaults::pending_ledger_writes")]
+    pub pending_ledger_writes: usize,
     /// 0 (default): a fresh instance per record, nothing carried over. N > 0: an instance
     /// serves up to N records (faster; module state persists between records, so only for
     /// handlers written for it); an instance that trapped or timed out is never reused.
@@ -494,6 +502,12 @@ impl Config {
             if h.max_payload_bytes == 0 {
                 err(k("max_payload_bytes"), "must be more than 0".into());
             }
+            if h.pending_ledger_writes == 0 || h.pending_ledger_writes > 100_000 {
+                err(
+                    k("pending_ledger_writes"),
+                    format!("{} is out of range (1 to 100000)", h.pending_ledger_writes),
+                );
+            }
             if h.partition_buffer == 0 || h.partition_buffer > 100_000 {
                 err(
                     k("partition_buffer"),
@@ -698,6 +712,9 @@ mod defaults {
     }
     pub fn partition_buffer() -> usize {
         64
+    }
+    pub fn pending_ledger_writes() -> usize {
+        1
     }
     pub fn attempts() -> u32 {
         5

@@ -9,6 +9,15 @@
 //! dead-lettered: the write is awaited, retried for as long as it fails (the partition holds
 //! at this offset and readiness reports it), then recorded in the ledger, then reported done.
 //! Nothing is ever reported done before it is handled, skipped or dead-lettered.
+//!
+//! The ledger write of a record handled `ok` may overlap the next records: with the handler's
+//! `pending_ledger_writes` = N > 1, the worker goes on to the next record while up to N writes
+//! become durable (a durable commit takes milliseconds and the writer group-commits everything
+//! that arrives meanwhile); the default N = 1 waits for each write, so a crash repeats at most
+//! one record per partition. Either way a record is reported done only once its entry is
+//! durable, so no offset moves ahead of the ledger, and a later record with the same event id
+//! is skipped while the first one's write is in flight, as the ledger would. On revoke and
+//! shutdown the worker waits for the writes in flight before it stops.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -27,6 +36,29 @@ use crate::runtime::{FailureKind, Outcome};
 
 use super::dlq::{self, DlqKind, Failure, Provenance};
 use super::{HandlerCtx, Record, now_ms};
+
+/// How processing a record ended: done now, or done when its ledger write is durable.
+enum Finish {
+    Now,
+    Later {
+        key: String,
+        task: tokio::task::JoinHandle<Result<(), Abandoned>>,
+    },
+}
+
+/// What the worker waits for next.
+enum Next {
+    Stop,
+    Durable(Result<Result<(), Abandoned>, tokio::task::JoinError>),
+    Record(Record),
+}
+
+/// A handled record whose ledger write is in flight.
+struct PendingWrite {
+    completion: Completion,
+    key: String,
+    task: tokio::task::JoinHandle<Result<(), Abandoned>>,
+}
 
 /// A record the worker finished (handled, skipped or dead-lettered).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,11 +88,60 @@ pub(crate) async fn run(
     // The version this worker last handled a record with: the swap history wants the first
     // offset of each new version per partition, which only changes when the version does.
     let mut last_version = String::new();
+    let mut pending: std::collections::VecDeque<PendingWrite> = std::collections::VecDeque::new();
+    let mut in_flight: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    // Report the oldest write once durable; false when the worker must stop.
+    let finish_oldest = |pending: &mut std::collections::VecDeque<PendingWrite>,
+                         in_flight: &mut std::collections::HashMap<String, usize>,
+                         result: Result<Result<(), Abandoned>, tokio::task::JoinError>|
+     -> bool {
+        let Some(p) = pending.pop_front() else {
+            return true;
+        };
+        if let Some(n) = in_flight.get_mut(&p.key) {
+            *n -= 1;
+            if *n == 0 {
+                in_flight.remove(&p.key);
+            }
+        }
+        match result {
+            Ok(Ok(())) => done.send(p.completion).is_ok(),
+            // Abandoned at shutdown, or the task failed: not done, redelivered later.
+            _ => false,
+        }
+    };
     loop {
-        let record = tokio::select! {
+        // Writes already durable are reported without waiting.
+        while pending.front().is_some_and(|p| p.task.is_finished()) {
+            let result = match pending.front_mut() {
+                Some(p) => (&mut p.task).await,
+                None => break,
+            };
+            if !finish_oldest(&mut pending, &mut in_flight, result) {
+                return;
+            }
+        }
+        let full = pending.len() >= ctx.config.pending_ledger_writes.max(1);
+        let next = tokio::select! {
             biased;
-            () = drain.cancelled() => break,
-            r = intake.recv() => match r { Some(r) => r, None => break },
+            () = drain.cancelled() => Next::Stop,
+            result = async {
+                match pending.front_mut() {
+                    Some(p) => (&mut p.task).await,
+                    None => std::future::pending().await,
+                }
+            } => Next::Durable(result),
+            r = intake.recv(), if !full => match r { Some(r) => Next::Record(r), None => Next::Stop },
+        };
+        let record = match next {
+            Next::Stop => break,
+            Next::Durable(result) => {
+                if !finish_oldest(&mut pending, &mut in_flight, result) {
+                    return;
+                }
+                continue;
+            }
+            Next::Record(r) => r,
         };
         let span = tracing::info_span!(
             "record",
@@ -74,26 +155,43 @@ pub(crate) async fn run(
             partition: record.partition,
             offset: record.offset,
         };
-        match process(&ctx, record, &mut last_version, &stop)
+        match process(&ctx, record, &mut last_version, &stop, &in_flight)
             .instrument(span)
             .await
         {
-            Ok(()) => {
+            Ok(Finish::Now) => {
                 if done.send(completion).is_err() {
                     break;
                 }
             }
+            Ok(Finish::Later { key, task }) => {
+                *in_flight.entry(key.clone()).or_insert(0) += 1;
+                pending.push_back(PendingWrite {
+                    completion,
+                    key,
+                    task,
+                });
+            }
             Err(Abandoned) => break,
+        }
+    }
+    // Drained or the intake closed: the writes in flight finish (they retry a failing ledger
+    // until `stop`), and what became durable is reported before the worker ends.
+    while let Some(p) = pending.front_mut() {
+        let result = (&mut p.task).await;
+        if !finish_oldest(&mut pending, &mut in_flight, result) {
+            break;
         }
     }
 }
 
 async fn process(
-    ctx: &HandlerCtx,
+    ctx: &Arc<HandlerCtx>,
     record: Record,
     last_version: &mut String,
     stop: &CancellationToken,
-) -> Result<(), Abandoned> {
+    in_flight: &std::collections::HashMap<String, usize>,
+) -> Result<Finish, Abandoned> {
     let payload = record.payload.clone().unwrap_or_default();
     let mut event = Event::from_record(
         record.topic.clone(),
@@ -122,7 +220,9 @@ async fn process(
             first_failure_ms: now,
             last_failure_ms: now,
         };
-        return dead_letter(ctx, &record, &event.id, &sha, f, stop).await;
+        return dead_letter(ctx, &record, &event.id, &sha, f, stop)
+            .await
+            .map(|()| Finish::Now);
     }
 
     if let Some((_, target)) = record
@@ -135,18 +235,21 @@ async fn process(
         ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
         ctx.metrics.record(&ctx.name, &record.topic, "skipped");
         tracing::debug!(event_id = %event.id, "a replay for another handler: skipped");
-        return Ok(());
+        return Ok(Finish::Now);
     }
-    match ctx
-        .ledger
-        .get(&ctx.name, &ledger_key(&event.id, &record.headers))
-        .await
-    {
-        Ok(Some(_)) => {
+    let key = ledger_key(&event.id, &record.headers);
+    let known = if in_flight.contains_key(key.as_ref()) {
+        // Handled moments ago; its entry is on its way to the ledger.
+        Ok(Some(()))
+    } else {
+        ctx.ledger.get(&ctx.name, &key).await.map(|e| e.map(|_| ()))
+    };
+    match known {
+        Ok(Some(())) => {
             ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
             ctx.metrics.record(&ctx.name, &record.topic, "skipped");
             tracing::debug!(event_id = %event.id, "already done: skipped");
-            return Ok(());
+            return Ok(Finish::Now);
         }
         Ok(None) => {}
         // Not knowing is not a reason to skip: run it (at-least-once) and say so.
@@ -179,18 +282,20 @@ async fn process(
                         for b in &inv.effects.broadcasts {
                             ctx.resources.ws.broadcast(&b.channel, &b.message);
                         }
-                        record_ledger(
-                            ctx,
-                            &record,
-                            &event.id,
-                            component.info().sha256.clone(),
-                            LedgerOutcome::Ok,
-                            stop,
-                        )
-                        .await?;
-                        ctx.stats.processed.fetch_add(1, Ordering::Relaxed);
-                        ctx.metrics.record(&ctx.name, &record.topic, "ok");
-                        return Ok(());
+                        // Durable in the background; done (and counted) once it is.
+                        let key = ledger_key(&event.id, &record.headers).into_owned();
+                        let task = tokio::spawn({
+                            let (ctx, stop, id) = (ctx.clone(), stop.clone(), event.id.clone());
+                            let sha = component.info().sha256.clone();
+                            async move {
+                                record_ledger(&ctx, &record, &id, sha, LedgerOutcome::Ok, &stop)
+                                    .await?;
+                                ctx.stats.processed.fetch_add(1, Ordering::Relaxed);
+                                ctx.metrics.record(&ctx.name, &record.topic, "ok");
+                                Ok(())
+                            }
+                        });
+                        return Ok(Finish::Later { key, task });
                     }
                     Err(e) => (
                         FailureKind::Retryable,
@@ -210,7 +315,9 @@ async fn process(
                 first_failure_ms: first,
                 last_failure_ms: now,
             };
-            return dead_letter(ctx, &record, &event.id, &sha, f, stop).await;
+            return dead_letter(ctx, &record, &event.id, &sha, f, stop)
+                .await
+                .map(|()| Finish::Now);
         }
         if attempt >= policy.attempts {
             let f = Failure {
@@ -220,7 +327,9 @@ async fn process(
                 first_failure_ms: first,
                 last_failure_ms: now,
             };
-            return dead_letter(ctx, &record, &event.id, &sha, f, stop).await;
+            return dead_letter(ctx, &record, &event.id, &sha, f, stop)
+                .await
+                .map(|()| Finish::Now);
         }
         attempt += 1;
         ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
