@@ -195,3 +195,28 @@ pub fn count_sources(outputs: &[broker::Got]) -> std::collections::HashMap<Strin
     }
     m
 }
+
+/// Wait (bounded by `timeout`) until `group` has committed the end of `s.topic`, which holds
+/// `records` records; returns (end offsets, committed offsets) either way.
+pub async fn wait_committed(
+    s: &Setup,
+    group: &str,
+    records: usize,
+    timeout: std::time::Duration,
+) -> (
+    std::collections::HashMap<i32, i64>,
+    std::collections::HashMap<i32, i64>,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    let end = broker::end_offsets(&s.broker.bootstrap(), &s.topic, records);
+    loop {
+        let committed = broker::committed_offsets(&s.broker.bootstrap(), group, &s.topic);
+        let done = end
+            .iter()
+            .all(|(p, e)| *e == 0 || committed.get(p) == Some(e));
+        if done || std::time::Instant::now() > deadline {
+            return (end, committed);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

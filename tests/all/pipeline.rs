@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use kasm_host::config::Config;
-use kasm_tests::broker::{Rec, TestBroker, committed_offsets, end_offsets, produce, read_topic};
+use kasm_tests::broker::{Rec, TestBroker, produce, read_topic};
 use kasm_tests::{KAFKA_TEST_PROPS, Setup, component, count_sources, events, write_config};
 
 /// An expected dead letter: error kind and attempts.
@@ -29,18 +29,7 @@ async fn wait_committed(
     records: usize,
     timeout: Duration,
 ) -> (HashMap<i32, i64>, HashMap<i32, i64>) {
-    let deadline = Instant::now() + timeout;
-    let end = end_offsets(&s.broker.bootstrap(), &s.topic, records);
-    loop {
-        let committed = committed_offsets(&s.broker.bootstrap(), &s.group, &s.topic);
-        let done = end
-            .iter()
-            .all(|(p, e)| *e == 0 || committed.get(p) == Some(e));
-        if done || Instant::now() > deadline {
-            return (end, committed);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    kasm_tests::wait_committed(s, &s.group, records, timeout).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use kasm_host::capabilities::SqlValue;
 use kasm_host::capabilities::sql::{self, SqlTarget};
-use kasm_tests::broker::{Rec, TestBroker, committed_offsets, end_offsets, produce};
+use kasm_tests::broker::{Rec, TestBroker, produce};
 use kasm_tests::hostproc::HostProcess;
 use kasm_tests::{KAFKA_TEST_PROPS, Setup, root, unique, write_config};
 
@@ -77,19 +77,11 @@ fn audit_host(
 
 /// Wait (bounded) until `group` has committed everything the topic holds.
 async fn wait_committed(s: &Setup, group: &str, records: usize) {
-    let end = end_offsets(&s.broker.bootstrap(), &s.topic, records);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let c = committed_offsets(&s.broker.bootstrap(), group, &s.topic);
-        if end.iter().all(|(p, e)| c.get(p) == Some(e)) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{group} committed {c:?}, end {end:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let (end, c) = kasm_tests::wait_committed(s, group, records, Duration::from_secs(120)).await;
+    assert!(
+        end.iter().all(|(p, e)| *e == 0 || c.get(p) == Some(e)),
+        "{group} committed {c:?}, end {end:?}"
+    );
 }
 
 /// 1,000 task events → 1,000 rows. Then the same events again (new offsets) → still 1,000.
