@@ -7,7 +7,7 @@ CARGO        ?= cargo
 KASM         := target/debug/kasm
 export KASM_CACHE_DIR ?= $(CURDIR)/target/kasm-cache
 
-.PHONY: setup handlers build run demo test test-host test-e2e test-handlers lint fmt bench clean
+.PHONY: setup handlers build run demo test test-host test-e2e test-handlers lint fmt bench bench-tansu chaos soak fuzz attack clean
 
 ## setup: add the wasm32-wasip2 target that handlers are built for
 setup:
@@ -67,12 +67,60 @@ fmt:
 	$(CARGO) fmt --all
 	$(CARGO) fmt --manifest-path handlers/Cargo.toml --all
 
-## bench: handler call benchmarks and pipeline throughput side by side (baseline rdkafka,
-## kasm, the aiokafka peer from PyPI), release build; numbers go in BENCHMARKS.md
+## bench: handler call benchmarks, then the pipeline side by side on the embedded cluster:
+## throughput (baseline rdkafka, kasm variants, the aiokafka peer from PyPI), latency at
+## 1k/5k/20k records/s, the hot-swap pause, peak RSS; release build; numbers in BENCHMARKS.md
 bench: handlers
 	$(CARGO) build --release -p kasm-host --bins
 	$(CARGO) bench -p kasm-host --bench invoke
-	$(CARGO) bench -p kasm-host --bench pipeline
+	$(CARGO) bench -p kasm-tests --bench pipeline
+
+## bench-tansu: the pipeline benchmark against Tansu (installed and started as in CI)
+bench-tansu: handlers
+	$(CARGO) build --release -p kasm-host --bins
+	.ci/tansu.sh install
+	@addr="$$(.ci/tansu.sh start | tail -n1)"; bootstrap="$${addr#KAFKA_BOOTSTRAP_SERVERS=}"; \
+	  KASM_TEST_BOOTSTRAP="$$bootstrap" $(CARGO) bench -p kasm-tests --bench pipeline; rc=$$?; \
+	  .ci/tansu.sh stop; exit $$rc
+
+## chaos: the chaos campaign — the host as a process on the embedded cluster, faults of every
+## kind at random moments (kills, SIGTERM, brokers down, request errors, slow round trips, leader
+## moves, an unwritable DLQ, a second host, swaps), invariants checked after each round; summary
+## in target/chaos/summary.txt. CHAOS_SEED replays a plan; CHAOS_ROUNDS, CHAOS_EVENTS,
+## CHAOS_FAULTS (per round), CHAOS_SECONDS resize it. A short version runs in `make test`.
+chaos: build
+	$(CARGO) test -p kasm-tests --test all -- --ignored --exact chaos::full_campaign --nocapture
+
+## soak: an hour at a steady rate with swaps and faults, sampling the host's RSS and open fds
+## into target/soak/samples.csv; fails unless growth levels off. SOAK_MINUTES shortens it. Not in CI.
+soak: build
+	$(CARGO) test -p kasm-tests --test all -- --ignored --exact chaos::soak_levels_off --nocapture
+
+## fuzz: every fuzz target (fuzz/, cargo-fuzz + libFuzzer on the nightly toolchain) for
+## FUZZ_SECONDS each, from its corpus, seeds and saved regressions. A crash stops the run and
+## lands in fuzz/artifacts/<target>/: fix it, then keep the input in fuzz/regressions/<target>/
+## (replayed by `make test`, tests/all/fuzz_regressions.rs). Own target folder: fuzz/target.
+FUZZ_SECONDS ?= 120
+FUZZ_TARGETS ?= record dlq_headers config admin_bodies
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && $(CARGO) +nightly fuzz build -s none
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$t; \
+	  dict=""; [ -f fuzz/dict/$$t.dict ] && dict="-dict=dict/$$t.dict"; \
+	  echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+	  (cd fuzz && $(CARGO) +nightly fuzz run -s none $$t corpus/$$t seeds/$$t regressions/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 $$dict) || exit 1; \
+	done
+
+## attack: the admin API under attack: `kasm dev` on a random port with a random token, then
+## schemathesis (PyPI, into target/attack/venv) against /openapi.json, every route without a
+## valid token, 100 MiB and malformed uploads with the host's peak RSS; report in target/attack/
+ATTACK_MAX_EXAMPLES ?= 100
+attack: build
+	@test -x target/attack/venv/bin/schemathesis || { python3 -m venv target/attack/venv \
+	  && target/attack/venv/bin/pip install -q schemathesis; }
+	ATTACK_MAX_EXAMPLES=$(ATTACK_MAX_EXAMPLES) target/attack/venv/bin/python tests/attack/admin_attack.py
 
 clean:
 	$(CARGO) clean

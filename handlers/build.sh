@@ -30,6 +30,8 @@ components=(
     "fixture_publisher.wasm fixture-publisher.wasm"
     "fixture_sql.wasm fixture-sql.wasm"
     "other-world.wasm other-world.wasm"
+    "hostile.wasm hostile.wasm"
+    "hostile_init.wasm hostile-init.wasm"
 )
 for pair in "${components[@]}"; do
     read -r built name <<<"$pair"

@@ -150,6 +150,12 @@ impl HostProcess {
         }
     }
 
+    /// The exit status if the process has exited, without waiting (collects its output).
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        while self.pump(Duration::from_millis(0)) {}
+        self.child.try_wait().ok().flatten()
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

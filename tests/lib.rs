@@ -13,6 +13,7 @@
 )]
 
 pub mod broker;
+pub mod chaos;
 pub mod hostproc;
 pub mod receiver;
 

@@ -83,5 +83,59 @@ fn bench_calls(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_calls);
+/// The ledger on its own: a durable `record` by one caller (one commit each), 4 callers at
+/// once (what 4 partitions with one write in flight each give the group commit), and a lookup.
+fn bench_ledger(c: &mut Criterion) {
+    use kasm_host::ledger::{FileLedger, Ledger, LedgerEntry, LedgerOutcome};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = std::sync::Arc::new(FileLedger::open(&dir.path().join("ledger.redb")).unwrap());
+    let entry = |offset: i64| LedgerEntry {
+        outcome: LedgerOutcome::Ok,
+        at_ms: 1_700_000_000_000 + offset,
+        component_sha256: "0".repeat(64),
+        topic: "bench".into(),
+        partition: 0,
+        offset,
+    };
+    let mut group = c.benchmark_group("ledger");
+    group.measurement_time(Duration::from_secs(5));
+    let mut next = 0i64;
+    group.bench_function("record/1-caller", |b| {
+        b.iter(|| {
+            next += 1;
+            rt.block_on(ledger.record("h", &format!("e-{next}"), entry(next)))
+                .unwrap();
+        })
+    });
+    group.bench_function("record/4-callers", |b| {
+        b.iter(|| {
+            next += 4;
+            rt.block_on(async {
+                let calls = (0..4).map(|i| {
+                    let ledger = ledger.clone();
+                    let id = format!("e-{}", next + i);
+                    let e = entry(next + i);
+                    tokio::spawn(async move { ledger.record("h", &id, e).await })
+                });
+                for r in futures::future::join_all(calls).await {
+                    r.unwrap().unwrap();
+                }
+            })
+        })
+    });
+    group.bench_function("get/hit", |b| {
+        b.iter(|| {
+            let e = rt.block_on(ledger.get("h", "e-1")).unwrap();
+            std::hint::black_box(e);
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_calls, bench_ledger);
 criterion_main!(benches);

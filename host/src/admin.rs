@@ -15,8 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::Context as _;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -26,10 +25,13 @@ use serde::Serialize;
 use subtle::ConstantTimeEq as _;
 use tokio_util::sync::CancellationToken;
 
+pub mod requests;
+
 use crate::capabilities::Capability;
 use crate::deploy::{DeployError, Deployer};
 use crate::health::Health;
 use crate::pipeline::{HandlerCtx, PartitionView, StatsSnapshot, SwapRecord};
+use requests::{DlqQuery, EventBody, ReplayBody, ReplayRequest};
 
 /// Shared state of the admin routes.
 #[derive(Debug, Clone)]
@@ -236,19 +238,70 @@ async fn get_handler(
     Ok(Json(view(find(&s, &name)?)))
 }
 
+/// How long an upload waits for the one before it (see [`put_component`]).
+const UPLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `PUT /v1/handlers/{name}/component`. The body is read here rather than by an extractor so
+/// that memory stays bounded whatever a client sends: a `Content-Length` over the limit is
+/// refused before a byte is read, a body without one is read only up to the limit, and one
+/// upload is read and deployed at a time (`uploads`: a second waits up to [`UPLOAD_WAIT`],
+/// then gets 429), so the host holds at most one component-sized buffer for the admin API.
 async fn put_component(
     State(s): State<AdminState>,
     Path(name): Path<String>,
-    body: Bytes,
+    uploads: Arc<tokio::sync::Semaphore>,
+    req: Request,
 ) -> ApiResult<crate::deploy::SwapReport> {
     find(&s, &name)?;
+    let limit = s.max_component_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a component is at most {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX)) {
+        return Err(too_large());
+    }
+    let _permit = tokio::time::timeout(UPLOAD_WAIT, uploads.acquire())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "another component upload is in progress; try again",
+            )
+        })?;
+    // Read into one buffer sized by Content-Length when given: no second copy of the upload.
+    let mut body = Vec::with_capacity(declared.map_or(0, |n| usize::try_from(n).unwrap_or(limit)));
+    let mut stream = req.into_body();
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut stream).await {
+        let frame = frame.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("reading the component upload: {e}"),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if body.len().saturating_add(data.len()) > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&data);
+        }
+    }
     if body.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "empty body: send the component's .wasm bytes",
         ));
     }
-    Ok(Json(s.deployer.deploy(&name, body.to_vec()).await?))
+    Ok(Json(s.deployer.deploy(&name, body).await?))
 }
 
 async fn rollback(
@@ -300,14 +353,14 @@ impl Routes {
 }
 
 fn build(state: AdminState) -> (Router, Vec<(&'static str, String)>) {
-    let limit = state.max_component_bytes;
+    let uploads = Arc::new(tokio::sync::Semaphore::new(1));
     let v1 = Routes::new()
         .add("GET", "/handlers", get(list_handlers))
         .add("GET", "/handlers/{name}", get(get_handler))
         .add(
             "PUT",
             "/handlers/{name}/component",
-            put(put_component).layer(DefaultBodyLimit::max(limit)),
+            put(move |state, path, req| put_component(state, path, uploads.clone(), req)),
         )
         .add("POST", "/handlers/{name}/rollback", post(rollback))
         .add("POST", "/handlers/{name}/pause", post(pause))
@@ -330,38 +383,6 @@ fn build(state: AdminState) -> (Router, Vec<(&'static str, String)>) {
         .router
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     (open.router.nest("/v1", v1).with_state(state), list)
-}
-
-/// Query of `GET /v1/handlers/{name}/dlq`.
-#[derive(Debug, serde::Deserialize)]
-struct DlqQuery {
-    /// Page size (default 50).
-    limit: Option<usize>,
-    /// Cursor from the previous page's `next`.
-    from: Option<String>,
-    /// Which source topic's dead-letter topic (default: the handler's first topic).
-    topic: Option<String>,
-}
-
-/// Body of `POST /v1/handlers/{name}/dlq/replay`.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReplayBody {
-    /// Replay every dead letter.
-    #[serde(default)]
-    all: bool,
-    /// Or these positions of the dead-letter topic.
-    #[serde(default)]
-    records: Vec<ReplayPosition>,
-    /// Which source topic's dead-letter topic (default: the handler's first topic).
-    topic: Option<String>,
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReplayPosition {
-    partition: i32,
-    offset: i64,
 }
 
 fn dlq_topic(h: &HandlerCtx, topic: Option<&str>) -> Result<String, ApiError> {
@@ -390,13 +411,9 @@ async fn dlq_list(
 ) -> ApiResult<crate::pipeline::replay::Page> {
     let h = find(&s, &name)?;
     let topic = dlq_topic(h, q.topic.as_deref())?;
-    let from = match q.from.as_deref().filter(|f| !f.is_empty()) {
-        Some(f) => Some(
-            f.parse::<crate::pipeline::replay::Cursor>()
-                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e:#}")))?,
-        ),
-        None => None,
-    };
+    let from = q
+        .cursor()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     let config = crate::kafka::base_config(&s.kafka.0, &s.kafka.1);
     let mut page =
         crate::pipeline::replay::list(config, &topic, from.as_ref(), q.limit.unwrap_or(50))
@@ -416,9 +433,12 @@ async fn dlq_replay(
     let h = find(&s, &name)?;
     let topic = dlq_topic(h, body.topic.as_deref())?;
     let config = crate::kafka::base_config(&s.kafka.0, &s.kafka.1);
-    let selection = match (body.all, body.records.is_empty()) {
+    let request = body
+        .request()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let selection = match request {
         // Every dead letter *of this handler*: a `<source>.dlq` topic may be shared.
-        (true, true) => {
+        ReplayRequest::All => {
             let mut positions = Vec::new();
             let mut from = None;
             loop {
@@ -439,18 +459,7 @@ async fn dlq_replay(
             }
             crate::pipeline::replay::Selection::Records(positions)
         }
-        (false, false) => crate::pipeline::replay::Selection::Records(
-            body.records
-                .iter()
-                .map(|r| (r.partition, r.offset))
-                .collect(),
-        ),
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "give either `\"all\": true` or a non-empty `records` list of {partition, offset}",
-            ));
-        }
+        ReplayRequest::Records(positions) => crate::pipeline::replay::Selection::Records(positions),
     };
     let report = crate::pipeline::replay::replay(
         config,
@@ -462,19 +471,6 @@ async fn dlq_replay(
     .await
     .map_err(internal)?;
     Ok(Json(report))
-}
-
-/// Body of `POST /v1/topics/{topic}/events`.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventBody {
-    /// The event (any JSON; written as the record value).
-    event: serde_json::Value,
-    /// Record key; default: the event's `user_id` field.
-    key: Option<String>,
-    /// Extra headers.
-    #[serde(default)]
-    headers: std::collections::BTreeMap<String, String>,
 }
 
 /// Where a produced event landed.
@@ -495,14 +491,9 @@ async fn produce_event(
     Path(topic): Path<String>,
     Json(body): Json<EventBody>,
 ) -> ApiResult<Produced> {
-    if !crate::config::valid_topic(&topic) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("`{topic}` is not a valid topic name"),
-        ));
-    }
-    let prepared = crate::produce::prepare(body.event, body.key, body.headers)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let prepared = body
+        .prepare(&topic)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     let d = crate::produce::send(&s.producer, &topic, &prepared)
         .await
         .map_err(internal)?;

@@ -119,7 +119,11 @@ pub async fn start_with_hub(
             group_id: hc.group_id(name),
             config: hc.clone(),
             component: ArcSwap::from_pointee(loaded),
-            ledger: ledger.clone(),
+            ledger: if hc.ledger {
+                ledger.clone()
+            } else {
+                Arc::new(crate::ledger::NoLedger)
+            },
             producer: producer.clone(),
             health: health.clone(),
             stats: Default::default(),

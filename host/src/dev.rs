@@ -45,7 +45,7 @@ fn handler(dir: &Path, name: &str, topic: &str, publish_to: &str) -> HandlerConf
         max_payload_bytes: 1 << 20,
         deadline: Duration::from_secs(1),
         memory_mib: 64,
-        partition_buffer: 64,
+        partition_buffer: 1024,
         retry: RetryPolicy {
             attempts: 3,
             ..RetryPolicy::default()
@@ -62,6 +62,7 @@ fn handler(dir: &Path, name: &str, topic: &str, publish_to: &str) -> HandlerConf
         max_replays: 3,
         settings: BTreeMap::new(),
         instance_reuse: 0,
+        ledger: true,
         pending_ledger_writes: 1,
     }
 }

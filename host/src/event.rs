@@ -98,10 +98,13 @@ pub fn identify_event_id(
     let looks_like_json = payload
         .first()
         .is_some_and(|b| *b == b'{' || b.is_ascii_whitespace());
+    // JSON is UTF-8: a payload that is not is no JSON to take an id from (parsing bytes, serde
+    // skips the fields it ignores without checking them).
     if looks_like_json
+        && let Ok(text) = std::str::from_utf8(payload)
         && let Ok(EventIdField {
             event_id: Some(serde_json::Value::String(id)),
-        }) = serde_json::from_slice::<EventIdField>(payload)
+        }) = serde_json::from_str::<EventIdField>(text)
         && !id.trim().is_empty()
     {
         return id;

@@ -8,11 +8,19 @@
 
 mod admin;
 mod admin_cli;
+mod admin_uploads;
+mod chaos;
 mod cli;
 mod faults;
+mod fuzz_regressions;
+mod hostile;
 mod loading;
 mod pipeline;
 mod process;
 mod sandbox;
 mod services;
 mod sql;
+
+/// The fuzz targets' checks (`fuzz/src/checks.rs`), replayed by [`fuzz_regressions`].
+#[path = "../../fuzz/src/checks.rs"]
+mod fuzz_checks;

@@ -118,7 +118,9 @@ pub struct HandlerConfig {
     /// Memory cap per instance, in MiB.
     #[serde(default = "defaults::memory_mib")]
     pub memory_mib: usize,
-    /// Records buffered per partition before the partition is paused (bounded intake).
+    /// Records buffered per partition ahead of its worker before the partition is paused at
+    /// the broker (also bounded at 8 MiB of payload); it is resumed at half. Up to 64 of them
+    /// sit in the worker's intake, the rest in the consumer loop.
     #[serde(default = "defaults::partition_buffer")]
     pub partition_buffer: usize,
     /// Retry policy for `retryable` failures and host-side failures.
@@ -150,6 +152,12 @@ pub struct HandlerConfig {
     /// handlers written for it); an instance that trapped or timed out is never reused.
     #[serde(default)]
     pub instance_reuse: u32,
+    /// true (default): the dedup ledger skips event ids this handler already finished. false:
+    /// no ledger at all — plain at-least-once, a redelivered or re-sent event runs again (for
+    /// handlers whose effects are idempotent on their own); offsets still move only after
+    /// processing.
+    #[serde(default = "defaults::ledger")]
+    pub ledger: bool,
     /// Values the handler reads through the `settings` interface (a webhook URL, a channel
     /// prefix). Not for secrets: the file is not a secret store.
     #[serde(default)]
@@ -198,7 +206,10 @@ impl RetryPolicy {
     pub fn backoff(&self, next_attempt: u32, unit: f64) -> Duration {
         let base = self.base_backoff(next_attempt).as_secs_f64();
         let factor = 1.0 + self.jitter * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
-        Duration::from_secs_f64((base * factor).max(0.0)).min(self.max_backoff)
+        // A wait near `Duration::MAX` (a max_backoff of centuries) times a factor over 1 does
+        // not fit a Duration: `from_secs_f64` would panic, so it is capped instead.
+        Duration::try_from_secs_f64((base * factor).max(0.0))
+            .map_or(self.max_backoff, |d| d.min(self.max_backoff))
     }
 }
 
@@ -711,7 +722,10 @@ mod defaults {
         64
     }
     pub fn partition_buffer() -> usize {
-        64
+        1024
+    }
+    pub fn ledger() -> bool {
+        true
     }
     pub fn pending_ledger_writes() -> usize {
         1

@@ -108,6 +108,17 @@ impl EmbeddedCluster {
             .partition_leader(topic, partition, Some(id))
             .with_context(|| format!("moving leader of {topic}/{partition} to broker {id}"))
     }
+
+    /// Make broker `id` the coordinator of consumer group `group` (otherwise chosen by hash),
+    /// so a fault aimed at one broker can spare, or hit, the group's coordinator on purpose.
+    pub fn group_coordinator(&self, group: &str, id: i32) -> anyhow::Result<()> {
+        self.cluster()?
+            .coordinator(
+                rdkafka::mocking::MockCoordinator::Group(group.to_owned()),
+                id,
+            )
+            .with_context(|| format!("making broker {id} the coordinator of group {group}"))
+    }
 }
 
 #[allow(unsafe_code)]

@@ -35,6 +35,12 @@ pub fn consumer_config(
     if c.get("auto.offset.reset").is_none() {
         c.set("auto.offset.reset", "earliest");
     }
+    // A partition resumed after backpressure is fetched with the next fetch request, and one
+    // long poll per broker may be in flight: librdkafka's default (500 ms) would stall a
+    // resumed partition that long whenever the others are caught up.
+    if c.get("fetch.wait.max.ms").is_none() {
+        c.set("fetch.wait.max.ms", "100");
+    }
     // Statistics carry each partition's high watermark (for lag), from fetch responses.
     if c.get("statistics.interval.ms").is_none() {
         c.set("statistics.interval.ms", "2000");

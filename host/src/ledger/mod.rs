@@ -31,7 +31,8 @@
 //! redb is pure Rust (no C build on 2 cores), ACID with copy-on-write B-trees and checksummed
 //! commits (a torn write is rolled back on open, not half-read), supports concurrent readers
 //! beside one writer, and has ordered tuple keys, which gives the age index below for free.
-//! [`MemoryLedger`] keeps everything in a map, for tests. A shared store for several hosts in
+//! [`MemoryLedger`] keeps everything in a map, for tests. [`NoLedger`] keeps nothing: a handler
+//! configured with `ledger = false` gets plain at-least-once delivery without dedup. A shared store for several hosts in
 //! one consumer group can come later behind the same trait.
 //!
 //! # Group commit
@@ -67,6 +68,7 @@
 
 mod file;
 mod memory;
+mod off;
 
 #[cfg(test)]
 mod tests;
@@ -78,6 +80,7 @@ use serde::{Deserialize, Serialize};
 
 pub use file::{FileLedger, MAX_BATCH, WriterStats};
 pub use memory::MemoryLedger;
+pub use off::NoLedger;
 
 /// The version byte that leads every value [`FileLedger`] stores.
 pub const FORMAT_VERSION: u8 = 1;

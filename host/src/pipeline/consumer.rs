@@ -2,10 +2,14 @@
 //!
 //! The loop never blocks on processing. Each assigned partition has a worker task with a
 //! bounded intake; a record goes to its partition's intake with `try_send`, and when the
-//! intake is full (the worker is busy or backing off) the partition is *paused* and the
-//! record kept aside until there is room, then the partition is resumed. Polling therefore
-//! continues at its own pace and `max.poll.interval.ms` never trips because of a slow
-//! handler.
+//! intake is full (the worker is busy or backing off) the record is *held* by the loop, in
+//! order, until there is room. When a partition's held records reach `partition_buffer` (or
+//! [`MAX_HELD_BYTES`]) the partition is *paused* at the broker; it is resumed once they are
+//! down to half, so that the fetch after the resume overlaps the worker's remaining backlog
+//! (librdkafka drops what it prefetched for a paused partition and fetches again from the
+//! position after the last record polled, so pausing often would stall the partition for a
+//! fetch round trip each time). Polling therefore continues at its own pace and
+//! `max.poll.interval.ms` never trips because of a slow handler.
 //!
 //! Offsets: every record dispatched is registered with its partition's [`OffsetTracker`];
 //! workers report completions over a channel; the loop commits each partition's contiguous
@@ -40,6 +44,14 @@ use super::{HandlerCtx, Record};
 
 type Tp = (String, i32);
 
+/// Most payload bytes the loop holds for one partition before pausing it, whatever
+/// `partition_buffer` says (large records must not multiply into gigabytes).
+pub const MAX_HELD_BYTES: usize = 8 << 20;
+
+/// The intake of a partition's worker holds at most this many records; the rest of
+/// `partition_buffer` is held by the loop.
+const MAX_INTAKE: usize = 64;
+
 struct PartitionState {
     intake: Option<mpsc::Sender<Record>>,
     drain: CancellationToken,
@@ -48,6 +60,36 @@ struct PartitionState {
     tracker: OffsetTracker,
     paused: bool,
     held: VecDeque<Record>,
+    /// Payload bytes in `held`.
+    held_bytes: usize,
+}
+
+impl PartitionState {
+    fn hold(&mut self, record: Record) {
+        self.held_bytes += record.size();
+        self.held.push_back(record);
+    }
+
+    fn unhold(&mut self) -> Option<Record> {
+        let r = self.held.pop_front()?;
+        self.held_bytes = self.held_bytes.saturating_sub(r.size());
+        Some(r)
+    }
+
+    fn clear_held(&mut self) {
+        self.held.clear();
+        self.held_bytes = 0;
+    }
+
+    /// Whether the held records are enough to pause fetching.
+    fn over_high_water(&self, limit: usize) -> bool {
+        self.held.len() >= limit || self.held_bytes >= MAX_HELD_BYTES
+    }
+
+    /// Whether the held records are few enough to fetch again.
+    fn under_low_water(&self, limit: usize) -> bool {
+        self.held.len() <= limit / 2 && self.held_bytes <= MAX_HELD_BYTES / 2
+    }
 }
 
 /// Consumer callbacks plus the partition table they share with the loop.
@@ -173,7 +215,7 @@ impl LoopContext {
                 continue;
             }
             fresh.push(tp.clone());
-            let (tx, rx) = mpsc::channel(self.ctx.config.partition_buffer);
+            let (tx, rx) = mpsc::channel(self.ctx.config.partition_buffer.clamp(1, MAX_INTAKE));
             let drain = CancellationToken::new();
             let stop = CancellationToken::new();
             let task = self.rt.spawn(worker::run(
@@ -193,6 +235,7 @@ impl LoopContext {
                     tracker: OffsetTracker::default(),
                     paused: false,
                     held: VecDeque::new(),
+                    held_bytes: 0,
                 },
             );
         }
@@ -226,7 +269,7 @@ impl LoopContext {
                     // The worker finishes the record in hand and takes no other.
                     st.intake = None;
                     st.drain.cancel();
-                    st.held.clear();
+                    st.clear_held();
                     if let Some(t) = st.task.take() {
                         tasks.push((st.stop.clone(), t));
                     }
@@ -401,48 +444,47 @@ impl LoopContext {
         };
         st.tracker.dispatched(record.offset);
         if !st.held.is_empty() || self.handler_paused.load(Ordering::SeqCst) {
-            st.held.push_back(record);
-            return;
+            st.hold(record);
+        } else {
+            let Some(tx) = &st.intake else { return };
+            match tx.try_send(record) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(r)) => st.hold(r),
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
         }
-        let Some(tx) = &st.intake else { return };
-        match tx.try_send(record) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(r)) => {
-                st.held.push_back(r);
-                if !st.paused {
-                    let mut tpl = TopicPartitionList::new();
-                    tpl.add_partition(&tp.0, tp.1);
-                    match consumer.pause(&tpl) {
-                        Ok(()) => st.paused = true,
-                        Err(e) => {
-                            tracing::warn!(handler = %self.ctx.name, error = %e, "pausing partition failed")
-                        }
-                    }
+        if !st.paused && st.over_high_water(self.ctx.config.partition_buffer) {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&tp.0, tp.1);
+            match consumer.pause(&tpl) {
+                Ok(()) => st.paused = true,
+                Err(e) => {
+                    tracing::warn!(handler = %self.ctx.name, error = %e, "pausing partition failed")
                 }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 
-    /// Move held records into intakes with room; resume partitions that caught up.
-    fn feed_held(&self, consumer: &BaseConsumer<Self>) {
+    /// Move held records into intakes with room; resume partitions that caught up. Returns
+    /// whether records are still held (the loop then comes back soon to feed them).
+    fn feed_held(&self, consumer: &BaseConsumer<Self>) -> bool {
         if self.handler_paused.load(Ordering::SeqCst) {
-            return;
+            return false;
         }
         let mut parts = self.lock();
+        let mut still_held = false;
         for (tp, st) in parts.iter_mut() {
-            let Some(tx) = &st.intake else { continue };
-            while let Some(r) = st.held.pop_front() {
-                match tx.try_send(r) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(r)) => {
-                        st.held.push_front(r);
-                        break;
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => break,
+            let Some(tx) = st.intake.clone() else {
+                continue;
+            };
+            while let Ok(permit) = tx.try_reserve() {
+                match st.unhold() {
+                    Some(r) => permit.send(r),
+                    None => break,
                 }
             }
-            if st.paused && st.held.is_empty() {
+            still_held |= !st.held.is_empty();
+            if st.paused && st.under_low_water(self.ctx.config.partition_buffer) {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(&tp.0, tp.1);
                 match consumer.resume(&tpl) {
@@ -453,6 +495,7 @@ impl LoopContext {
                 }
             }
         }
+        still_held
     }
 }
 
@@ -492,7 +535,13 @@ pub(crate) fn run_loop(
             lc.apply_pause(&consumer, want_paused);
         }
         lc.drain_completions();
-        lc.feed_held(&consumer);
+        // Held records wait for room in their worker's intake: come back within a
+        // millisecond to feed them rather than after a full poll wait.
+        let wait = if lc.feed_held(&consumer) {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(20)
+        };
         if last_commit.elapsed() >= ctx.commit_interval {
             lc.commit(&consumer, None, CommitMode::Async);
             lc.publish_views();
@@ -508,7 +557,7 @@ pub(crate) fn run_loop(
                 ctx.health.broker(&ctx.name, true, None);
             }
         }
-        match consumer.poll(Duration::from_millis(20)) {
+        match consumer.poll(wait) {
             None => {}
             Some(Ok(msg)) => {
                 let record = Record::from_message(&msg);

@@ -91,9 +91,10 @@ pub fn headers(record: &Record, p: Provenance<'_>, f: &Failure) -> Vec<(String, 
     add("event-id", p.event_id.to_owned());
     add("attempts", f.attempts.to_string());
     add("error-kind", f.kind.as_str().to_owned());
+    // At most MAX_ERROR_MESSAGE bytes, the `…` that marks a cut included.
     add(
         "error-message",
-        truncate_utf8(f.message.clone(), MAX_ERROR_MESSAGE),
+        truncate_utf8(f.message.clone(), MAX_ERROR_MESSAGE - '…'.len_utf8()),
     );
     add("first-failure", f.first_failure_ms.to_string());
     add("last-failure", f.last_failure_ms.to_string());

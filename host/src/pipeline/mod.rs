@@ -48,6 +48,19 @@ pub struct Record {
     pub timestamp_ms: Option<i64>,
 }
 
+impl Record {
+    /// Bytes of key, payload and headers (what holding the record costs, roughly).
+    pub fn size(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len)
+            + self.payload.as_ref().map_or(0, Vec::len)
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+}
+
 /// Counters per handler (for the live view and metrics).
 #[derive(Debug, Default)]
 pub struct Stats {

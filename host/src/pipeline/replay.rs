@@ -788,16 +788,22 @@ fn last_header<'a>(headers: &'a [(String, Vec<u8>)], key: &str) -> Option<&'a [u
 // Decoding
 // ---------------------------------------------------------------------------------------------
 
-/// A record as read, detached from the consumer.
+/// A record of a dead-letter topic as read, detached from the consumer (public so that the
+/// fuzz target `dlq_headers` and its regression test decode exactly what a listing decodes).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct RawRecord {
-    partition: i32,
-    offset: i64,
-    timestamp_ms: Option<i64>,
-    key: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
-    /// A null header value is read as empty.
-    headers: Vec<(String, Vec<u8>)>,
+pub struct RawRecord {
+    /// Partition of the dead-letter topic.
+    pub partition: i32,
+    /// Offset in that partition.
+    pub offset: i64,
+    /// Timestamp, ms since the Unix epoch.
+    pub timestamp_ms: Option<i64>,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value (`None`: a tombstone).
+    pub payload: Option<Vec<u8>>,
+    /// Headers in order; a null header value is read as empty.
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 impl RawRecord {
@@ -821,7 +827,10 @@ impl RawRecord {
     }
 }
 
-fn decode(r: &RawRecord) -> DeadLetter {
+/// Decode a dead letter: the `kasm-dlq-*` and replay-count headers into [`Provenance`] and
+/// [`DeadLetter::replay_count`] (kept as plain headers when they do not parse), a bounded
+/// payload preview. Total: any bytes decode.
+pub fn decode(r: &RawRecord) -> DeadLetter {
     let mut provenance = Provenance::default();
     let mut replay_count = 0;
     let mut headers = Vec::new();

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::config::PayloadFormat;
+use crate::config::{HandlerConfig, PayloadFormat};
 use crate::event::Event;
 use crate::kafka::producer::OutRecord;
 use crate::ledger::{LedgerEntry, LedgerOutcome};
@@ -211,7 +211,7 @@ async fn process(
         last_version.clone_from(&sha);
     }
 
-    if let Some(reason) = undecodable(ctx, &event) {
+    if let Some(reason) = undecodable(&ctx.config, &event) {
         let now = now_ms();
         let f = Failure {
             kind: DlqKind::Failure(FailureKind::Undecodable),
@@ -340,8 +340,9 @@ async fn process(
     }
 }
 
-/// Why the host refuses to run the handler on this record, if it does.
-fn undecodable(ctx: &HandlerCtx, event: &Event) -> Option<String> {
+/// Why the host refuses to run the handler on this record, if it does (an over-long event id,
+/// a payload over `max_payload_bytes`, not JSON where the handler declares JSON).
+pub fn undecodable(config: &HandlerConfig, event: &Event) -> Option<String> {
     if event.id.len() > crate::ledger::MAX_KEY_PART_BYTES {
         return Some(format!(
             "event id is {} bytes, over the limit of {} bytes",
@@ -349,17 +350,23 @@ fn undecodable(ctx: &HandlerCtx, event: &Event) -> Option<String> {
             crate::ledger::MAX_KEY_PART_BYTES
         ));
     }
-    let max = ctx.config.max_payload_bytes;
+    let max = config.max_payload_bytes;
     if event.payload.len() > max {
         return Some(format!(
             "payload is {} bytes, over the limit of {max} bytes",
             event.payload.len()
         ));
     }
-    if ctx.config.payload == PayloadFormat::Json
-        && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&event.payload)
-    {
-        return Some(format!("payload is not valid JSON: {e}"));
+    if config.payload == PayloadFormat::Json {
+        // UTF-8 first: skipping a string, `IgnoredAny` does not check its bytes, so invalid
+        // UTF-8 inside a JSON string would pass and reach a handler that declared JSON.
+        let text = match std::str::from_utf8(&event.payload) {
+            Ok(text) => text,
+            Err(e) => return Some(format!("payload is not valid JSON: not UTF-8: {e}")),
+        };
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            return Some(format!("payload is not valid JSON: {e}"));
+        }
     }
     None
 }

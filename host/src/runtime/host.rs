@@ -45,6 +45,8 @@ pub(crate) struct HandlerEnv {
     pub kv: Arc<dyn KvStore>,
     pub max_publishes: usize,
     pub max_record_bytes: usize,
+    /// Most bytes one call may queue in records and WebSocket pushes together.
+    pub max_call_output_bytes: usize,
     pub kv_timeout: Duration,
     /// The handler's database, when `sql` is granted.
     pub sql: Option<Arc<dyn SqlDatabase>>,
@@ -69,6 +71,12 @@ pub(crate) struct CallState {
     pub sql: Option<Box<dyn SqlTx>>,
     /// The first SQL failure of the call: its transaction is gone and it cannot commit.
     pub sql_failed: Option<SqlError>,
+    /// Bytes queued so far in records and WebSocket pushes (bounded by
+    /// `max_call_output_bytes`: each record is under its own limit, but a guest can repeat one
+    /// a thousand times).
+    pub queued_bytes: usize,
+    /// When the call must end; checked at every epoch tick (see `LoadedHandler::new_store`).
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for CallState {
@@ -159,6 +167,9 @@ pub(crate) struct HostState {
     pub call: CallState,
 }
 
+/// Most random bytes a guest may ask for in one call to `wasi:random`.
+const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
 /// Most resources (streams, pollables) a guest may hold at once.
 const MAX_RESOURCES: usize = 1024;
 
@@ -175,6 +186,9 @@ impl HostState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .socket_addr_check(|_, _| Box::pin(async { false }))
+            // wasmtime allows 64 MiB per `get-random-bytes` call, allocated on the host
+            // before the guest's memory is even asked; no handler needs more than a little.
+            .max_random_size(MAX_RANDOM_BYTES)
             .build();
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);
@@ -205,6 +219,8 @@ impl HostState {
             effects: Effects::default(),
             sql: None,
             sql_failed: None,
+            queued_bytes: 0,
+            deadline: None,
         };
         self.limiter.memory_denied = false;
         self.output.clear();
@@ -342,6 +358,15 @@ impl kasm::handler::producer::Host for HostState {
                 env.max_record_bytes
             ));
         }
+        let queued = self.call.queued_bytes.saturating_add(size);
+        if queued > env.max_call_output_bytes {
+            return Err(format!(
+                "handler `{}` already queued {} bytes in this call; this record of {size} bytes \
+                 would go over the per-call limit of {} bytes",
+                env.name, self.call.queued_bytes, env.max_call_output_bytes
+            ));
+        }
+        self.call.queued_bytes = queued;
         let index = u32::try_from(publishes.len()).unwrap_or(u32::MAX);
         let event_id = derive_event_id(&self.call.event_id, &env.name, index);
         // The host owns the identity headers: a handler cannot forge another event's id.
@@ -588,6 +613,18 @@ impl kasm::handler::websocket::Host for HostState {
                 env.name, env.max_publishes
             ));
         }
+        let queued = self
+            .call
+            .queued_bytes
+            .saturating_add(channel.len() + message.len());
+        if queued > env.max_call_output_bytes {
+            return Err(format!(
+                "handler `{}` already queued {} bytes in this call; this push would go over \
+                 the per-call limit of {} bytes",
+                env.name, self.call.queued_bytes, env.max_call_output_bytes
+            ));
+        }
+        self.call.queued_bytes = queued;
         broadcasts.push(crate::capabilities::Broadcast { channel, message });
         Ok(())
     }

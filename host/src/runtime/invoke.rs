@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
+use crate::capabilities::log::truncate_utf8;
 use crate::capabilities::{Grants, KvStore, MemoryKv, SqlDatabase, SqlError};
 use crate::event::Event;
 
@@ -37,6 +38,9 @@ pub struct HandlerSpec {
     pub max_publishes: usize,
     /// Largest record (key + value + headers) a call may publish, in bytes.
     pub max_record_bytes: usize,
+    /// Most bytes one call may queue in records and WebSocket pushes together (what the host
+    /// holds for a call until it ends).
+    pub max_call_output_bytes: usize,
     /// Guest stdout/stderr kept per call, in bytes (the tail).
     pub output_bytes: usize,
     /// 0: a fresh instance per call. N > 0: an instance serves up to N calls.
@@ -63,6 +67,7 @@ impl HandlerSpec {
             memory_bytes: 64 << 20,
             max_publishes: 1000,
             max_record_bytes: 1 << 20,
+            max_call_output_bytes: 64 << 20,
             output_bytes: 16 << 10,
             instance_reuse: 0,
             max_idle_instances: 8,
@@ -88,7 +93,6 @@ pub struct LoadedHandler {
     report: LoadReport,
     env: Arc<HandlerEnv>,
     deadline: Duration,
-    deadline_ticks: u64,
     memory_bytes: usize,
     output_bytes: usize,
     instance_reuse: u32,
@@ -113,14 +117,13 @@ impl LoadedHandler {
         report: LoadReport,
         spec: HandlerSpec,
     ) -> Self {
-        let tick = runtime.config().epoch_tick.max(Duration::from_micros(100));
-        let deadline_ticks = spec.deadline.as_nanos().div_ceil(tick.as_nanos()) as u64 + 1;
         let env = Arc::new(HandlerEnv {
             name: spec.name,
             grants: spec.grants,
             kv: spec.kv,
             max_publishes: spec.max_publishes,
             max_record_bytes: spec.max_record_bytes,
+            max_call_output_bytes: spec.max_call_output_bytes,
             kv_timeout: spec.kv_timeout,
             sql: spec.sql,
             // A slow database answers the handler with an `unavailable` error (retryable)
@@ -138,7 +141,6 @@ impl LoadedHandler {
             report,
             env,
             deadline: spec.deadline,
-            deadline_ticks,
             memory_bytes: spec.memory_bytes,
             output_bytes: spec.output_bytes,
             instance_reuse: spec.instance_reuse,
@@ -190,7 +192,22 @@ impl LoadedHandler {
         let state = HostState::new(self.env.clone(), self.memory_bytes, self.output_bytes);
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
+        // At every epoch tick a running guest yields to the async executor, then goes on
+        // until its call's deadline, where it is interrupted (a `timeout`). Without the yield
+        // a guest that spins would hold its executor thread for its whole deadline, and on a
+        // two-core machine two spinning guests stall every other handler of the host.
+        store.epoch_deadline_callback(|store| {
+            let due = store
+                .data()
+                .call
+                .deadline
+                .is_none_or(|d| Instant::now() >= d);
+            Ok(if due {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
         store
     }
 
@@ -209,7 +226,8 @@ impl LoadedHandler {
             .data_mut()
             .begin_call(&event.id, &event.topic, event.partition, event.offset);
         // Arm the deadline before instantiating: instantiation runs guest code.
-        store.set_epoch_deadline(self.deadline_ticks);
+        store.data_mut().call.deadline = Some(start + self.deadline);
+        store.set_epoch_deadline(1);
         let wit_event = to_wit(event);
 
         // The epoch stops guest code; this stops a host import that never returns.
@@ -241,11 +259,12 @@ impl LoadedHandler {
             Ok(Ok((bindings, guest_result))) => {
                 let outcome = match guest_result {
                     Ok(()) => self.commit_sql(&mut store).await,
-                    Err(WitHandlerError::Retryable(m)) => {
-                        Outcome::Failed(HandlerFailure::new(FailureKind::Retryable, m))
-                    }
+                    Err(WitHandlerError::Retryable(m)) => Outcome::Failed(HandlerFailure::new(
+                        FailureKind::Retryable,
+                        guest_message(m),
+                    )),
                     Err(WitHandlerError::Fatal(m)) => {
-                        Outcome::Failed(HandlerFailure::new(FailureKind::Fatal, m))
+                        Outcome::Failed(HandlerFailure::new(FailureKind::Fatal, guest_message(m)))
                     }
                 };
                 let invocation = self.finish(&mut store, outcome, start, reused);
@@ -376,6 +395,22 @@ impl LoadedHandler {
         }
         None
     }
+}
+
+/// Longest error message kept from what a guest returns, in bytes: with the truncation marker
+/// it still fits the 8 KiB a dead letter keeps.
+const MAX_GUEST_MESSAGE: usize = (8 << 10) - 64;
+
+/// The guest's own error message, cut to [`MAX_GUEST_MESSAGE`]: a guest can return a message
+/// as large as its memory, which would otherwise be held, logged on every retry and carried
+/// to the dead-letter writer.
+fn guest_message(message: String) -> String {
+    let len = message.len();
+    if len <= MAX_GUEST_MESSAGE {
+        return message;
+    }
+    let kept = truncate_utf8(message, MAX_GUEST_MESSAGE);
+    format!("{kept} [{len} bytes, truncated]")
 }
 
 fn root_message(e: &wasmtime::Error) -> String {

@@ -3,10 +3,12 @@
 //! - One [`wasmtime::Engine`] per process, with the pooling instance allocator (instances,
 //!   memories and stacks come from pre-reserved slots and pages stay resident between uses,
 //!   so a fresh instance per record costs microseconds) and epoch interruption.
-//! - An epoch ticker thread advances the engine's epoch every [`RuntimeConfig::epoch_tick`];
-//!   each call arms a deadline of `ceil(deadline / tick) + 1` ticks *before* instantiation
-//!   (instantiation runs guest code too). A host import that never returns is invisible to the
-//!   epoch, so every call is also bounded by a tokio timeout slightly past its deadline.
+//! - An epoch ticker thread advances the engine's epoch every [`RuntimeConfig::epoch_tick`].
+//!   Each call records its deadline and arms the epoch *before* instantiation (instantiation
+//!   runs guest code too); at every tick the running guest yields to the async executor (so a
+//!   guest that spins cannot hold an executor thread, and other handlers keep running) and is
+//!   interrupted once its deadline has passed. A host import that never returns is invisible
+//!   to the epoch, so every call is also bounded by a tokio timeout slightly past its deadline.
 //! - Loading ([`Runtime::load`]) is blocking (cranelift): call it off the async hot path,
 //!   e.g. in `spawn_blocking`. It checks bytes, compiles or loads the precompiled artifact,
 //!   checks the world and the grants, and pre-instantiates. Calls ([`LoadedHandler::invoke`])

@@ -1,0 +1,1044 @@
+//! The pipeline benchmark (`make bench`): kasm side by side with the raw client and the usual
+//! Python consumer, in one run, against one broker.
+//!
+//! Broker: an embedded mock cluster (one broker), or the broker at `KASM_TEST_BOOTSTRAP`
+//! (`make bench-tansu` starts Tansu and points the benchmark at it).
+//!
+//! Sections (`KASM_BENCH_ONLY=throughput,latency,swap,rss` picks some; default all):
+//!
+//! - **throughput**: for each of `KASM_BENCH_RUNS` rounds (default 3) every contender reads its
+//!   own fresh topic of `KASM_BENCH_RECORDS` records (default 20,000; 4 partitions; ~100-byte
+//!   JSON events with an `event-id` header), in interleaved order so drift hits all alike:
+//!   - *baseline*: a plain rdkafka consumer loop committing after each batch, no Wasm, no
+//!     ledger — the ceiling;
+//!   - *kasm*: the host in process with the trivial `fixture` handler (`{"action":"ok"}`:
+//!     decode, return ok) — ledger off, ledger on (default settings: a fresh instance per
+//!     record, one ledger write in flight per partition), reused instances, 64 ledger writes
+//!     in flight;
+//!   - *kasm audit*: the audit handler writing one SQLite row per task event;
+//!   - *peer*: `bench/peer.py`, the aiokafka consumer people write today (manual commit after
+//!     each batch, a set of seen ids, a DLQ), installed from PyPI into `target/bench/venv`.
+//!
+//!   A figure is records per second from the first record received to the last one done
+//!   (consumer-group joins are not counted); the table gives the median and the spread.
+//! - **latency**: produce → handled at fixed rates (1k, 5k, 20k records/s): the `fixture`
+//!   handler echoes each event to an output topic; a probe consumer on that topic takes the
+//!   time each output arrives against the send time in the event (one clock, one process).
+//!   The same probe reading the input topic directly gives the floor of the method (one
+//!   produce → consume hop; kasm adds its own consume and produce). kasm runs with its
+//!   defaults and with 64 ledger writes in flight; on the mock cluster its consumers get
+//!   `fetch.wait.max.ms = 5` like the probe (the mock answers a fetch only when the wait is
+//!   over, where a real broker answers as soon as records arrive).
+//! - **swap**: the 1k/s latency run (defaults) with a new version deployed in the middle: the
+//!   worst latency of the records sent around the swap against the steady p99, and the longest
+//!   gap between two outputs around the swap against the longest elsewhere.
+//! - **rss**: peak RSS of `target/release/kasm run` with the four task-app handlers
+//!   (notification posting to a local receiver, recurring, audit on SQLite, live updates)
+//!   working off a backlog at full speed, and with the one trivial handler.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr,
+    clippy::print_stdout,
+    missing_docs
+)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use kasm_host::kafka::mock::EmbeddedCluster;
+use kasm_tests::broker::TestBroker;
+use kasm_tests::{component, root};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::{ClientConfig, Message as _};
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
+
+/// Microseconds since the benchmark started: the one clock senders and probes share.
+fn now_us() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+struct Bench {
+    broker: TestBroker,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Bench {
+    fn bootstrap(&self) -> String {
+        self.broker.bootstrap()
+    }
+
+    /// librdkafka settings for every client: short sessions on an external broker (Tansu
+    /// answers a join after session.timeout / 2).
+    fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", self.bootstrap());
+        if self.broker.is_external() {
+            c.set("session.timeout.ms", "6000")
+                .set("heartbeat.interval.ms", "500");
+        }
+        c
+    }
+
+    /// The `[kafka]` table of a kasm config.
+    fn kafka_table(&self) -> String {
+        let mut t = String::from("[kafka]\n");
+        if self.broker.is_external() {
+            t.push_str("\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 500\n");
+        }
+        // Extra librdkafka properties for kasm's consumers, `name=value;...` (experiments).
+        for kv in std::env::var("KASM_BENCH_KAFKA")
+            .unwrap_or_default()
+            .split(';')
+        {
+            if let Some((k, v)) = kv.split_once('=') {
+                t.push_str(&format!("\"{}\" = \"{}\"\n", k.trim(), v.trim()));
+            }
+        }
+        t
+    }
+
+    fn topic(&self, prefix: &str, partitions: i32) -> String {
+        let t = unique(prefix);
+        self.rt.block_on(self.broker.create_topic(&t, partitions));
+        t
+    }
+
+    /// A fresh topic holding `n` records made by `make(i)` → (event id, key, payload).
+    fn fill(
+        &self,
+        prefix: &str,
+        n: usize,
+        make: impl Fn(usize) -> (String, String, Vec<u8>),
+    ) -> String {
+        let topic = self.topic(prefix, 4);
+        let producer: FutureProducer = self
+            .client()
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()
+            .unwrap();
+        self.rt.block_on(async {
+            let mut sends = Vec::with_capacity(5000);
+            for i in 0..n {
+                let (id, key, payload) = make(i);
+                let headers = OwnedHeaders::new().insert(Header {
+                    key: "event-id",
+                    value: Some(id.as_bytes()),
+                });
+                let record = FutureRecord::to(&topic)
+                    .key(key.as_bytes())
+                    .payload(&payload)
+                    .headers(headers);
+                sends.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+                if sends.len() >= 5000 {
+                    for s in futures::future::join_all(sends.drain(..)).await {
+                        s.unwrap().map_err(|(e, _)| e).unwrap();
+                    }
+                }
+            }
+            for s in futures::future::join_all(sends).await {
+                s.unwrap().map_err(|(e, _)| e).unwrap();
+            }
+        });
+        topic
+    }
+}
+
+/// ~100-byte trivial events.
+fn trivial(i: usize) -> (String, String, Vec<u8>) {
+    let id = format!("b-{i:08}");
+    let payload = format!(
+        r#"{{"action":"ok","event_id":"{id}","pad":"{}"}}"#,
+        "x".repeat(44)
+    );
+    (id, format!("k{i}"), payload.into_bytes())
+}
+
+/// Task events as the task app publishes them (the audit handler's input).
+fn task_event(i: usize) -> (String, String, Vec<u8>) {
+    let kinds = [
+        "task.created",
+        "task.updated",
+        "task.completed",
+        "task.deleted",
+    ];
+    let id = format!("t-{i:08}");
+    let user = format!("u{}", i % 7);
+    let payload = serde_json::json!({
+        "event_id": id, "event_type": kinds[i % 4], "task_id": format!("task-{}", i / 4),
+        "user_id": user, "timestamp": "2026-11-27T09:15:00Z",
+        "task": {"title": format!("task {i}"), "tags": [], "completed": i % 4 == 2}
+    });
+    (id, user, serde_json::to_vec(&payload).unwrap())
+}
+
+fn rate(n: usize, took: Duration) -> f64 {
+    n as f64 / took.as_secs_f64()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Throughput contenders
+
+/// The baseline: poll, decode nothing, commit after each batch of what was polled.
+fn baseline(b: &Bench, topic: &str, n: usize) -> f64 {
+    let consumer: BaseConsumer = b
+        .client()
+        .set("group.id", unique("baseline"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut done = 0;
+    let mut first = None;
+    let mut since_commit = 0;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while done < n && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                first.get_or_insert_with(Instant::now);
+                std::hint::black_box(m.payload());
+                consumer.store_offset_from_message(&m).unwrap();
+                done += 1;
+                since_commit += 1;
+                if since_commit >= 500 {
+                    consumer.commit_consumer_state(CommitMode::Async).unwrap();
+                    since_commit = 0;
+                }
+            }
+            Some(Err(e)) => panic!("baseline consumer: {e}"),
+            None => {
+                if since_commit > 0 {
+                    consumer.commit_consumer_state(CommitMode::Async).unwrap();
+                    since_commit = 0;
+                }
+            }
+        }
+    }
+    if since_commit > 0 {
+        consumer.commit_consumer_state(CommitMode::Sync).unwrap();
+    }
+    assert_eq!(done, n, "baseline read everything");
+    rate(n, first.unwrap().elapsed())
+}
+
+/// How a kasm contender's handler is set up.
+#[derive(Clone, Copy)]
+struct KasmOpts {
+    /// `instance_reuse`.
+    reuse: u32,
+    /// `pending_ledger_writes`.
+    pending: usize,
+    /// `ledger`.
+    ledger: bool,
+    /// The audit handler on SQLite instead of the trivial fixture.
+    audit: bool,
+}
+
+const DEFAULTS: KasmOpts = KasmOpts {
+    reuse: 0,
+    pending: 1,
+    ledger: true,
+    audit: false,
+};
+
+/// A kasm config with one handler `h` on `topic`.
+fn kasm_config(b: &Bench, dir: &Path, topic: &str, o: KasmOpts) -> PathBuf {
+    let (component_path, grants) = if o.audit {
+        (
+            component("audit"),
+            format!(
+                "grants = {{ sql = {{ migrations = \"{}\" }} }}",
+                root().join("handlers/audit/migrations").display()
+            ),
+        )
+    } else {
+        (
+            component("fixture"),
+            "grants = { producer = [\"bench-out\"], kv = true }".to_owned(),
+        )
+    };
+    let body = format!(
+        "data_dir = \"{data}\"\ncommit_interval = \"1s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{kafka}\
+         [handlers.h]\ncomponent = \"{c}\"\ntopics = [\"{topic}\"]\ngroup_id = \"{g}\"\n\
+         payload = \"json\"\ninstance_reuse = {reuse}\npending_ledger_writes = {pending}\n\
+         ledger = {ledger}\n{grants}\n",
+        data = dir.join("data").display(),
+        kafka = b.kafka_table(),
+        c = component_path.display(),
+        g = unique("kasm"),
+        reuse = o.reuse,
+        pending = o.pending,
+        ledger = o.ledger,
+    );
+    let path = dir.join("kasm.toml");
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+fn kasm_env(b: &Bench) -> kasm_host::config::KafkaEnv {
+    kasm_host::config::KafkaEnv {
+        bootstrap_servers: Some(b.bootstrap()),
+        ..Default::default()
+    }
+}
+
+/// kasm in process on `topic`: records/s from the first record done to the last.
+fn kasm(b: &Bench, topic: &str, n: usize, o: KasmOpts) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let config = kasm_host::config::Config::load(&kasm_config(b, dir.path(), topic, o)).unwrap();
+    b.rt.block_on(async {
+        let host = kasm_host::app::start(&config, &kasm_env(b)).await.unwrap();
+        let stats = &host.handlers[0].stats;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let done = || {
+            let s = stats.snapshot();
+            (s.processed + s.skipped + s.dead_lettered) as usize
+        };
+        while done() == 0 {
+            assert!(Instant::now() < deadline, "kasm made no progress");
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let first = Instant::now();
+        while done() < n {
+            assert!(Instant::now() < deadline, "kasm did not finish");
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let r = rate(n, first.elapsed());
+        assert_eq!(
+            stats.snapshot().processed as usize,
+            n,
+            "every record handled ok"
+        );
+        host.shutdown().await.unwrap();
+        r
+    })
+}
+
+/// `target/bench/venv` with aiokafka, or why not.
+fn peer_python() -> Result<PathBuf, String> {
+    let venv = root().join("target/bench/venv");
+    let python = venv.join("bin/python");
+    let run = |cmd: &mut std::process::Command, what: &str| -> Result<(), String> {
+        match cmd.status() {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(format!("{what}: {s}")),
+            Err(e) => Err(format!("{what}: {e}")),
+        }
+    };
+    if !python.is_file() {
+        run(
+            std::process::Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv),
+            "python3 -m venv",
+        )?;
+    }
+    if run(
+        std::process::Command::new(&python).args(["-c", "import aiokafka"]),
+        "import aiokafka",
+    )
+    .is_err()
+    {
+        run(
+            std::process::Command::new(&python).args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "aiokafka==0.12.0",
+            ]),
+            "pip install aiokafka==0.12.0",
+        )?;
+    }
+    Ok(python)
+}
+
+fn peer(b: &Bench, python: &Path, topic: &str, n: usize) -> Result<f64, String> {
+    let out = std::process::Command::new(python)
+        .arg(root().join("bench/peer.py"))
+        .args(["--bootstrap", &b.bootstrap(), "--topic", topic])
+        .args(["--group", &unique("peer"), "--records", &n.to_string()])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("peer output: {e}"))?;
+    let records = v["records"].as_f64().unwrap_or(0.0);
+    let seconds = v["seconds"].as_f64().unwrap_or(f64::INFINITY);
+    Ok(records / seconds)
+}
+
+fn median_spread(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+fn throughput(b: &Bench) {
+    let n = env_or("KASM_BENCH_RECORDS", 20_000);
+    let runs = env_or("KASM_BENCH_RUNS", 3);
+    let python = peer_python();
+    if let Err(e) = &python {
+        eprintln!("peer unavailable: {e}");
+    }
+    let contenders: [(&str, Option<KasmOpts>); 7] = [
+        ("baseline (rdkafka, no Wasm, no ledger)", None),
+        (
+            "kasm, ledger off",
+            Some(KasmOpts {
+                ledger: false,
+                ..DEFAULTS
+            }),
+        ),
+        ("kasm, ledger on (defaults)", Some(DEFAULTS)),
+        (
+            "kasm, ledger on, reused instances",
+            Some(KasmOpts {
+                reuse: 10_000,
+                ..DEFAULTS
+            }),
+        ),
+        (
+            "kasm, ledger on, 64 writes in flight",
+            Some(KasmOpts {
+                pending: 64,
+                ..DEFAULTS
+            }),
+        ),
+        (
+            "kasm audit on SQLite (defaults)",
+            Some(KasmOpts {
+                audit: true,
+                ..DEFAULTS
+            }),
+        ),
+        ("peer (aiokafka)", None),
+    ];
+    // `KASM_BENCH_CONTENDERS=ledger off,peer`: only contenders whose name contains one of these.
+    let filter = std::env::var("KASM_BENCH_CONTENDERS").unwrap_or_default();
+    let picked =
+        |name: &str| filter.is_empty() || filter.split(',').any(|f| name.contains(f.trim()));
+    let mut results: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
+    for round in 0..runs {
+        for (i, (name, opts)) in contenders.iter().enumerate() {
+            if !picked(name) {
+                continue;
+            }
+            let make = if opts.is_some_and(|o| o.audit) {
+                task_event
+            } else {
+                trivial
+            };
+            let topic = b.fill("bench", n, make);
+            let r = match (i, opts) {
+                (0, _) => baseline(b, &topic, n),
+                (_, Some(o)) => kasm(b, &topic, n, *o),
+                _ => match &python {
+                    Ok(py) => match peer(b, py, &topic, n) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            eprintln!("peer failed: {e}");
+                            continue;
+                        }
+                    },
+                    Err(_) => continue,
+                },
+            };
+            eprintln!("round {}: {name:<40} {r:>10.0} records/s", round + 1);
+            results[i].push(r);
+        }
+    }
+    println!(
+        "\n## throughput: {n} records x {runs} rounds, 4 partitions, {}",
+        broker_name(b)
+    );
+    println!(
+        "{:<42} {:>10} {:>10} {:>10} {:>11} {:>9}",
+        "contender", "median/s", "min/s", "max/s", "/ baseline", "/ peer"
+    );
+    let medians: Vec<f64> = results
+        .iter()
+        .map(|r| {
+            if r.is_empty() {
+                f64::NAN
+            } else {
+                median_spread(r.clone()).0
+            }
+        })
+        .collect();
+    let (base, peer_m) = (medians[0], medians[contenders.len() - 1]);
+    for ((name, _), r) in contenders.iter().zip(&results) {
+        if r.is_empty() {
+            println!("{name:<42} {:>10}", "n/a");
+            continue;
+        }
+        let (m, lo, hi) = median_spread(r.clone());
+        println!(
+            "{name:<42} {m:>10.0} {lo:>10.0} {hi:>10.0} {:>11.3} {:>9.2}",
+            m / base,
+            m / peer_m
+        );
+    }
+}
+
+fn broker_name(b: &Bench) -> String {
+    if b.broker.is_external() {
+        format!("external broker {}", b.bootstrap())
+    } else {
+        "embedded mock cluster".into()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Latency and swap
+
+/// What a fixed-rate run measured.
+struct LatencyRun {
+    /// Latencies (µs) of records sent outside the swap window, sorted.
+    steady: Vec<u64>,
+    /// Latencies (µs) of records sent inside the swap window, sorted.
+    swap: Vec<u64>,
+    /// Longest gap (µs) between two outputs arriving inside the swap window.
+    swap_gap_us: u64,
+    /// Longest gap (µs) between two outputs arriving outside it.
+    steady_gap_us: u64,
+    /// compile + switch of the deploy, as the deployer reported it.
+    swap_report: Option<String>,
+    /// Records the probe never saw.
+    missing: usize,
+}
+
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+/// The probe: read `topic` from the start and note when each `seq` arrives.
+fn probe(b: &Bench, topic: &str, expect: usize, stop: &AtomicBool) -> Vec<(u64, u64, u64)> {
+    let consumer: BaseConsumer = b
+        .client()
+        .set("group.id", unique("probe"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "1")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut seen = Vec::with_capacity(expect);
+    while seen.len() < expect && !stop.load(Ordering::SeqCst) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(10)) {
+            let at = now_us();
+            let Some(v) = m
+                .payload()
+                .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+            else {
+                continue;
+            };
+            let (Some(seq), Some(sent)) = (v["seq"].as_u64(), v["sent_us"].as_u64()) else {
+                continue;
+            };
+            seen.push((seq, sent, at));
+        }
+    }
+    seen
+}
+
+/// Send `n` echo events to `topic` at `per_sec`, each carrying its send time; returns when
+/// all are acknowledged. `warm` events go first, slowly, until `ready` (the probe sees them).
+fn paced_send(b: &Bench, topic: &str, out: &str, n: usize, per_sec: f64) {
+    // A producer at a steady rate batches what a millisecond brings (one request per record
+    // would measure the mock broker's request rate, not the pipeline).
+    let producer: BaseProducer = b
+        .client()
+        .set("linger.ms", "1")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    let start = Instant::now();
+    for i in 0..n {
+        let due = start + Duration::from_secs_f64(i as f64 / per_sec);
+        loop {
+            let now = Instant::now();
+            if now >= due {
+                break;
+            }
+            let left = due - now;
+            if left > Duration::from_micros(300) {
+                std::thread::sleep(left - Duration::from_micros(200));
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        let id = format!("lat-{i:08}");
+        let payload = format!(
+            r#"{{"topic":"{out}","event_id":"{id}","seq":{i},"sent_us":{},"pad":"{}"}}"#,
+            now_us(),
+            "x".repeat(24)
+        );
+        let key = format!("k{i}");
+        let mut record = BaseRecord::to(topic)
+            .key(key.as_bytes())
+            .payload(payload.as_bytes());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    producer.poll(Duration::from_millis(1));
+                    record = r;
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// A fresh-component version of `bytes`: the same code with a custom section naming `tag`,
+/// so its sha256 (the version) differs and the behavior does not.
+fn retagged(bytes: &[u8], tag: &str) -> Vec<u8> {
+    fn leb(mut v: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"kasm-bench-version";
+    let mut body = Vec::new();
+    leb(name.len(), &mut body);
+    body.extend_from_slice(name);
+    body.extend_from_slice(tag.as_bytes());
+    let mut out = bytes.to_vec();
+    out.push(0); // custom section
+    leb(body.len(), &mut out);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Run the echo handler at `per_sec` for `seconds`; with `swap`, deploy a new version halfway.
+/// `direct`: no kasm, the probe reads the input topic (the method's floor).
+fn latency_run(
+    b: &Bench,
+    per_sec: f64,
+    seconds: f64,
+    swap: bool,
+    direct: bool,
+    pending: usize,
+) -> LatencyRun {
+    let input = b.topic("lat-in", 4);
+    let out = if direct {
+        input.clone()
+    } else {
+        b.topic("lat-out", 4)
+    };
+    let n = (per_sec * seconds) as usize;
+    let dir = tempfile::tempdir().unwrap();
+    let host = if direct {
+        None
+    } else {
+        let body = format!(
+            "data_dir = \"{data}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{kafka}{wait}\
+             [handlers.echo]\ncomponent = \"{c}\"\ntopics = [\"{input}\"]\ngroup_id = \"{g}\"\n\
+             payload = \"json\"\npending_ledger_writes = {pending}\n\
+             grants = {{ producer = [\"{out}\"], kv = true }}\n",
+            data = dir.path().join("data").display(),
+            kafka = b.kafka_table(),
+            // The mock cluster answers a fetch only when its wait is over, even if records
+            // arrive meanwhile (a real broker answers at once): a short wait, as the probe's.
+            wait = if b.broker.is_external() {
+                ""
+            } else {
+                "\"fetch.wait.max.ms\" = 5\n"
+            },
+            c = component("fixture").display(),
+            g = unique("kasm"),
+        );
+        let path = dir.path().join("kasm.toml");
+        std::fs::write(&path, body).unwrap();
+        let config = kasm_host::config::Config::load(&path).unwrap();
+        let host =
+            b.rt.block_on(kasm_host::app::start(&config, &kasm_env(b)))
+                .unwrap();
+        // Wait for the group to settle: the handler has its partitions.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !host.health.report(true).0 {
+            assert!(Instant::now() < deadline, "kasm never became ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(host)
+    };
+    let stop = AtomicBool::new(false);
+    let swap_window = std::sync::Mutex::new(None::<(u64, u64, String)>);
+    let seen = std::thread::scope(|s| {
+        let probe_thread = s.spawn(|| probe(b, &out, n, &stop));
+        // Give the probe its assignment before the clock starts.
+        std::thread::sleep(Duration::from_secs(if b.broker.is_external() {
+            8
+        } else {
+            2
+        }));
+        let swapper = host.as_ref().filter(|_| swap).map(|h| {
+            let deployer = h.deployer.clone();
+            let handle = b.rt.handle().clone();
+            let window = &swap_window;
+            s.spawn(move || {
+                std::thread::sleep(Duration::from_secs_f64(seconds / 2.0));
+                let bytes = retagged(&std::fs::read(component("fixture")).unwrap(), &unique("v"));
+                let t0 = now_us();
+                let report = handle.block_on(deployer.deploy("echo", bytes)).unwrap();
+                let t1 = now_us();
+                *window.lock().unwrap() = Some((
+                    t0,
+                    t1,
+                    format!(
+                        "compile {:.0} ms, switch {:.0} µs",
+                        report.compile_ms, report.swap_us
+                    ),
+                ));
+            })
+        });
+        paced_send(b, &input, &out, n, per_sec);
+        if let Some(t) = swapper {
+            t.join().unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !probe_thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop.store(true, Ordering::SeqCst);
+        probe_thread.join().unwrap()
+    });
+    if let Some(h) = host {
+        b.rt.block_on(h.shutdown()).unwrap();
+    }
+    let window = swap_window.lock().unwrap().clone();
+    // Around the swap: from 100 ms before the deploy starts to 1 s after it ends.
+    let in_window = |t: u64| {
+        window
+            .as_ref()
+            .is_some_and(|(t0, t1, _)| t + 100_000 >= *t0 && t <= *t1 + 1_000_000)
+    };
+    let mut unique_seqs = std::collections::HashSet::new();
+    let (mut steady, mut swap_lat) = (Vec::new(), Vec::new());
+    let mut arrivals: Vec<u64> = Vec::new();
+    for (seq, sent, at) in &seen {
+        if !unique_seqs.insert(*seq) {
+            continue;
+        }
+        let l = at.saturating_sub(*sent);
+        if in_window(*sent) {
+            swap_lat.push(l);
+        } else {
+            steady.push(l);
+        }
+        arrivals.push(*at);
+    }
+    arrivals.sort_unstable();
+    let (mut swap_gap, mut steady_gap) = (0, 0);
+    for w in arrivals.windows(2) {
+        let gap = w[1] - w[0];
+        if in_window(w[1]) {
+            swap_gap = swap_gap.max(gap);
+        } else {
+            steady_gap = steady_gap.max(gap);
+        }
+    }
+    steady.sort_unstable();
+    swap_lat.sort_unstable();
+    LatencyRun {
+        steady,
+        swap: swap_lat,
+        swap_gap_us: swap_gap,
+        steady_gap_us: steady_gap,
+        swap_report: window.map(|w| w.2),
+        missing: n - unique_seqs.len(),
+    }
+}
+
+fn latency(b: &Bench) {
+    let seconds = env_or("KASM_BENCH_LATENCY_SECONDS", 5) as f64;
+    println!(
+        "\n## latency produce → handled (output seen by a probe), {seconds} s per rate, {}",
+        broker_name(b)
+    );
+    println!(
+        "{:<42} {:>8} {:>9} {:>9} {:>9} {:>8}",
+        "", "records", "p50 ms", "p99 ms", "max ms", "missing"
+    );
+    for per_sec in [1000.0, 5000.0, 20000.0] {
+        for (direct, pending) in [(true, 1), (false, 1), (false, 64)] {
+            let r = latency_run(b, per_sec, seconds, false, direct, pending);
+            let label = match (direct, pending) {
+                (true, _) => format!("floor (direct probe) at {per_sec:.0}/s"),
+                (false, 1) => format!("kasm echo, defaults at {per_sec:.0}/s"),
+                (false, p) => format!("kasm echo, {p} in flight at {per_sec:.0}/s"),
+            };
+            println!(
+                "{label:<42} {:>8} {:>9.2} {:>9.2} {:>9.2} {:>8}",
+                r.steady.len(),
+                pct(&r.steady, 0.5),
+                pct(&r.steady, 0.99),
+                pct(&r.steady, 1.0),
+                r.missing
+            );
+        }
+    }
+}
+
+fn swap(b: &Bench) {
+    let runs = env_or("KASM_BENCH_RUNS", 3);
+    let seconds = env_or("KASM_BENCH_LATENCY_SECONDS", 5).max(4) as f64;
+    println!(
+        "\n## hot swap at 1,000 records/s, defaults ({seconds} s runs, deploy at the middle), {}",
+        broker_name(b)
+    );
+    println!(
+        "{:<6} {:>10} {:>10} {:>13} {:>13} {:>13}  deploy",
+        "run", "p99 ms", "max ms", "swap max ms", "steady gap ms", "swap gap ms"
+    );
+    for run in 1..=runs {
+        let r = latency_run(b, 1000.0, seconds, true, false, 1);
+        println!(
+            "{run:<6} {:>10.2} {:>10.2} {:>13.2} {:>13.2} {:>13.2}  {} (missing {})",
+            pct(&r.steady, 0.99),
+            pct(&r.steady, 1.0),
+            pct(&r.swap, 1.0),
+            r.steady_gap_us as f64 / 1000.0,
+            r.swap_gap_us as f64 / 1000.0,
+            r.swap_report.unwrap_or_else(|| "no swap".into()),
+            r.missing
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Peak RSS of `kasm run`
+
+fn kib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// Start `target/release/kasm run` on `body`, wait until every `(group, topic, records)` is
+/// committed, return (peak RSS MiB, RSS at the end MiB, seconds).
+fn kasm_process(
+    b: &Bench,
+    body: &str,
+    work: &[(String, String, usize)],
+) -> Result<(f64, f64, f64), String> {
+    let bin = root().join("target/release/kasm");
+    if !bin.is_file() {
+        return Err(format!(
+            "{} not built (make bench builds it)",
+            bin.display()
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kasm.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\ncommit_interval = \"500ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{}{body}",
+            dir.path().join("data").display(),
+            b.kafka_table()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(&bin)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("KAFKA_BOOTSTRAP_SERVERS", b.bootstrap())
+        .env("KASM_WS_SECRET", "bench-secret")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let pid = child.id();
+    let start = Instant::now();
+    let probes: Vec<(BaseConsumer, &str, usize)> = work
+        .iter()
+        .map(|(group, topic, n)| {
+            let c: BaseConsumer = b.client().set("group.id", group).create().unwrap();
+            (c, topic.as_str(), *n)
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let result = loop {
+        let done = probes.iter().all(|(c, topic, n)| {
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            for p in 0..4 {
+                tpl.add_partition(topic, p);
+            }
+            let committed: i64 = c
+                .committed_offsets(tpl, Duration::from_secs(5))
+                .map(|t| {
+                    t.elements()
+                        .iter()
+                        .filter_map(|e| e.offset().to_raw())
+                        .filter(|o| *o > 0)
+                        .sum()
+                })
+                .unwrap_or(0);
+            committed as usize >= *n
+        });
+        if let Ok(Some(status)) = child.try_wait() {
+            break Err(format!("kasm run exited early: {status}"));
+        }
+        if done {
+            break Ok((
+                kib(pid, "VmHWM:") / 1024.0,
+                kib(pid, "VmRSS:") / 1024.0,
+                start.elapsed().as_secs_f64(),
+            ));
+        }
+        if Instant::now() > deadline {
+            break Err("kasm run did not finish in 600 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+fn rss(b: &Bench) {
+    let n = env_or("KASM_BENCH_RECORDS", 20_000);
+    println!(
+        "\n## peak RSS of `kasm run` (release) working off a backlog, {}",
+        broker_name(b)
+    );
+    // One trivial handler.
+    let topic = b.fill("rss", n, trivial);
+    let group = unique("rss");
+    let body = format!(
+        "[handlers.h]\ncomponent = \"{c}\"\ntopics = [\"{topic}\"]\ngroup_id = \"{group}\"\n\
+         payload = \"json\"\ngrants = {{ producer = [\"bench-out\"], kv = true }}\n",
+        c = component("fixture").display(),
+    );
+    match kasm_process(b, &body, &[(group, topic, n)]) {
+        Ok((hwm, end, s)) => println!(
+            "one trivial handler, {n} records: peak {hwm:.1} MiB, at the end {end:.1} MiB ({s:.0} s)"
+        ),
+        Err(e) => println!("one trivial handler: not measured ({e})"),
+    }
+
+    // The four task-app handlers, each with a backlog of its own events.
+    let receiver = kasm_tests::receiver::Receiver::start(&[200]);
+    let tasks = b.fill("rss-tasks", n, task_event);
+    let updates = b.fill("rss-updates", n, task_event);
+    let m = n / 4; // reminders go out over HTTP one by one: a smaller backlog
+    let reminders = b.fill("rss-reminders", m, |i| {
+        let id = format!("r-{i:08}");
+        let payload = serde_json::json!({
+            "event_id": id, "task_id": format!("t-{i}"), "user_id": "u1",
+            "title": format!("task {i}"), "due_at": "2026-11-27T09:00:00Z",
+            "remind_at": "2026-11-27T08:30:00Z", "channel": "push"
+        });
+        (id, "u1".into(), serde_json::to_vec(&payload).unwrap())
+    });
+    let groups: Vec<String> = (0..4).map(|i| unique(&format!("rss{i}"))).collect();
+    let body = format!(
+        "[handlers.notification]\ncomponent = \"{notif}\"\ntopics = [\"{reminders}\"]\ngroup_id = \"{g0}\"\n\
+         payload = \"json\"\ngrants = {{ http = [\"{addr}\"] }}\nsettings = {{ webhook_url = \"{url}\" }}\n\
+         [handlers.recurring]\ncomponent = \"{rec}\"\ntopics = [\"{tasks}\"]\ngroup_id = \"{g1}\"\n\
+         payload = \"json\"\ngrants = {{ producer = [\"{tasks}\"] }}\n\
+         [handlers.audit]\ncomponent = \"{audit}\"\ntopics = [\"{tasks}\"]\ngroup_id = \"{g2}\"\n\
+         payload = \"json\"\ngrants = {{ sql = {{ migrations = \"{mig}\" }} }}\n\
+         [handlers.live-updates]\ncomponent = \"{live}\"\ntopics = [\"{updates}\"]\ngroup_id = \"{g3}\"\n\
+         payload = \"json\"\ngrants = {{ websocket = true }}\n",
+        notif = component("notification").display(),
+        rec = component("recurring").display(),
+        audit = component("audit").display(),
+        live = component("live-updates").display(),
+        mig = root().join("handlers/audit/migrations").display(),
+        addr = receiver.addr,
+        url = receiver.url(),
+        g0 = groups[0],
+        g1 = groups[1],
+        g2 = groups[2],
+        g3 = groups[3],
+    );
+    let work = [
+        (groups[0].clone(), reminders, m),
+        (groups[1].clone(), tasks.clone(), n),
+        (groups[2].clone(), tasks, n),
+        (groups[3].clone(), updates, n),
+    ];
+    match kasm_process(b, &body, &work) {
+        Ok((hwm, end, s)) => println!(
+            "four task-app handlers, {} records: peak {hwm:.1} MiB, at the end {end:.1} MiB ({s:.0} s, {} webhooks received)",
+            3 * n + m,
+            receiver.requests().len()
+        ),
+        Err(e) => println!("four task-app handlers: not measured ({e})"),
+    }
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let broker = match std::env::var("KASM_TEST_BOOTSTRAP") {
+        Ok(addr) if !addr.trim().is_empty() => TestBroker::External(addr.trim().to_owned()),
+        _ => TestBroker::Embedded(EmbeddedCluster::start(1).unwrap()),
+    };
+    let b = Bench { broker, rt };
+    now_us();
+    let only = std::env::var("KASM_BENCH_ONLY").unwrap_or_default();
+    let wanted = |s: &str| only.is_empty() || only.split(',').any(|o| o.trim() == s);
+    println!(
+        "kasm pipeline benchmark, {} cores, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        broker_name(&b)
+    );
+    if wanted("throughput") {
+        throughput(&b);
+    }
+    if wanted("latency") {
+        latency(&b);
+    }
+    if wanted("swap") {
+        swap(&b);
+    }
+    if wanted("rss") {
+        rss(&b);
+    }
+}
