@@ -130,28 +130,35 @@ pub struct Rec {
     pub partition: Option<i32>,
 }
 
+impl Rec {
+    /// This record, to be produced to `topic`.
+    pub fn to_record<'a>(&'a self, topic: &'a str) -> FutureRecord<'a, [u8], [u8]> {
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &self.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let mut fr = FutureRecord::<[u8], [u8]>::to(topic)
+            .payload(&self.payload)
+            .headers(headers);
+        if let Some(k) = &self.key {
+            fr = fr.key(k);
+        }
+        if let Some(p) = self.partition {
+            fr = fr.partition(p);
+        }
+        fr
+    }
+}
+
 /// Produce `records` to `topic`, waiting for every acknowledgement.
 pub async fn produce(producer: &FutureProducer, topic: &str, records: &[Rec]) {
     for chunk in records.chunks(2000) {
-        let sends = chunk.iter().map(|r| {
-            let mut headers = OwnedHeaders::new();
-            for (k, v) in &r.headers {
-                headers = headers.insert(Header {
-                    key: k,
-                    value: Some(v),
-                });
-            }
-            let mut fr = FutureRecord::<[u8], [u8]>::to(topic)
-                .payload(&r.payload)
-                .headers(headers);
-            if let Some(k) = &r.key {
-                fr = fr.key(k);
-            }
-            if let Some(p) = r.partition {
-                fr = fr.partition(p);
-            }
-            producer.send(fr, Duration::from_secs(30))
-        });
+        let sends = chunk
+            .iter()
+            .map(|r| producer.send(r.to_record(topic), Duration::from_secs(30)));
         for r in futures::future::join_all(sends).await {
             r.unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
         }

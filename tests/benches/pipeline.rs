@@ -97,6 +97,15 @@ impl Bench {
         c
     }
 
+    /// Top-level kasm settings: with 6 s sessions the drain must be shorter.
+    fn drain(&self) -> &'static str {
+        if self.broker.is_external() {
+            "drain_timeout = \"4s\"\n"
+        } else {
+            ""
+        }
+    }
+
     /// The `[kafka]` table of a kasm config.
     fn kafka_table(&self) -> String {
         let mut t = String::from("[kafka]\n");
@@ -278,12 +287,13 @@ fn kasm_config(b: &Bench, dir: &Path, topic: &str, o: KasmOpts) -> PathBuf {
         )
     };
     let body = format!(
-        "data_dir = \"{data}\"\ncommit_interval = \"1s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{kafka}\
+        "data_dir = \"{data}\"\ncommit_interval = \"1s\"\n{drain}[admin]\nlisten = \"127.0.0.1:0\"\n{kafka}\
          [handlers.h]\ncomponent = \"{c}\"\ntopics = [\"{topic}\"]\ngroup_id = \"{g}\"\n\
          payload = \"json\"\ninstance_reuse = {reuse}\npending_ledger_writes = {pending}\n\
          ledger = {ledger}\n{grants}\n",
         data = dir.join("data").display(),
         kafka = b.kafka_table(),
+        drain = b.drain(),
         c = component_path.display(),
         g = unique("kasm"),
         reuse = o.reuse,
@@ -665,12 +675,13 @@ fn latency_run(
         None
     } else {
         let body = format!(
-            "data_dir = \"{data}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{kafka}{wait}\
+            "data_dir = \"{data}\"\n{drain}[admin]\nlisten = \"127.0.0.1:0\"\n{kafka}{wait}\
              [handlers.echo]\ncomponent = \"{c}\"\ntopics = [\"{input}\"]\ngroup_id = \"{g}\"\n\
              payload = \"json\"\npending_ledger_writes = {pending}\n\
              grants = {{ producer = [\"{out}\"], kv = true }}\n",
             data = dir.path().join("data").display(),
             kafka = b.kafka_table(),
+            drain = b.drain(),
             // The mock cluster answers a fetch only when its wait is over, even if records
             // arrive meanwhile (a real broker answers at once): a short wait, as the probe's.
             wait = if b.broker.is_external() {
@@ -873,8 +884,9 @@ fn kasm_process(
     std::fs::write(
         &config,
         format!(
-            "data_dir = \"{}\"\ncommit_interval = \"500ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{}{body}",
+            "data_dir = \"{}\"\ncommit_interval = \"500ms\"\n{}[admin]\nlisten = \"127.0.0.1:0\"\n{}{body}",
             dir.path().join("data").display(),
+            b.drain(),
             b.kafka_table()
         ),
     )

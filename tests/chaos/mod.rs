@@ -49,8 +49,7 @@ use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom as _, SliceRandom as _};
 use rand::{Rng as _, SeedableRng as _};
 use rdkafka::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 use crate::broker::{Got, Rec, TestBroker};
@@ -1273,22 +1272,9 @@ pub async fn send_all(
     for chunk in records.chunks(1000) {
         let mut pending: Vec<&Rec> = chunk.iter().collect();
         for attempt in 0..10 {
-            let sends = pending.iter().map(|r| {
-                let mut headers = OwnedHeaders::new();
-                for (k, v) in &r.headers {
-                    headers = headers.insert(Header {
-                        key: k,
-                        value: Some(v),
-                    });
-                }
-                let mut fr = FutureRecord::<[u8], [u8]>::to(topic)
-                    .payload(&r.payload)
-                    .headers(headers);
-                if let Some(k) = &r.key {
-                    fr = fr.key(k);
-                }
-                producer.send(fr, Duration::from_secs(60))
-            });
+            let sends = pending
+                .iter()
+                .map(|r| producer.send(r.to_record(topic), Duration::from_secs(60)));
             let results = futures::future::join_all(sends).await;
             let mut last_error = String::new();
             let failed: Vec<&Rec> = pending
