@@ -9,6 +9,11 @@
 //!   its first keys. A sweep reads what it removes, nothing else.
 //! - `ledger_counts`: `handler` → number of entries, so `len` and the size cap need no scan.
 //!
+//! Writes go through the journal (`journal.rs`): each batch is applied to redb without a sync,
+//! appended to the journal in one write and synced there; redb is committed durably now and
+//! then and the journal emptied. Opening replays the journal first. See `journal.rs` for why
+//! and for the crash cases.
+//!
 //! Reads (`get`, `len`) run on the caller's thread against a *snapshot*: a read transaction the
 //! writer opens right after each commit, before it answers that commit's callers, and
 //! publishes (`arc-swap`). So every entry whose `record` has returned is visible, as with a
@@ -25,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
 use arc_swap::ArcSwapOption;
@@ -37,12 +42,15 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use super::journal::{
+    CHECKPOINT_BATCHES, CHECKPOINT_BYTES, CHECKPOINT_INTERVAL, Journal, JournalRecordRef,
+};
 use super::{
     FORMAT_VERSION, Ledger, LedgerEntry, LedgerOutcome, abbreviate, check_key, now_ms,
     retention_cutoff,
 };
 
-/// The most operations the writer puts in one transaction (one fsync).
+/// The most operations the writer puts in one batch (one journal sync).
 pub const MAX_BATCH: usize = 1024;
 
 /// Requests queued for the writer beyond this wait (asynchronously) in `record`.
@@ -73,16 +81,19 @@ pub struct FileLedger {
 /// What the writer has done so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct WriterStats {
-    /// Durable transactions committed (each one fsync).
+    /// Batches made durable (each one journal `fdatasync`).
     pub commits: u64,
-    /// Operations (records and sweeps) in those transactions.
+    /// Operations (records and sweeps) in those batches.
     pub operations: u64,
+    /// Durable redb commits that emptied the journal.
+    pub checkpoints: u64,
 }
 
 #[derive(Debug, Default)]
 struct Shared {
     commits: AtomicU64,
     operations: AtomicU64,
+    checkpoints: AtomicU64,
     /// Why the writer stopped, once it has.
     failure: OnceLock<String>,
 }
@@ -130,9 +141,28 @@ impl Op {
 }
 
 impl FileLedger {
-    /// Open the ledger at `path`, creating the file (and its parent folders) if needed, and
-    /// start its writer thread.
+    /// Open the ledger at `path` (and its journal next to it, `<file name>-journal`),
+    /// creating the files (and their parent folders) if needed, replay the journal, and start
+    /// the writer thread.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
+        Self::open_with(path, Checkpoints::DEFAULT)
+    }
+
+    /// Open with checkpoints only at close: every entry stays in the journal until then, as
+    /// a crash test wants it.
+    #[cfg(test)]
+    pub(super) fn open_without_checkpoints(path: &Path) -> anyhow::Result<Self> {
+        Self::open_with(
+            path,
+            Checkpoints {
+                bytes: u64::MAX,
+                batches: u32::MAX,
+                interval: Duration::MAX,
+            },
+        )
+    }
+
+    fn open_with(path: &Path, checkpoints: Checkpoints) -> anyhow::Result<Self> {
         let what = || format!("open ledger {}", path.display());
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).with_context(what)?;
@@ -142,6 +172,7 @@ impl FileLedger {
             .create(path)
             .with_context(what)?;
         create_tables(&db).with_context(what)?;
+        let journal = replay_journal(&db, &journal_path(path)).with_context(what)?;
         let snapshot = Arc::new(ArcSwapOption::new(Some(Arc::new(
             db.begin_read().with_context(what)?,
         ))));
@@ -154,7 +185,7 @@ impl FileLedger {
                 let db = Arc::clone(&db);
                 let shared = Arc::clone(&shared);
                 let snapshot = Arc::clone(&snapshot);
-                move || run_writer(&db, requests, &shared, &snapshot)
+                move || run_writer(&db, journal, checkpoints, requests, &shared, &snapshot)
             })
             .with_context(|| format!("start the writer thread of ledger {}", path.display()))?;
         Ok(Self {
@@ -177,6 +208,7 @@ impl FileLedger {
         WriterStats {
             commits: self.shared.commits.load(Ordering::Relaxed),
             operations: self.shared.operations.load(Ordering::Relaxed),
+            checkpoints: self.shared.checkpoints.load(Ordering::Relaxed),
         }
     }
 
@@ -339,72 +371,179 @@ fn create_tables(db: &Database) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The writer thread: take what is queued, write it in one durable transaction, answer.
+/// When the writer commits redb durably and empties the journal (whichever comes first).
+#[derive(Debug, Clone, Copy)]
+struct Checkpoints {
+    bytes: u64,
+    batches: u32,
+    interval: Duration,
+}
+
+impl Checkpoints {
+    const DEFAULT: Self = Self {
+        bytes: CHECKPOINT_BYTES,
+        batches: CHECKPOINT_BATCHES,
+        interval: CHECKPOINT_INTERVAL,
+    };
+}
+
+/// The journal of the ledger file at `path`.
+pub(super) fn journal_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push("-journal");
+    path.with_file_name(name)
+}
+
+/// Open the journal and put what it holds into redb durably, then empty it.
+fn replay_journal(db: &Database, path: &Path) -> anyhow::Result<Journal> {
+    let (mut journal, records) = Journal::open(path)?;
+    if records.is_empty() {
+        return Ok(journal);
+    }
+    let txn = db.begin_write().context("begin journal replay")?;
+    {
+        let mut tables = Tables::open(&txn)?;
+        for r in &records {
+            tables
+                .insert(&r.handler, &r.event_id, r.at_ms, &r.value)
+                .with_context(|| {
+                    format!(
+                        "replay handler={} event_id={}",
+                        r.handler,
+                        abbreviate(&r.event_id)
+                    )
+                })?;
+        }
+    }
+    txn.commit()
+        .with_context(|| format!("commit {} replayed journal records", records.len()))?;
+    journal.reset()?;
+    tracing::info!(
+        journal = %path.display(),
+        records = records.len(),
+        "ledger journal replayed"
+    );
+    Ok(journal)
+}
+
+/// The writer thread: take what is queued, apply it to redb, make it durable in the journal,
+/// answer; checkpoint now and then and when the queue closes.
 ///
-/// On a failure it stops for good — after a failed commit (a failed fsync above all) the state
-/// on disk is not known — and answers every queued and later request with the cause.
+/// On a failure it stops for good — after a failed sync above all, the state on disk is not
+/// known — and answers every queued and later request with the cause.
 fn run_writer(
     db: &Database,
+    mut journal: Journal,
+    checkpoints: Checkpoints,
     mut requests: mpsc::Receiver<Op>,
     shared: &Shared,
     snapshot: &ArcSwapOption<ReadTransaction>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut last_checkpoint = Instant::now();
+    // redb holds commits that are not durable in redb itself (journaled records, sweeps).
+    let mut dirty = false;
+    let mut batches_since_checkpoint = 0_u32;
+    let fail = |cause: String, batch: &mut Vec<Op>, requests: &mut mpsc::Receiver<Op>| {
+        tracing::error!(error = %cause, "ledger writer failed; records fail until restart");
+        // Before closing: a caller that finds the queue closed reads the cause.
+        let _ = shared.failure.set(cause.clone());
+        requests.close();
+        for op in batch.drain(..) {
+            op.finish(Err(&cause));
+        }
+        while let Some(op) = requests.blocking_recv() {
+            op.finish(Err(&cause));
+        }
+    };
     while requests.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
-        match write_batch(db, &batch) {
-            Ok(results) => {
-                // Before anyone hears "durable": lookups must see what was just committed.
-                match db.begin_read() {
-                    Ok(txn) => snapshot.store(Some(Arc::new(txn))),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "ledger snapshot after a commit failed; lookups open their own");
-                        snapshot.store(None);
-                    }
-                }
-                shared.commits.fetch_add(1, Ordering::Relaxed);
-                shared
-                    .operations
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                for (op, n) in batch.drain(..).zip(results) {
-                    op.finish(Ok(n));
-                }
-            }
-            Err(err) => {
-                let cause = format!("{err:#}");
-                tracing::error!(error = %cause, "ledger writer failed; records fail until restart");
-                // Before closing: a caller that finds the queue closed reads the cause.
-                let _ = shared.failure.set(cause.clone());
-                requests.close();
-                for op in batch.drain(..) {
-                    op.finish(Err(&cause));
-                }
-                while let Some(op) = requests.blocking_recv() {
-                    op.finish(Err(&cause));
-                }
-                return;
+        dirty = true;
+        batches_since_checkpoint += 1;
+        let results = match write_batch(db, &mut journal, &batch) {
+            Ok(results) => results,
+            Err(err) => return fail(format!("{err:#}"), &mut batch, &mut requests),
+        };
+        // Before anyone hears "durable": lookups must see what was just written.
+        match db.begin_read() {
+            Ok(txn) => snapshot.store(Some(Arc::new(txn))),
+            Err(e) => {
+                tracing::warn!(error = %e, "ledger snapshot after a commit failed; lookups open their own");
+                snapshot.store(None);
             }
         }
+        shared.commits.fetch_add(1, Ordering::Relaxed);
+        shared
+            .operations
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        for (op, n) in batch.drain(..).zip(results) {
+            op.finish(Ok(n));
+        }
+        if journal.len() >= checkpoints.bytes
+            || batches_since_checkpoint >= checkpoints.batches
+            || last_checkpoint.elapsed() >= checkpoints.interval
+        {
+            if let Err(err) = checkpoint(db, &mut journal) {
+                return fail(format!("{err:#}"), &mut batch, &mut requests);
+            }
+            shared.checkpoints.fetch_add(1, Ordering::Relaxed);
+            last_checkpoint = Instant::now();
+            batches_since_checkpoint = 0;
+            dirty = false;
+        }
+    }
+    if !dirty {
+        return;
+    }
+    // Closing: leave redb complete and the journal empty, so the next open replays nothing.
+    match checkpoint(db, &mut journal) {
+        Ok(()) => {
+            shared.checkpoints.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(err) => tracing::error!(
+            error = %format!("{err:#}"),
+            "ledger checkpoint at close failed; the journal is replayed at the next open"
+        ),
     }
 }
 
-/// Apply `batch` in one durable transaction. Returns one number per operation: the entries a
-/// sweep removed, 0 for a record.
-fn write_batch(db: &Database, batch: &[Op]) -> anyhow::Result<Vec<u64>> {
+/// Apply `batch` to redb (not yet durable), then append its records to the journal and sync
+/// it. Returns one number per operation: the entries a sweep removed, 0 for a record.
+fn write_batch(db: &Database, journal: &mut Journal, batch: &[Op]) -> anyhow::Result<Vec<u64>> {
     let mut txn = db.begin_write().context("begin ledger write")?;
-    txn.set_durability(Durability::Immediate)
+    txn.set_durability(Durability::None)
         .context("set ledger write durability")?;
     let results = apply(&txn, batch)?;
     txn.commit()
         .with_context(|| format!("commit ledger batch of {}", batch.len()))?;
+    journal.append(batch.iter().filter_map(|op| match op {
+        Op::Record {
+            handler,
+            event_id,
+            at_ms,
+            value,
+            ..
+        } => Some(JournalRecordRef {
+            handler,
+            event_id,
+            at_ms: *at_ms,
+            value,
+        }),
+        _ => None,
+    }))?;
     Ok(results)
 }
 
+/// Make everything applied so far durable in redb, then empty the journal.
+fn checkpoint(db: &Database, journal: &mut Journal) -> anyhow::Result<()> {
+    let mut txn = db.begin_write().context("begin ledger checkpoint")?;
+    txn.set_durability(Durability::Immediate)
+        .context("set ledger checkpoint durability")?;
+    txn.commit().context("commit ledger checkpoint")?;
+    journal.reset()
+}
+
 fn apply(txn: &WriteTransaction, batch: &[Op]) -> anyhow::Result<Vec<u64>> {
-    let mut tables = Tables {
-        entries: txn.open_table(ENTRIES)?,
-        by_age: txn.open_table(BY_AGE)?,
-        counts: txn.open_table(COUNTS)?,
-    };
+    let mut tables = Tables::open(txn)?;
     let now = now_ms();
     let mut results = Vec::with_capacity(batch.len());
     for op in batch {
@@ -444,7 +583,15 @@ struct Tables<'txn> {
     counts: Table<'txn, &'static str, u64>,
 }
 
-impl Tables<'_> {
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> anyhow::Result<Self> {
+        Ok(Self {
+            entries: txn.open_table(ENTRIES)?,
+            by_age: txn.open_table(BY_AGE)?,
+            counts: txn.open_table(COUNTS)?,
+        })
+    }
+
     fn insert(
         &mut self,
         handler: &str,

@@ -37,11 +37,13 @@
 //!
 //! # Group commit
 //!
-//! A durable commit costs an fsync (milliseconds on real disks), so one transaction per record
-//! would cap a handler at a few hundred records per second. [`FileLedger`] runs one writer
-//! thread: `record` sends its entry over a bounded channel and waits on a oneshot reply; the
-//! writer takes everything queued (up to [`MAX_BATCH`] operations), writes it in one write
-//! transaction, commits durably once, and then answers every caller in the batch. Under load
+//! A durable write costs an fsync, so one per record would cap a handler at a few hundred
+//! records per second. [`FileLedger`] runs one writer thread: `record` sends its entry over a
+//! bounded channel and waits on a oneshot reply; the writer takes everything queued (up to
+//! [`MAX_BATCH`] operations), applies it in one redb transaction, makes it durable with one
+//! small append to a write-ahead journal and one `fdatasync` (redb itself is committed durably
+//! every few seconds, which empties the journal; opening the ledger replays it), and then
+//! answers every caller in the batch. Under load
 //! the batch grows with the number of waiting callers, so throughput scales with concurrency
 //! (partitions in flight) while each caller still gets its own durability guarantee. If the
 //! writer fails (a commit error, an I/O error), it stops: the failed batch, everything queued
@@ -67,6 +69,7 @@
 //! version byte.
 
 mod file;
+mod journal;
 mod memory;
 mod off;
 

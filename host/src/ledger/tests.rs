@@ -343,6 +343,80 @@ async fn file_writer_failure_fails_records_without_hanging() {
     assert_eq!(ledger.get("audit", "after").await.unwrap(), None);
 }
 
+/// What a killed process leaves on disk: both files as they are between two writes, with the
+/// entries since the last checkpoint only in the journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_entries_only_in_the_journal_survive_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    let ledger = Arc::new(FileLedger::open_without_checkpoints(&path).unwrap());
+    let base = now_ms();
+    // One at a time and in a burst: small batches and big ones.
+    for i in 0..20_i64 {
+        ledger
+            .record("audit", &format!("e{i}"), entry(base + i, i))
+            .await
+            .unwrap();
+    }
+    let mut tasks = JoinSet::new();
+    for i in 20..2000_i64 {
+        let ledger = Arc::clone(&ledger);
+        tasks.spawn(async move {
+            ledger
+                .record("audit", &format!("e{i}"), entry(base + i, i))
+                .await
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap().unwrap();
+    }
+    assert_eq!(ledger.stats().checkpoints, 0);
+    // The writer is idle: copying the files now is what a SIGKILL would leave.
+    let crashed = tempfile::tempdir().unwrap();
+    let copy = crashed.path().join("ledger.redb");
+    std::fs::copy(&path, &copy).unwrap();
+    std::fs::copy(file::journal_path(&path), file::journal_path(&copy)).unwrap();
+
+    // redb alone, without the journal, has none of them: the journal is what made them durable.
+    {
+        let db = redb::Database::open(&copy).unwrap();
+        let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+        let table = txn
+            .open_table(redb::TableDefinition::<(&str, &str), &[u8]>::new(
+                "ledger_entries",
+            ))
+            .unwrap();
+        assert!(
+            redb::ReadableTable::get(&table, ("audit", "e0"))
+                .unwrap()
+                .is_none()
+        );
+    }
+    let reopened = FileLedger::open(&copy).unwrap();
+    assert_eq!(reopened.len("audit").await.unwrap(), 2000);
+    for i in 0..2000_i64 {
+        assert_eq!(
+            reopened.get("audit", &format!("e{i}")).await.unwrap(),
+            Some(entry(base + i, i)),
+            "e{i}"
+        );
+    }
+    // Replayed into redb and the journal emptied: a second open finds them in redb.
+    drop(reopened);
+    let (_, left) = journal::Journal::open(&file::journal_path(&copy)).unwrap();
+    assert!(
+        left.is_empty(),
+        "{} records left in the journal",
+        left.len()
+    );
+    let again = FileLedger::open(&copy).unwrap();
+    assert_eq!(again.len("audit").await.unwrap(), 2000);
+    // The index came back with them: eviction goes by age.
+    assert_eq!(again.sweep("audit", WEEK, 10).await.unwrap(), 1990);
+    assert!(again.get("audit", "e1990").await.unwrap().is_some());
+    assert_eq!(again.get("audit", "e1989").await.unwrap(), None);
+}
+
 #[tokio::test]
 async fn file_unknown_format_version_is_an_error_not_a_miss() {
     let dir = tempfile::tempdir().unwrap();
