@@ -4,7 +4,9 @@
 //! `{"action":"ok"}` (decode the JSON payload, return ok), and the `audit` handler on its
 //! demo event (decode a task event, build an audit entry, insert it into SQLite in one
 //! transaction; after the first call the row exists, so each call is an idempotent no-op
-//! insert plus BEGIN/COMMIT).
+//! insert plus BEGIN/COMMIT); and the `live-updates` and `recurring` handlers on their demo
+//! events (decode a task event, push a channel message / compute the next occurrence and queue
+//! its publish).
 //! Run with `make bench`; the numbers and the method go in BENCHMARKS.md.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
@@ -43,6 +45,17 @@ fn bench_calls(c: &mut Criterion) {
             "audit-demo",
             "audit",
             std::fs::read(root().join("handlers/audit/demo/event.json")).unwrap(),
+        ),
+        // Task-app handlers without a database: what a production handler's call costs.
+        (
+            "live-updates-demo",
+            "live-updates",
+            std::fs::read(root().join("handlers/live-updates/demo/event.json")).unwrap(),
+        ),
+        (
+            "recurring-demo",
+            "recurring",
+            std::fs::read(root().join("handlers/recurring/demo/event.json")).unwrap(),
         ),
     ];
     // The audit handler's SQLite database, schema from its migrations.

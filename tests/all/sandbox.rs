@@ -264,8 +264,8 @@ async fn files_environment_arguments_and_sockets_are_denied_even_with_every_gran
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let h = load(&rt, "fixture", Grants::all(), |_| {});
-    let inv = call(&h, serde_json::json!({"action": "probe", "message": addr})).await;
+    let h = load(&rt, "hostile", Grants::all(), |_| {});
+    let inv = call(&h, serde_json::json!({"action": "probe", "addr": addr})).await;
     assert_eq!(inv.outcome, Outcome::Ok, "{inv:?}");
     let seen: serde_json::Value = serde_json::from_str(&inv.effects.logs[0].message).unwrap();
     for attempt in [
