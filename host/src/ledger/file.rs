@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::journal::{
-    CHECKPOINT_BATCHES, CHECKPOINT_BYTES, CHECKPOINT_INTERVAL, Journal, JournalRecordRef,
+    CHECKPOINT_BATCHES, CHECKPOINT_BYTES, CHECKPOINT_INTERVAL, Journal, JournalRecord,
 };
 use super::{
     FORMAT_VERSION, Ledger, LedgerEntry, LedgerOutcome, abbreviate, check_key, now_ms,
@@ -522,11 +522,11 @@ fn write_batch(db: &Database, journal: &mut Journal, batch: &[Op]) -> anyhow::Re
             at_ms,
             value,
             ..
-        } => Some(JournalRecordRef {
-            handler,
-            event_id,
+        } => Some(JournalRecord {
+            handler: handler.into(),
+            event_id: event_id.into(),
             at_ms: *at_ms,
-            value,
+            value: value.into(),
         }),
         _ => None,
     }))?;

@@ -31,6 +31,7 @@
 //!
 //! Sweeps are not journaled: one lost in a crash only leaves entries a later sweep removes.
 
+use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
@@ -59,17 +60,18 @@ const FRAME_HEAD: usize = 8;
 /// No entry comes near this (keys are at most 1 KiB each); a longer length is damage.
 const MAX_FRAME: usize = 1 << 20;
 
-/// One journaled `record`: what the writer applies to redb again on replay.
+/// One journaled `record`: what the writer applies to redb again on replay. Borrowed from the
+/// writer's batch when appended, owned when read back; one struct, so one encoding.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JournalRecord {
+pub struct JournalRecord<'a> {
     /// Handler namespace.
-    pub handler: String,
+    pub handler: Cow<'a, str>,
     /// Event id.
-    pub event_id: String,
+    pub event_id: Cow<'a, str>,
     /// The entry's `at_ms` (the age index key).
     pub at_ms: i64,
     /// The stored value (version byte + postcard), as redb holds it.
-    pub value: Vec<u8>,
+    pub value: Cow<'a, [u8]>,
 }
 
 /// The open journal of one ledger file. Only the writer thread touches it.
@@ -86,7 +88,7 @@ pub struct Journal {
 impl Journal {
     /// Open (or create) the journal at `path` and read the records it holds, oldest first.
     /// The caller applies them to redb durably and then calls [`Journal::reset`].
-    pub fn open(path: &Path) -> anyhow::Result<(Self, Vec<JournalRecord>)> {
+    pub fn open(path: &Path) -> anyhow::Result<(Self, Vec<JournalRecord<'static>>)> {
         let what = || format!("open ledger journal {}", path.display());
         let file = OpenOptions::new()
             .read(true)
@@ -132,7 +134,7 @@ impl Journal {
     /// Append `records` in one write and make them durable (`fdatasync`).
     pub fn append<'a>(
         &mut self,
-        records: impl IntoIterator<Item = JournalRecordRef<'a>>,
+        records: impl IntoIterator<Item = JournalRecord<'a>>,
     ) -> anyhow::Result<()> {
         self.buf.clear();
         for record in records {
@@ -180,46 +182,37 @@ impl Journal {
         Ok(())
     }
 
-    fn read_frames(&mut self) -> anyhow::Result<Vec<JournalRecord>> {
-        let size = self.file.metadata()?.len();
+    fn read_frames(&mut self) -> anyhow::Result<Vec<JournalRecord<'static>>> {
+        // One read: the journal is at most a checkpoint's worth (a few MiB) plus one batch.
+        let size = usize::try_from(self.file.metadata()?.len()).context("journal size")?;
+        let mut bytes = vec![0; size];
+        let size = read_up_to(&self.file, &mut bytes, 0)?;
+        let bytes = &bytes[..size];
         let mut records = Vec::new();
-        let mut head = [0_u8; FRAME_HEAD];
-        let mut pos = HEADER_BYTES;
-        while pos + FRAME_HEAD as u64 <= size {
-            self.file.read_exact_at(&mut head, pos)?;
+        let mut pos = HEADER_BYTES as usize;
+        while let Some(head) = bytes.get(pos..pos + FRAME_HEAD) {
             let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
             let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-            let body = pos + FRAME_HEAD as u64;
-            if len == 0 || len > MAX_FRAME || body + len as u64 > size {
+            let body = pos + FRAME_HEAD;
+            let Some(payload) = bytes
+                .get(body..body + len)
+                .filter(|_| len > 0 && len <= MAX_FRAME)
+            else {
+                break;
+            };
+            if frame_crc(self.generation, payload) != crc {
                 break;
             }
-            let mut payload = vec![0; len];
-            self.file.read_exact_at(&mut payload, body)?;
-            if frame_crc(self.generation, &payload) != crc {
-                break;
-            }
-            let record: JournalRecord = postcard::from_bytes(&payload).map_err(|e| {
+            // `Cow` fields deserialize owned: the records outlive `bytes`.
+            let record: JournalRecord<'static> = postcard::from_bytes(payload).map_err(|e| {
                 anyhow!("journal frame at byte {pos} checks but does not decode: {e}")
             })?;
             records.push(record);
-            pos = body + len as u64;
+            pos = body + len;
         }
-        self.end = pos;
+        self.end = pos as u64;
         Ok(records)
     }
-}
-
-/// A [`JournalRecord`] borrowed from the writer's batch (same encoding).
-#[derive(Debug, Serialize)]
-pub struct JournalRecordRef<'a> {
-    /// Handler namespace.
-    pub handler: &'a str,
-    /// Event id.
-    pub event_id: &'a str,
-    /// The entry's `at_ms`.
-    pub at_ms: i64,
-    /// The stored value.
-    pub value: &'a [u8],
 }
 
 fn frame_crc(generation: u64, payload: &[u8]) -> u32 {
@@ -260,24 +253,17 @@ mod tests {
 
     use super::*;
 
-    fn record(i: i64) -> JournalRecord {
+    fn record(i: i64) -> JournalRecord<'static> {
         JournalRecord {
             handler: "audit".into(),
-            event_id: format!("e{i}"),
+            event_id: format!("e{i}").into(),
             at_ms: i,
-            value: vec![1, 2, 3, i as u8],
+            value: vec![1, 2, 3, i as u8].into(),
         }
     }
 
-    fn append(journal: &mut Journal, records: &[JournalRecord]) {
-        journal
-            .append(records.iter().map(|r| JournalRecordRef {
-                handler: &r.handler,
-                event_id: &r.event_id,
-                at_ms: r.at_ms,
-                value: &r.value,
-            }))
-            .unwrap();
+    fn append(journal: &mut Journal, records: &[JournalRecord<'static>]) {
+        journal.append(records.iter().cloned()).unwrap();
     }
 
     #[test]
