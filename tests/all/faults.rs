@@ -245,3 +245,144 @@ async fn healthz_fails_when_a_consumer_loop_dies() {
     assert_eq!(code, 503);
     host.shutdown().await.unwrap();
 }
+
+/// How many times the handler `h` was called, from `/metrics`.
+fn calls(admin: &str) -> u64 {
+    let (code, text) = http_get(admin, "/metrics");
+    assert_eq!(code, 200, "{text}");
+    text.lines()
+        .find(|l| l.starts_with("kasm_handler_call_seconds_count") && l.contains("handler=\"h\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// With records in flight (`pending_ledger_writes` > 1), failed publishes. Produces `n` events
+/// on one partition, starts the host, injects `errors` refused produce requests once it is
+/// under way, and returns what came out: (outputs per source event, dead letters, handler
+/// calls, stats).
+async fn publishes_refused_in_flight(
+    s: &Setup,
+    n: usize,
+    attempts: u32,
+    errors: usize,
+) -> (
+    std::collections::HashMap<String, usize>,
+    Vec<kasm_tests::broker::Got>,
+    u64,
+    kasm_host::pipeline::StatsSnapshot,
+) {
+    produce(&s.broker.producer(), &s.topic, &events("ev", 0..n, &s.out)).await;
+    let extra = format!(
+        "pending_ledger_writes = 32\n\
+         retry = {{ attempts = {attempts}, initial_backoff = \"50ms\", max_backoff = \"200ms\", jitter = 0.0 }}\n"
+    );
+    let config = load(s, "fixture-publisher", &extra, "");
+    let host = kasm_host::app::start(&config, &s.env()).await.unwrap();
+    let admin = host.admin_addr.to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while host.handlers[0].stats.snapshot().processed < 100 {
+        assert!(Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Refused for good (not retried by the producer): the publishes in those requests fail.
+    s.broker
+        .cluster()
+        .request_errors(
+            RDKafkaApiKey::Produce,
+            &vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; errors],
+        )
+        .unwrap();
+    let (end, committed) =
+        kasm_tests::wait_committed(s, &s.group, n, Duration::from_secs(90)).await;
+    assert_eq!(
+        committed, end,
+        "every offset committed once handled or dead-lettered"
+    );
+    let outputs = count_sources(&read_topic(
+        &s.broker.bootstrap(),
+        &s.out,
+        usize::MAX,
+        Duration::from_secs(3),
+    ));
+    let dead = read_topic(
+        &s.broker.bootstrap(),
+        &format!("{}.dlq", s.topic),
+        usize::MAX,
+        Duration::from_secs(3),
+    );
+    let calls = calls(&admin);
+    let stats = host.handlers[0].stats.snapshot();
+    host.shutdown().await.unwrap();
+    (outputs, dead, calls, stats)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_records_in_flight_a_refused_publish_is_sent_again_without_running_the_handler() {
+    let s = Setup::new(TestBroker::embedded(), 1).await;
+    let n = 2_000;
+    let (outputs, dead, calls, stats) = publishes_refused_in_flight(&s, n, 20, 4).await;
+    let missing: Vec<String> = (0..n)
+        .map(|i| format!("ev-{i}"))
+        .filter(|id| !outputs.contains_key(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} events have no output, e.g. {:?}; dead letters {}; stats {stats:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)],
+        dead.len()
+    );
+    assert!(
+        dead.is_empty(),
+        "nothing dead-lettered with attempts to spare"
+    );
+    assert!(
+        stats.retried > 0,
+        "some publish was refused and sent again: {stats:?}"
+    );
+    assert_eq!(
+        calls, n as u64,
+        "the handler ran once per event; the refused publishes were sent again on their own"
+    );
+    assert_eq!(stats.processed, n as u64, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_records_in_flight_a_publish_refused_past_the_attempts_is_dead_lettered() {
+    let s = Setup::new(TestBroker::embedded(), 1).await;
+    let n = 2_000;
+    let (outputs, dead, calls, stats) = publishes_refused_in_flight(&s, n, 1, 3).await;
+    assert!(
+        !dead.is_empty(),
+        "a refused publish with no attempt left is dead-lettered"
+    );
+    let mut dead_ids = std::collections::HashSet::new();
+    for d in &dead {
+        let h = &d.headers;
+        assert_eq!(h["kasm-dlq-error-kind"], "retries-exhausted", "{h:#?}");
+        assert_eq!(h["kasm-dlq-attempts"], "1", "{h:#?}");
+        assert!(
+            h["kasm-dlq-error-message"].contains("publishing the handler's records failed"),
+            "{h:#?}"
+        );
+        assert_eq!(h["kasm-dlq-source-topic"], s.topic);
+        dead_ids.insert(h["kasm-dlq-event-id"].clone());
+    }
+    let missing: Vec<String> = (0..n)
+        .map(|i| format!("ev-{i}"))
+        .filter(|id| !outputs.contains_key(id) && !dead_ids.contains(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} events neither handled nor dead-lettered, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert_eq!(calls, n as u64, "the handler ran once per event");
+    assert_eq!(
+        stats.processed + stats.dead_lettered,
+        n as u64,
+        "each event counted once, handled or dead-lettered: {stats:?}"
+    );
+}

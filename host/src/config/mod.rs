@@ -139,12 +139,14 @@ pub struct HandlerConfig {
     /// `kasm-replay-count` header guards against replay loops).
     #[serde(default = "defaults::max_replays")]
     pub max_replays: u32,
-    /// Ledger writes a partition may have in flight while its next records are handled.
-    /// 1 (default): each record's ledger entry is durable before the next record runs, so a
-    /// crash repeats at most one record per partition. N > 1: up to N records per partition are
-    /// handled while their entries become durable (one durable commit carries them all: much
-    /// higher throughput), and a crash may repeat up to N records per partition. Offsets never
-    /// move before the entries are durable either way.
+    /// Records a partition may have in flight (publishes unacknowledged, ledger entry not yet
+    /// durable) while its next records are handled. 1 (default): each record's publishes are
+    /// acknowledged and its ledger entry durable before the next record runs, so a crash
+    /// repeats at most one record per partition. N > 1: up to N records per partition are
+    /// handled while their publishes are acknowledged and their entries become durable (one
+    /// durable commit carries them all: much higher throughput and lower latency), and a crash
+    /// may repeat up to N records per partition; a publish that fails is sent again without
+    /// running the handler again. Offsets never move before the entries are durable either way.
     #[serde(default = "defaults::pending_ledger_writes")]
     pub pending_ledger_writes: usize,
     /// 0 (default): a fresh instance per record, nothing carried over. N > 0: an instance

@@ -9,8 +9,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::future_producer::OwnedDeliveryResult;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 
 use crate::config::KafkaEnv;
@@ -60,27 +62,35 @@ impl KafkaProducer {
 
     /// Write one record and wait for the broker's acknowledgement.
     pub async fn send(&self, r: OutRecord<'_>) -> anyhow::Result<Delivered> {
-        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-        for (k, v) in r.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v.as_slice()),
-            });
-        }
-        let mut record = FutureRecord::<[u8], [u8]>::to(r.topic)
-            .payload(r.payload)
-            .headers(headers);
-        if let Some(k) = r.key {
-            record = record.key(k);
-        }
         // Waiting for room in the local queue is bounded by `message.timeout.ms` too.
-        match self.inner.send(record, Timeout::Never).await {
-            Ok(d) => Ok(Delivered {
-                partition: d.partition,
-                offset: d.offset,
-            }),
-            Err((e, _)) => {
-                Err(anyhow::Error::new(e)).with_context(|| format!("writing to topic {}", r.topic))
+        delivered(
+            r.topic,
+            self.inner.send(future_record(&r), Timeout::Never).await,
+        )
+    }
+
+    /// Queue one record for writing without waiting for its acknowledgement: records queued
+    /// one after another are written in that order (the producer is idempotent). Waits only
+    /// while the local queue is full. The returned [`Pending`] resolves when the broker
+    /// acknowledged the record or the producer gave up on it.
+    pub async fn enqueue(&self, r: OutRecord<'_>) -> anyhow::Result<Pending> {
+        let mut record = future_record(&r);
+        loop {
+            match self.inner.send_result(record) {
+                Ok(rx) => {
+                    return Ok(Pending {
+                        topic: r.topic.to_owned(),
+                        rx,
+                    });
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((e, _)) => {
+                    return Err(anyhow::Error::new(e))
+                        .with_context(|| format!("writing to topic {}", r.topic));
+                }
             }
         }
     }
@@ -90,5 +100,61 @@ impl KafkaProducer {
         self.inner
             .flush(timeout)
             .context("flushing the Kafka producer")
+    }
+}
+
+/// A record queued by [`KafkaProducer::enqueue`], not yet acknowledged.
+pub struct Pending {
+    topic: String,
+    rx: DeliveryFuture,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pending {
+    /// Wait for the broker's acknowledgement (or the producer's final error).
+    pub async fn acknowledged(self) -> anyhow::Result<Delivered> {
+        match self.rx.await {
+            Ok(result) => delivered(&self.topic, result),
+            Err(_) => Err(anyhow::anyhow!(
+                "writing to topic {}: the producer was closed before the broker answered",
+                self.topic
+            )),
+        }
+    }
+}
+
+fn future_record<'a>(r: &OutRecord<'a>) -> FutureRecord<'a, [u8], [u8]> {
+    let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+    for (k, v) in r.headers {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v.as_slice()),
+        });
+    }
+    let mut record = FutureRecord::<[u8], [u8]>::to(r.topic)
+        .payload(r.payload)
+        .headers(headers);
+    if let Some(k) = r.key {
+        record = record.key(k);
+    }
+    record
+}
+
+fn delivered(topic: &str, result: OwnedDeliveryResult) -> anyhow::Result<Delivered> {
+    match result {
+        Ok(d) => Ok(Delivered {
+            partition: d.partition,
+            offset: d.offset,
+        }),
+        Err((e, _)) => {
+            Err(anyhow::Error::new(e)).with_context(|| format!("writing to topic {topic}"))
+        }
     }
 }

@@ -18,6 +18,13 @@
 //! durable, so no offset moves ahead of the ledger, and a later record with the same event id
 //! is skipped while the first one's write is in flight, as the ledger would. On revoke and
 //! shutdown the worker waits for the writes in flight before it stops.
+//!
+//! With N > 1 the acknowledgements of a record's publishes overlap the next records too: the
+//! publishes are queued in order and the background task awaits them before the ledger write.
+//! A publish the producer gives up on is then sent again by itself, without running the handler
+//! again (the next records have run; the outputs are the same), each re-send an attempt of the
+//! retry policy, and dead-lettered when attempts run out. With N = 1 a failed publish is
+//! retried by running the handler again, as any retryable failure.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -30,7 +37,7 @@ use tracing::Instrument as _;
 
 use crate::config::{HandlerConfig, PayloadFormat};
 use crate::event::Event;
-use crate::kafka::producer::OutRecord;
+use crate::kafka::producer::{OutRecord, Pending};
 use crate::ledger::{LedgerEntry, LedgerOutcome};
 use crate::runtime::{FailureKind, Outcome};
 
@@ -273,6 +280,24 @@ async fn process(
                 format!("host failure running the handler: {e:#}"),
             ),
             Ok(inv) => match inv.outcome {
+                // Records in flight overlap: queue the publishes now (in order) and let the
+                // background task await their acknowledgements before the ledger write.
+                Outcome::Ok if ctx.config.pending_ledger_writes > 1 => {
+                    let queued = enqueue_all(ctx, &inv.effects.publishes).await;
+                    let key = ledger_key(&event.id, &record.headers).into_owned();
+                    let task = tokio::spawn({
+                        let (ctx, stop, id) = (ctx.clone(), stop.clone(), event.id.clone());
+                        let sent = Sent {
+                            sha: component.info().sha256.clone(),
+                            effects: inv.effects,
+                            queued,
+                            attempt,
+                            first_failure,
+                        };
+                        async move { settle(&ctx, &record, &id, sent, &stop).await }
+                    });
+                    return Ok(Finish::Later { key, task });
+                }
                 Outcome::Ok => match publish_all(ctx, &inv.effects.publishes).await {
                     Ok(()) => {
                         ctx.stats
@@ -377,17 +402,136 @@ async fn publish_all(
 ) -> anyhow::Result<()> {
     // Queue all, then await all: one round trip for the batch, order kept per partition by
     // the idempotent producer.
-    let sends = publishes.iter().map(|p| {
-        ctx.producer.send(OutRecord {
-            topic: &p.topic,
-            key: p.key.as_deref(),
-            payload: &p.payload,
-            headers: &p.headers,
-        })
-    });
+    let sends = publishes.iter().map(|p| ctx.producer.send(out_record(p)));
     for r in futures::future::join_all(sends).await {
         r?;
     }
+    Ok(())
+}
+
+/// Queue every publish in order without waiting for acknowledgements. When one cannot be
+/// queued (the producer refuses it at once), it and the ones after it are left for
+/// [`settle`] to send again, in order.
+async fn enqueue_all(ctx: &HandlerCtx, publishes: &[crate::capabilities::Publish]) -> Queued {
+    let mut acks = Vec::with_capacity(publishes.len());
+    for p in publishes {
+        match ctx.producer.enqueue(out_record(p)).await {
+            Ok(ack) => acks.push(ack),
+            Err(e) => {
+                return Queued {
+                    acks,
+                    refused: Some(e),
+                };
+            }
+        }
+    }
+    Queued {
+        acks,
+        refused: None,
+    }
+}
+
+/// The publishes of one record as queued: `acks` for the first ones; `refused` says why the
+/// next one (and so the rest) could not be queued, if so.
+struct Queued {
+    acks: Vec<Pending>,
+    refused: Option<anyhow::Error>,
+}
+
+fn out_record(p: &crate::capabilities::Publish) -> OutRecord<'_> {
+    OutRecord {
+        topic: &p.topic,
+        key: p.key.as_deref(),
+        payload: &p.payload,
+        headers: &p.headers,
+    }
+}
+
+/// A record handled `ok` whose publishes are queued and not yet acknowledged.
+struct Sent {
+    sha: String,
+    effects: crate::capabilities::Effects,
+    queued: Queued,
+    /// The handler attempt that produced the publishes.
+    attempt: u32,
+    first_failure: Option<i64>,
+}
+
+/// Finish a record whose publishes were queued (records in flight overlap): await every
+/// acknowledgement, then deliver its pushes and record it in the ledger. A publish the
+/// producer gave up on is sent again on its own, not the handler run again (later records of
+/// the partition have run meanwhile, and the outputs are the same), following the retry
+/// policy: each re-send is an attempt, and when attempts run out the record is
+/// dead-lettered. The offset does not move before either, as for any record.
+async fn settle(
+    ctx: &HandlerCtx,
+    record: &Record,
+    event_id: &str,
+    sent: Sent,
+    stop: &CancellationToken,
+) -> Result<(), Abandoned> {
+    let Sent {
+        sha,
+        effects,
+        queued,
+        mut attempt,
+        mut first_failure,
+    } = sent;
+    let mut failed = Vec::new();
+    let mut error = None;
+    let n_queued = queued.acks.len();
+    for (i, ack) in queued.acks.into_iter().enumerate() {
+        if let Err(e) = ack.acknowledged().await {
+            failed.push(i);
+            error.get_or_insert(e);
+        }
+    }
+    if let Some(e) = queued.refused {
+        failed.extend(n_queued..effects.publishes.len());
+        error.get_or_insert(e);
+    }
+    let policy = ctx.config.retry;
+    while let Some(e) = error.take() {
+        let message = format!("publishing the handler's records failed: {e:#}");
+        let now = now_ms();
+        let first = *first_failure.get_or_insert(now);
+        if attempt >= policy.attempts {
+            let f = Failure {
+                kind: DlqKind::RetriesExhausted,
+                message,
+                attempts: attempt,
+                first_failure_ms: first,
+                last_failure_ms: now,
+            };
+            return dead_letter(ctx, record, event_id, &sha, f, stop).await;
+        }
+        attempt += 1;
+        ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
+        ctx.metrics.record(&ctx.name, &record.topic, "retried");
+        let wait = policy.backoff(attempt, rand::random::<f64>());
+        tracing::info!(event_id, attempt, ?wait, reason = %message, "sending the handler's records again");
+        sleep_or_stop(wait, stop).await?;
+        // Those still unacknowledged, in their order; the handler does not run again.
+        let again = std::mem::take(&mut failed);
+        for i in again {
+            let Some(p) = effects.publishes.get(i) else {
+                continue;
+            };
+            if let Err(e) = ctx.producer.send(out_record(p)).await {
+                failed.push(i);
+                error.get_or_insert(e);
+            }
+        }
+    }
+    ctx.stats
+        .published
+        .fetch_add(effects.publishes.len() as u64, Ordering::Relaxed);
+    for b in &effects.broadcasts {
+        ctx.resources.ws.broadcast(&b.channel, &b.message);
+    }
+    record_ledger(ctx, record, event_id, sha, LedgerOutcome::Ok, stop).await?;
+    ctx.stats.processed.fetch_add(1, Ordering::Relaxed);
+    ctx.metrics.record(&ctx.name, &record.topic, "ok");
     Ok(())
 }
 
