@@ -48,6 +48,9 @@ type Tp = (String, i32);
 /// `partition_buffer` says (large records must not multiply into gigabytes).
 pub const MAX_HELD_BYTES: usize = 8 << 20;
 
+/// How often the loop commits every done position, moved or not (see `run_loop`).
+const FULL_COMMIT_INTERVAL: Duration = Duration::from_secs(5);
+
 /// The intake of a partition's worker holds at most this many records; the rest of
 /// `partition_buffer` is held by the loop.
 const MAX_INTAKE: usize = 64;
@@ -181,18 +184,23 @@ impl ConsumerContext for LoopContext {
         result: rdkafka::error::KafkaResult<()>,
         offsets: &TopicPartitionList,
     ) {
-        if let Err(e) = result {
+        if let Err(e) = &result {
             tracing::warn!(handler = %self.ctx.name, error = %e, offsets = ?offsets, "offset commit failed; will retry");
-            // An asynchronous commit was recorded as sent: take that back, so the next commit
-            // (periodic, or the synchronous one on revoke) sends these positions again.
-            let mut parts = self.lock();
-            for el in offsets.elements() {
-                if let (Offset::Offset(o), Some(st)) = (
-                    el.offset(),
-                    parts.get_mut(&(el.topic().to_owned(), el.partition())),
-                ) {
-                    st.tracker.commit_failed(o);
+        }
+        // An asynchronous commit was recorded as sent: take back each position that failed
+        // (all of them, or one partition's), so the next commit sends it again.
+        let mut parts = self.lock();
+        for el in offsets.elements() {
+            let failed = result.is_err() || el.error().is_err();
+            if let (true, Offset::Offset(o), Some(st)) = (
+                failed,
+                el.offset(),
+                parts.get_mut(&(el.topic().to_owned(), el.partition())),
+            ) {
+                if result.is_ok() {
+                    tracing::warn!(handler = %self.ctx.name, topic = el.topic(), partition = el.partition(), error = ?el.error(), "offset commit failed for a partition; will retry");
                 }
+                st.tracker.commit_failed(o);
             }
         }
     }
@@ -278,7 +286,7 @@ impl LoopContext {
         }
         self.wait_workers(tasks);
         self.drain_completions();
-        self.commit(consumer, Some(tps), CommitMode::Sync);
+        self.commit(consumer, Some(tps), CommitMode::Sync, true);
         let mut parts = self.lock();
         for tp in tps {
             parts.remove(tp);
@@ -327,7 +335,15 @@ impl LoopContext {
     }
 
     /// Commit the committable position of `only` (or every partition).
-    fn commit(&self, consumer: &BaseConsumer<Self>, only: Option<&[Tp]>, mode: CommitMode) {
+    /// Commit the done positions: those that moved since the last commit, or with `all`
+    /// every one, whatever was sent before.
+    fn commit(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        only: Option<&[Tp]>,
+        mode: CommitMode,
+        all: bool,
+    ) {
         let mut tpl = TopicPartitionList::new();
         let mut positions = Vec::new();
         {
@@ -336,11 +352,13 @@ impl LoopContext {
                 if only.is_some_and(|o| !o.contains(tp)) {
                     continue;
                 }
-                // On revoke and shutdown, send every done position again, whatever was sent
-                // before: an earlier asynchronous commit may have failed unseen.
-                let pos = match mode {
-                    CommitMode::Sync => st.tracker.position(),
-                    CommitMode::Async => st.tracker.committable(),
+                // On revoke and shutdown, and now and then, send every done position again,
+                // whatever was sent before: an earlier asynchronous commit may have failed
+                // unseen.
+                let pos = if all {
+                    st.tracker.position()
+                } else {
+                    st.tracker.committable()
                 };
                 if let Some(pos) = pos
                     && tpl
@@ -527,6 +545,7 @@ pub(crate) fn run_loop(
         .with_context(|| format!("handler={}: subscribing to {topics:?}", ctx.name))?;
     let lc = consumer.context().clone();
     let mut last_commit = Instant::now();
+    let mut last_full_commit = Instant::now();
     let mut last_probe = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         ctx.health.heartbeat(&ctx.name);
@@ -543,7 +562,14 @@ pub(crate) fn run_loop(
             Duration::from_millis(20)
         };
         if last_commit.elapsed() >= ctx.commit_interval {
-            lc.commit(&consumer, None, CommitMode::Async);
+            // The result of an asynchronous commit does not always come back (a commit lost
+            // while brokers were down was seen to go unreported), so every few seconds the
+            // positions are sent again whether or not they moved.
+            let all = last_full_commit.elapsed() >= FULL_COMMIT_INTERVAL;
+            if all {
+                last_full_commit = Instant::now();
+            }
+            lc.commit(&consumer, None, CommitMode::Async, all);
             lc.publish_views();
             last_commit = Instant::now();
         }
