@@ -291,7 +291,7 @@ fn kasm_config(b: &Bench, dir: &Path, topic: &str, o: KasmOpts) -> PathBuf {
         "data_dir = \"{data}\"\ncommit_interval = \"1s\"\n{drain}[admin]\nlisten = \"127.0.0.1:0\"\n{kafka}\
          [handlers.h]\ncomponent = \"{c}\"\ntopics = [\"{topic}\"]\ngroup_id = \"{g}\"\n\
          payload = \"json\"\ninstance_reuse = {reuse}\npending_ledger_writes = {pending}\n\
-         ledger = {ledger}\n{grants}\n",
+         ledger = {ledger}\n{grants}\n{extra}",
         data = dir.join("data").display(),
         kafka = b.kafka_table(),
         drain = b.drain(),
@@ -300,6 +300,12 @@ fn kasm_config(b: &Bench, dir: &Path, topic: &str, o: KasmOpts) -> PathBuf {
         reuse = o.reuse,
         pending = o.pending,
         ledger = o.ledger,
+        // Extra handler settings, `name = value` lines separated by `;` (experiments).
+        extra = std::env::var("KASM_BENCH_HANDLER")
+            .unwrap_or_default()
+            .split(';')
+            .map(|l| format!("{}\n", l.trim()))
+            .collect::<String>(),
     );
     let path = dir.join("kasm.toml");
     std::fs::write(&path, body).unwrap();

@@ -334,9 +334,8 @@ impl LoopContext {
         any
     }
 
-    /// Commit the committable position of `only` (or every partition).
-    /// Commit the done positions: those that moved since the last commit, or with `all`
-    /// every one, whatever was sent before.
+    /// Commit the done positions of `only` (or every partition): those that moved since the
+    /// last commit, or with `all` every one, whatever was sent before.
     fn commit(
         &self,
         consumer: &BaseConsumer<Self>,
