@@ -51,18 +51,9 @@ pub const MAX_HELD_BYTES: usize = 8 << 20;
 /// How often the loop commits every done position, moved or not (see `run_loop`).
 const FULL_COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The intake of a partition's worker holds a quarter of `partition_buffer`, at least 64 (or
-/// the whole buffer when it is smaller) and at most this many records; the rest is held by the
-/// loop. The loop moves held records into the intake only when it comes round (every
-/// millisecond while any are held, at best), so a worker with records in flight that empties
-/// a small intake waits for the loop: with an intake of 64, 64 records in flight and nothing
-/// else arriving, the workers spent 70 % of a run waiting for records (`make bench`).
-const MAX_INTAKE: usize = 1024;
-
-/// How many records a partition's intake holds for `partition_buffer`.
-fn intake_capacity(partition_buffer: usize) -> usize {
-    (partition_buffer / 4).clamp(partition_buffer.clamp(1, 64), MAX_INTAKE)
-}
+/// The intake of a partition's worker holds at most this many records; the rest of
+/// `partition_buffer` is held by the loop.
+const MAX_INTAKE: usize = 64;
 
 struct PartitionState {
     intake: Option<mpsc::Sender<Record>>,
@@ -232,7 +223,7 @@ impl LoopContext {
                 continue;
             }
             fresh.push(tp.clone());
-            let (tx, rx) = mpsc::channel(intake_capacity(self.ctx.config.partition_buffer));
+            let (tx, rx) = mpsc::channel(self.ctx.config.partition_buffer.clamp(1, MAX_INTAKE));
             let drain = CancellationToken::new();
             let stop = CancellationToken::new();
             let task = self.rt.spawn(worker::run(
