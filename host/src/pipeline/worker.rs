@@ -300,20 +300,10 @@ async fn process(
                 }
                 Outcome::Ok => match publish_all(ctx, &inv.effects.publishes).await {
                     Ok(()) => {
-                        ctx.stats
-                            .published
-                            .fetch_add(inv.effects.publishes.len() as u64, Ordering::Relaxed);
-                        // Pushes are best effort and never wait (see `crate::websocket`).
-                        for b in &inv.effects.broadcasts {
-                            ctx.resources.ws.broadcast(&b.channel, &b.message);
-                        }
                         // One record in flight: the next waits for this entry anyway, so
                         // it is awaited here rather than in a task of its own (a task hop
                         // less per record).
-                        record_ledger(ctx, &record, &event.id, sha, LedgerOutcome::Ok, stop)
-                            .await?;
-                        ctx.stats.processed.fetch_add(1, Ordering::Relaxed);
-                        ctx.metrics.record(&ctx.name, &record.topic, "ok");
+                        finish_ok(ctx, &record, &event.id, sha, &inv.effects, stop).await?;
                         return Ok(Finish::Now);
                     }
                     Err(e) => (
@@ -517,6 +507,19 @@ async fn settle(
             }
         }
     }
+    finish_ok(ctx, record, event_id, sha, &effects, stop).await
+}
+
+/// A record handled `ok` whose publishes are all acknowledged: count them, deliver its pushes
+/// (best effort, never waiting: see `crate::websocket`), record it in the ledger, count it.
+async fn finish_ok(
+    ctx: &HandlerCtx,
+    record: &Record,
+    event_id: &str,
+    sha: String,
+    effects: &crate::capabilities::Effects,
+    stop: &CancellationToken,
+) -> Result<(), Abandoned> {
     ctx.stats
         .published
         .fetch_add(effects.publishes.len() as u64, Ordering::Relaxed);
