@@ -178,6 +178,8 @@ pub struct Got {
     pub payload: Vec<u8>,
     /// Headers.
     pub headers: HashMap<String, String>,
+    /// The record's timestamp (create time: when its producer sent it), ms since the epoch.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl Got {
@@ -202,6 +204,7 @@ impl Got {
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().unwrap_or_default().to_vec(),
             headers,
+            timestamp_ms: m.timestamp().to_millis(),
         }
     }
 

@@ -55,6 +55,15 @@ pub struct PartitionLabels {
     pub partition: i32,
 }
 
+/// `handler`, `result`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommitLabels {
+    /// Handler.
+    pub handler: String,
+    /// `ok`, `rebalancing` (refused: the group is rebalancing) or `failed`.
+    pub result: String,
+}
+
 /// `handler`, `version`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabels {
@@ -76,6 +85,7 @@ pub struct Metrics {
     active: Mutex<std::collections::HashMap<String, String>>,
     swaps: Family<HandlerLabels, Counter>,
     compile_seconds: Family<HandlerLabels, Histogram>,
+    commits: Family<CommitLabels, Counter>,
 }
 
 fn call_buckets() -> Histogram {
@@ -144,6 +154,12 @@ impl Metrics {
             "Validation and compile time of a deployed component",
             compile_seconds.clone(),
         );
+        let commits = Family::<CommitLabels, Counter>::default();
+        registry.register(
+            "offset_commits",
+            "Offset commit results reported by the broker, by result",
+            commits.clone(),
+        );
         Self {
             registry,
             records,
@@ -154,7 +170,18 @@ impl Metrics {
             active: Mutex::new(Default::default()),
             swaps,
             compile_seconds,
+            commits,
         }
+    }
+
+    /// Count an offset commit result: `ok`, `rebalancing` or `failed`.
+    pub fn commit(&self, handler: &str, result: &str) {
+        self.commits
+            .get_or_create(&CommitLabels {
+                handler: handler.into(),
+                result: result.into(),
+            })
+            .inc();
     }
 
     /// Count a record outcome.

@@ -418,6 +418,7 @@ async fn metrics_parse_and_count_what_was_produced() {
                     "outcome",
                     "kind",
                     "version",
+                    "result",
                     "le"
                 ]
                 .contains(&k.as_str()),

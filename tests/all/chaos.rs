@@ -51,7 +51,7 @@ async fn short_campaign_keeps_every_invariant() {
         events: 1_200,
         faults_per_round: FaultKind::ALL.len(),
         seed,
-        max_duration: Duration::from_secs(150),
+        max_duration: Duration::from_secs(420),
         partitions: 4,
         summary_file: "short-summary.txt".into(),
     })
@@ -263,6 +263,7 @@ fn got(p: i32, o: i64, headers: &[(&str, &str)]) -> Got {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
+        timestamp_ms: None,
     }
 }
 

@@ -259,10 +259,15 @@ async fn healthz_fails_when_a_consumer_loop_dies() {
 
 /// How many times the handler `h` was called, from `/metrics`.
 fn calls(admin: &str) -> u64 {
+    metric(admin, "kasm_handler_call_seconds_count", &["handler=\"h\""])
+}
+
+/// The value of the first series of `/metrics` named `name` whose labels include `labels`.
+fn metric(admin: &str, name: &str, labels: &[&str]) -> u64 {
     let (code, text) = http_get(admin, "/metrics");
     assert_eq!(code, 200, "{text}");
     text.lines()
-        .find(|l| l.starts_with("kasm_handler_call_seconds_count") && l.contains("handler=\"h\""))
+        .find(|l| l.starts_with(name) && labels.iter().all(|w| l.contains(w)))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<f64>().ok())
         .map_or(0, |v| v as u64)
@@ -396,4 +401,94 @@ async fn with_records_in_flight_a_publish_refused_past_the_attempts_is_dead_lett
         n as u64,
         "each event counted once, handled or dead-lettered: {stats:?}"
     );
+}
+
+/// The `kasm_offset_commits_total` of handler `h` with `result`.
+fn commits(admin: &str, result: &str) -> u64 {
+    let result = format!("result=\"{result}\"");
+    metric(
+        admin,
+        "kasm_offset_commits_total",
+        &["handler=\"h\"", &result],
+    )
+}
+
+/// A commit refused because the group is rebalancing means the next owner of the partitions
+/// will start from the last accepted commit: the host handles no new record until the
+/// rebalance reaches it — or, when none comes (here the refusals are injected), until a
+/// commit is accepted again. Nothing is lost or run twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_refused_for_a_rebalance_holds_records_until_a_commit_is_accepted() {
+    let s = Setup::new(TestBroker::embedded(), 4).await;
+    let n = 4_000;
+    produce(&s.broker.producer(), &s.topic, &events("ev", 0..n, &s.out)).await;
+    let config = load(&s, "fixture-publisher", "", "");
+    let host = kasm_host::app::start(&config, &s.env()).await.unwrap();
+    let admin = host.admin_addr.to_string();
+    let processed = || host.handlers[0].stats.snapshot().processed;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while processed() < 200 {
+        assert!(Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let refusals = 15;
+    s.broker
+        .cluster()
+        .request_errors(
+            RDKafkaApiKey::OffsetCommit,
+            &vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS; refusals],
+        )
+        .unwrap();
+    // Two refusals seen: the records in hand at the first are done by now.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while commits(&admin, "rebalancing") < 2 {
+        assert!(Instant::now() < deadline, "no commit refused");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (p1, ok1) = (processed(), commits(&admin, "ok"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (p2, ok2, refused) = (
+        processed(),
+        commits(&admin, "ok"),
+        commits(&admin, "rebalancing"),
+    );
+    assert!(
+        (p1 as usize) < n,
+        "records were left to hold back: processed {p1} of {n} at the second refusal"
+    );
+    if ok2 == ok1 {
+        assert_eq!(
+            p2, p1,
+            "records handled while every commit was refused for a rebalance \
+             ({refused} refused, none accepted)"
+        );
+    }
+    // The refusals run out, a commit is accepted, and the rest is handled.
+    let (end, committed) =
+        kasm_tests::wait_committed(&s, &s.group, n, Duration::from_secs(60)).await;
+    assert_eq!(committed, end, "every offset committed");
+    let outputs = count_sources(&read_topic(
+        &s.broker.bootstrap(),
+        &s.out,
+        n,
+        Duration::from_secs(30),
+    ));
+    let missing: Vec<String> = (0..n)
+        .map(|i| format!("ev-{i}"))
+        .filter(|id| !outputs.contains_key(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} events lost: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let twice: Vec<_> = outputs.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "handled twice: {twice:?}");
+    assert_eq!(
+        commits(&admin, "rebalancing"),
+        refusals as u64,
+        "each refused commit is counted"
+    );
+    host.shutdown().await.unwrap();
 }

@@ -119,8 +119,10 @@ pub struct HandlerConfig {
     #[serde(default = "defaults::memory_mib")]
     pub memory_mib: usize,
     /// Records buffered per partition ahead of its worker before the partition is paused at
-    /// the broker (also bounded at 8 MiB of payload); it is resumed at half. Up to 64 of them
-    /// sit in the worker's intake, the rest in the consumer loop.
+    /// the broker (also bounded at 8 MiB of payload); it is resumed at half. Default 4096:
+    /// each pause makes librdkafka drop what it prefetched and fetch it again, so pauses must
+    /// be rare. A quarter of them (at least 64, at most 1024) sit in the worker's intake, the
+    /// rest in the consumer loop.
     #[serde(default = "defaults::partition_buffer")]
     pub partition_buffer: usize,
     /// Retry policy for `retryable` failures and host-side failures.
@@ -724,7 +726,7 @@ mod defaults {
         64
     }
     pub fn partition_buffer() -> usize {
-        1024
+        4096
     }
     pub fn ledger() -> bool {
         true

@@ -56,6 +56,7 @@ enum Finish {
 /// What the worker waits for next.
 enum Next {
     Stop,
+    Again,
     Durable(Result<Result<(), Abandoned>, tokio::task::JoinError>),
     Record(Record),
 }
@@ -84,13 +85,15 @@ pub(crate) struct Abandoned;
 
 /// Run the worker of one partition until its intake closes or `drain` is cancelled (then the
 /// record in hand is finished and no new one is taken). `stop` abandons even the record in
-/// hand at its next wait (backoff, dead-letter retry).
+/// hand at its next wait (backoff, dead-letter retry). While `hold` is true (the group is
+/// rebalancing) records stay in the intake.
 pub(crate) async fn run(
     ctx: Arc<HandlerCtx>,
     mut intake: mpsc::Receiver<Record>,
     done: std::sync::mpsc::Sender<Completion>,
     drain: CancellationToken,
     stop: CancellationToken,
+    mut hold: tokio::sync::watch::Receiver<bool>,
 ) {
     // The version this worker last handled a record with: the swap history wants the first
     // offset of each new version per partition, which only changes when the version does.
@@ -129,6 +132,7 @@ pub(crate) async fn run(
             }
         }
         let full = pending.len() >= ctx.config.pending_ledger_writes.max(1);
+        let held = *hold.borrow_and_update();
         let next = tokio::select! {
             biased;
             () = drain.cancelled() => Next::Stop,
@@ -138,7 +142,9 @@ pub(crate) async fn run(
                     None => std::future::pending().await,
                 }
             } => Next::Durable(result),
-            r = intake.recv(), if !full => match r { Some(r) => Next::Record(r), None => Next::Stop },
+            r = intake.recv(), if !full && !held => match r { Some(r) => Next::Record(r), None => Next::Stop },
+            // Look again when the hold is lifted (or the loop is gone: then the intake closes).
+            r = hold.changed(), if held => if r.is_ok() { Next::Again } else { Next::Stop },
         };
         let record = match next {
             Next::Stop => break,
@@ -149,6 +155,7 @@ pub(crate) async fn run(
                 continue;
             }
             Next::Record(r) => r,
+            Next::Again => continue,
         };
         let span = tracing::info_span!(
             "record",
