@@ -120,8 +120,8 @@ pub(crate) struct LoopContext {
     /// The broker refused a commit because the group is rebalancing: until the rebalance
     /// reaches this consumer (or a commit is accepted again) new records are held, not
     /// handled — the next owner of a partition starts from its last accepted commit and
-    /// would run them again.
-    /// Workers read it too: they stop taking records from their intakes while it is set.
+    /// would run them again. Workers watch it too and take nothing from their intakes while
+    /// it is set.
     rebalancing: tokio::sync::watch::Sender<bool>,
     /// High watermarks from librdkafka's statistics (taken from fetch responses).
     high_watermarks: Mutex<HashMap<Tp, i64>>,
