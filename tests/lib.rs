@@ -197,6 +197,42 @@ pub fn count_sources(outputs: &[broker::Got]) -> std::collections::HashMap<Strin
     m
 }
 
+/// Assert that each of the events `{prefix}-0` … `{prefix}-{n-1}` has exactly one output in
+/// `counts` (outputs per source event, from [`count_sources`]).
+pub fn assert_each_once(counts: &std::collections::HashMap<String, usize>, prefix: &str, n: usize) {
+    let missing: Vec<String> = (0..n)
+        .map(|i| format!("{prefix}-{i}"))
+        .filter(|id| !counts.contains_key(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} events never handled, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let twice: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{} events handled more than once, e.g. {:?}",
+        twice.len(),
+        twice.first()
+    );
+}
+
+/// Wait until the first handler of `host` has processed `records` records (fails after 60 s
+/// without them).
+pub async fn wait_processed(host: &kasm_host::app::Host, records: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while host.handlers[0].stats.snapshot().processed < records {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the host made no progress: {:?}",
+            host.handlers[0].stats.snapshot()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 /// Wait (bounded by `timeout`) until `group` has committed the end of `s.topic`, which holds
 /// `records` records; returns (end offsets, committed offsets) either way.
 pub async fn wait_committed(

@@ -51,11 +51,7 @@ async fn brokers_down_and_injected_errors_lose_nothing() {
     let config = load(&s, "fixture-publisher", "", "");
     let host = kasm_host::app::start(&config, &s.env()).await.unwrap();
     let admin = host.admin_addr.to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while host.handlers[0].stats.snapshot().processed < 300 {
-        assert!(Instant::now() < deadline, "no progress");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    kasm_tests::wait_processed(&host, 300).await;
 
     // Every broker down for a few seconds.
     let c = s.broker.cluster();
@@ -296,11 +292,7 @@ async fn publishes_refused_in_flight(
     let config = load(s, "fixture-publisher", &extra, "");
     let host = kasm_host::app::start(&config, &s.env()).await.unwrap();
     let admin = host.admin_addr.to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while host.handlers[0].stats.snapshot().processed < 100 {
-        assert!(Instant::now() < deadline, "no progress");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    kasm_tests::wait_processed(&host, 100).await;
     // Refused for good (not retried by the producer): the publishes in those requests fail.
     s.broker
         .cluster()
@@ -426,11 +418,7 @@ async fn a_commit_refused_for_a_rebalance_holds_records_until_a_commit_is_accept
     let host = kasm_host::app::start(&config, &s.env()).await.unwrap();
     let admin = host.admin_addr.to_string();
     let processed = || host.handlers[0].stats.snapshot().processed;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while processed() < 200 {
-        assert!(Instant::now() < deadline, "no progress");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    kasm_tests::wait_processed(&host, 200).await;
     let refusals = 15;
     s.broker
         .cluster()
@@ -473,18 +461,7 @@ async fn a_commit_refused_for_a_rebalance_holds_records_until_a_commit_is_accept
         n,
         Duration::from_secs(30),
     ));
-    let missing: Vec<String> = (0..n)
-        .map(|i| format!("ev-{i}"))
-        .filter(|id| !outputs.contains_key(id))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} events lost: {:?}",
-        missing.len(),
-        &missing[..missing.len().min(5)]
-    );
-    let twice: Vec<_> = outputs.iter().filter(|(_, c)| **c > 1).collect();
-    assert!(twice.is_empty(), "handled twice: {twice:?}");
+    kasm_tests::assert_each_once(&outputs, "ev", n);
     assert_eq!(
         commits(&admin, "rebalancing"),
         refusals as u64,

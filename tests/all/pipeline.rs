@@ -41,24 +41,7 @@ async fn ten_thousand_events_each_handled_exactly_once_and_committed() {
     let host = kasm_host::app::start(&config, &s.env()).await.unwrap();
 
     let outputs = read_topic(&s.broker.bootstrap(), &s.out, n, Duration::from_secs(240));
-    let counts = count_sources(&outputs);
-    let missing: Vec<_> = (0..n)
-        .map(|i| format!("e-{i}"))
-        .filter(|id| !counts.contains_key(id))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} events never handled, e.g. {:?}",
-        missing.len(),
-        &missing[..missing.len().min(5)]
-    );
-    let twice: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
-    assert!(
-        twice.is_empty(),
-        "{} events handled more than once, e.g. {:?}",
-        twice.len(),
-        twice.first()
-    );
+    kasm_tests::assert_each_once(&count_sources(&outputs), "e", n);
     assert_eq!(outputs.len(), n);
 
     let (end, committed) = wait_committed(&s, n, Duration::from_secs(30)).await;
@@ -233,11 +216,7 @@ async fn partitions_paused_for_backpressure_resume_after_a_rebalance() {
     // A small intake: every partition is paused while its backlog waits.
     let config = publisher_config(&s, "partition_buffer = 4\n");
     let host = kasm_host::app::start(&config, &s.env()).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while host.handlers[0].stats.snapshot().processed < 200 {
-        assert!(Instant::now() < deadline, "the host made no progress");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    kasm_tests::wait_processed(&host, 200).await;
     // Another member joins the group (everything is revoked and split), holds its share
     // without committing, then leaves (everything comes back to the host).
     let bootstrap = s.broker.bootstrap();

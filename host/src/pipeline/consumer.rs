@@ -208,9 +208,7 @@ impl ConsumerContext for LoopContext {
         if let Err(e) = &result {
             tracing::warn!(handler = %self.ctx.name, error = %e, offsets = ?offsets, "offset commit failed; will retry");
         }
-        let rebalance_in_progress =
-            |e: &KafkaError| e.rdkafka_error_code() == Some(RDKafkaErrorCode::RebalanceInProgress);
-        let mut rebalancing = result.as_ref().err().is_some_and(rebalance_in_progress);
+        let mut rebalancing = result.as_ref().err().is_some_and(refused_for_rebalance);
         let mut any_failed = result.is_err();
         // An asynchronous commit was recorded as sent: take back each position that failed
         // (all of them, or one partition's), so the next commit sends it again.
@@ -218,7 +216,7 @@ impl ConsumerContext for LoopContext {
             let mut parts = self.lock();
             for el in offsets.elements() {
                 let part_err = el.error().err();
-                rebalancing |= part_err.as_ref().is_some_and(rebalance_in_progress);
+                rebalancing |= part_err.as_ref().is_some_and(refused_for_rebalance);
                 any_failed |= part_err.is_some();
                 let failed = result.is_err() || part_err.is_some();
                 if let (true, Offset::Offset(o), Some(st)) = (
@@ -441,12 +439,11 @@ impl LoopContext {
             Err(e) => {
                 // A synchronous commit's result is known here; an asynchronous one's comes
                 // back to `commit_callback`.
-                let outcome =
-                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::RebalanceInProgress) {
-                        "rebalancing"
-                    } else {
-                        "failed"
-                    };
+                let outcome = if refused_for_rebalance(&e) {
+                    "rebalancing"
+                } else {
+                    "failed"
+                };
                 self.ctx.metrics.commit(&self.ctx.name, outcome);
                 tracing::warn!(handler = %self.ctx.name, error = %e, ?mode, "offset commit failed; will retry")
             }
@@ -580,6 +577,11 @@ impl LoopContext {
         }
         still_held
     }
+}
+
+/// Whether a commit was refused because the group is rebalancing.
+fn refused_for_rebalance(e: &KafkaError) -> bool {
+    e.rdkafka_error_code() == Some(RDKafkaErrorCode::RebalanceInProgress)
 }
 
 /// Send an asynchronous commit whose result comes back to `ConsumerContext::commit_callback`.
