@@ -4,11 +4,12 @@
 //! `pwrite`s and an `fdatasync`, 0.35 ms on a quiet disk of the benchmark VM and 1.5–3 ms
 //! when other processes write. The pipeline waits for it on every record (by default each
 //! partition has one ledger write in flight), so it bounded a handler at a few thousand
-//! records per second. The journal takes that wait off the path: the writer applies a batch to
-//! redb *without* syncing (`Durability::None`), appends the batch's entries here in one
-//! `pwrite`, `fdatasync`s, and only then answers. Now and then ([`CHECKPOINT_BYTES`],
-//! [`CHECKPOINT_BATCHES`], [`CHECKPOINT_INTERVAL`], and when the ledger closes) it commits redb durably and empties the
-//! journal. Opening the ledger replays what the journal holds into redb before anything else.
+//! records per second. The journal takes that wait off the path: the writer appends a batch's
+//! entries here in one `pwrite`, `fdatasync`s, keeps them in memory for lookups and only then
+//! answers. Now and then ([`CHECKPOINT_BYTES`], [`CHECKPOINT_BATCHES`],
+//! [`CHECKPOINT_INTERVAL`], a sweep, and when the ledger closes) it puts what memory holds
+//! into redb in one durable commit and empties the journal. Opening the ledger replays what
+//! the journal holds into redb before anything else.
 //!
 //! # Layout
 //!
@@ -29,7 +30,7 @@
 //!   rewritten once redb holds the journal's entries durably, so the file is emptied and a fresh
 //!   journal started, with a warning.
 //!
-//! Sweeps are not journaled: one lost in a crash only leaves entries a later sweep removes.
+//! Sweeps are not journaled: each runs inside a checkpoint, durable with it.
 
 use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
@@ -43,13 +44,14 @@ use serde::{Deserialize, Serialize};
 /// The journal grows to about this size before redb takes its contents in a durable commit.
 pub const CHECKPOINT_BYTES: u64 = 4 << 20;
 
-/// Most batches between two checkpoints. Each non-durable redb commit costs more the more of
-/// them pile up since the last durable one (redb tracks their pages until then): with a 2 s
-/// interval a lone `record` in the benchmark cost 110 µs but four at once 690 µs; with
-/// 100 ms, 200 µs. A checkpoint is one durable redb commit, 0.3–3 ms.
+/// Most batches between two checkpoints. A checkpoint is one durable redb commit of what the
+/// batches since the last one recorded (0.3–3 ms for the commit, plus the inserts), during
+/// which the writer takes no new batch: fewer of them cost less in all, but each one holds up
+/// the records behind it longer.
 pub const CHECKPOINT_BATCHES: u32 = 256;
 
-/// The longest the journal holds entries redb has not made durable (when records arrive).
+/// The longest the journal (and memory) holds entries redb does not have (when records
+/// arrive).
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Bytes before the first frame; the header is rewritten alone in its block.

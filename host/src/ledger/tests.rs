@@ -536,3 +536,84 @@ async fn file_throughput_report() {
     );
     assert_eq!(ledger.len("bench").await.unwrap(), 10_000);
 }
+
+/// Entries move from memory to redb at each checkpoint while lookups run on other threads: an
+/// entry is found from the moment its `record` returns, whichever side of a checkpoint the
+/// lookup lands on, and counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_lookups_find_every_entry_across_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger =
+        Arc::new(FileLedger::open_checkpointing_every_batch(&dir.path().join("l.redb")).unwrap());
+    let base = now_ms();
+    let mut writers = JoinSet::new();
+    for t in 0..4_i64 {
+        let ledger = Arc::clone(&ledger);
+        writers.spawn(async move {
+            for i in 0..300_i64 {
+                let id = format!("t{t}-e{i}");
+                ledger.record("h", &id, entry(base + i, i)).await.unwrap();
+                assert_eq!(
+                    ledger.get("h", &id).await.unwrap(),
+                    Some(entry(base + i, i)),
+                    "{id} not found right after its record returned"
+                );
+                // Every earlier entry of this writer too, now perhaps moved to redb.
+                let earlier = format!("t{t}-e{}", i / 2);
+                assert!(
+                    ledger.get("h", &earlier).await.unwrap().is_some(),
+                    "{earlier} lost"
+                );
+            }
+        });
+    }
+    // Counting while entries move: never more than were recorded.
+    let counter = {
+        let ledger = Arc::clone(&ledger);
+        tokio::spawn(async move {
+            let mut last = 0;
+            while last < 1200 {
+                let n = ledger.len("h").await.unwrap();
+                assert!(n >= last && n <= 1200, "count went from {last} to {n}");
+                last = n;
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    while let Some(done) = writers.join_next().await {
+        done.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(10), counter)
+        .await
+        .expect("the count never reached 1200")
+        .unwrap();
+    let stats = ledger.stats();
+    assert!(stats.checkpoints >= stats.commits - 1, "{stats:?}");
+    assert_eq!(ledger.sweep("h", WEEK, 1000).await.unwrap(), 200);
+    assert_eq!(ledger.len("h").await.unwrap(), 1000);
+}
+
+/// A sweep takes in what only memory holds: the checkpoint it runs in puts those entries into
+/// redb first, and the sweep evicts them by age like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_a_sweep_sees_entries_not_yet_in_redb() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = FileLedger::open_without_checkpoints(&dir.path().join("l.redb")).unwrap();
+    let base = now_ms();
+    for i in 0..10_i64 {
+        ledger
+            .record("h", &format!("e{i}"), entry(base + i, i))
+            .await
+            .unwrap();
+    }
+    assert_eq!(ledger.stats().checkpoints, 0);
+    assert_eq!(ledger.len("h").await.unwrap(), 10);
+    assert_eq!(ledger.sweep("h", WEEK, 4).await.unwrap(), 6);
+    assert_eq!(ledger.stats().checkpoints, 1);
+    assert_eq!(ledger.len("h").await.unwrap(), 4);
+    assert_eq!(ledger.get("h", "e5").await.unwrap(), None);
+    assert_eq!(
+        ledger.get("h", "e6").await.unwrap(),
+        Some(entry(base + 6, 6))
+    );
+}

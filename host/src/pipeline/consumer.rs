@@ -210,8 +210,9 @@ impl ConsumerContext for LoopContext {
         }
         let mut rebalancing = result.as_ref().err().is_some_and(refused_for_rebalance);
         let mut any_failed = result.is_err();
-        // An asynchronous commit was recorded as sent: take back each position that failed
-        // (all of them, or one partition's), so the next commit sends it again.
+        // An asynchronous commit was recorded as sent: note each position accepted, and take
+        // back each one that failed (all of them, or one partition's), so the next commit
+        // sends it again.
         {
             let mut parts = self.lock();
             for el in offsets.elements() {
@@ -219,16 +220,20 @@ impl ConsumerContext for LoopContext {
                 rebalancing |= part_err.as_ref().is_some_and(refused_for_rebalance);
                 any_failed |= part_err.is_some();
                 let failed = result.is_err() || part_err.is_some();
-                if let (true, Offset::Offset(o), Some(st)) = (
-                    failed,
+                let (Offset::Offset(o), Some(st)) = (
                     el.offset(),
                     parts.get_mut(&(el.topic().to_owned(), el.partition())),
-                ) {
-                    if result.is_ok() {
-                        tracing::warn!(handler = %self.ctx.name, topic = el.topic(), partition = el.partition(), error = ?part_err, "offset commit failed for a partition; will retry");
-                    }
-                    st.tracker.commit_failed(o);
+                ) else {
+                    continue;
+                };
+                if !failed {
+                    st.tracker.accepted(o);
+                    continue;
                 }
+                if result.is_ok() {
+                    tracing::warn!(handler = %self.ctx.name, topic = el.topic(), partition = el.partition(), error = ?part_err, "offset commit failed for a partition; will retry");
+                }
+                st.tracker.commit_failed(o);
             }
         }
         let outcome = match (rebalancing, any_failed) {
@@ -431,8 +436,12 @@ impl LoopContext {
                 let mut parts = self.lock();
                 for (tp, pos) in positions {
                     if let Some(st) = parts.get_mut(&tp) {
-                        // An async commit may still fail; the next one carries the same or a later position.
-                        st.tracker.committed(pos);
+                        match mode {
+                            CommitMode::Sync => st.tracker.accepted(pos),
+                            // Its result comes back to `commit_callback`; until then the next
+                            // commit carries only a later position.
+                            CommitMode::Async => st.tracker.sent(pos),
+                        }
                     }
                 }
             }

@@ -17,8 +17,10 @@ pub struct OffsetTracker {
     pending: VecDeque<(i64, bool)>,
     /// One past the highest contiguous done offset.
     position: Option<i64>,
-    /// The last position committed.
-    committed: Option<i64>,
+    /// The last position sent in a commit (the broker may still refuse it).
+    sent: Option<i64>,
+    /// The last position the broker accepted.
+    accepted: Option<i64>,
 }
 
 impl OffsetTracker {
@@ -39,9 +41,9 @@ impl OffsetTracker {
         }
     }
 
-    /// The position to commit, if it moved since the last commit.
+    /// The position to commit, if it moved since the last commit sent.
     pub fn committable(&self) -> Option<i64> {
-        match (self.position, self.committed) {
+        match (self.position, self.sent) {
             (Some(p), Some(c)) if p <= c => None,
             (p, _) => p,
         }
@@ -52,22 +54,28 @@ impl OffsetTracker {
         self.position
     }
 
-    /// The last position committed, if any.
+    /// The last position the broker accepted, if any.
     pub fn last_committed(&self) -> Option<i64> {
-        self.committed
+        self.accepted
     }
 
-    /// `position` was committed.
-    pub fn committed(&mut self, position: i64) {
-        self.committed = Some(self.committed.map_or(position, |c| c.max(position)));
+    /// A commit of `position` was sent.
+    pub fn sent(&mut self, position: i64) {
+        self.sent = Some(self.sent.map_or(position, |c| c.max(position)));
     }
 
-    /// A commit of `position` failed (an asynchronous commit is reported after it was
-    /// recorded): unless a later commit was recorded since, forget it, so that the next commit
-    /// sends the position again.
+    /// The broker accepted a commit of `position`.
+    pub fn accepted(&mut self, position: i64) {
+        self.accepted = Some(self.accepted.map_or(position, |c| c.max(position)));
+        self.sent(position);
+    }
+
+    /// A commit of `position` failed (an asynchronous commit is reported after it was sent):
+    /// unless a later commit was sent since, go back to the last accepted position, so that
+    /// the next commit sends this one again.
     pub fn commit_failed(&mut self, position: i64) {
-        if self.committed == Some(position) {
-            self.committed = None;
+        if self.sent == Some(position) {
+            self.sent = self.accepted;
         }
     }
 
@@ -94,7 +102,7 @@ mod tests {
         assert_eq!(t.committable(), Some(12));
         t.done(13);
         assert_eq!(t.committable(), Some(12), "12 still runs");
-        t.committed(12);
+        t.sent(12);
         assert_eq!(t.committable(), None);
         t.done(12);
         assert_eq!(t.committable(), Some(14));
@@ -116,19 +124,28 @@ mod tests {
         let mut t = OffsetTracker::default();
         t.dispatched(0);
         t.done(0);
-        t.committed(1);
+        t.sent(1);
         assert_eq!(t.committable(), None);
+        assert_eq!(t.last_committed(), None, "sent, not yet accepted");
         t.commit_failed(1);
         assert_eq!(
             t.committable(),
             Some(1),
             "the failed position goes out again"
         );
-        t.committed(1);
+        t.accepted(1);
+        assert_eq!(t.last_committed(), Some(1));
         t.dispatched(1);
         t.done(1);
-        t.committed(2);
+        t.sent(2);
         t.commit_failed(1);
         assert_eq!(t.committable(), None, "a later commit stands");
+        t.commit_failed(2);
+        assert_eq!(t.committable(), Some(2), "back to the accepted position");
+        assert_eq!(
+            t.last_committed(),
+            Some(1),
+            "a failed commit leaves what the broker holds"
+        );
     }
 }
