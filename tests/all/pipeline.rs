@@ -54,8 +54,35 @@ async fn ten_thousand_events_each_handled_exactly_once_and_committed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_event_id_at_two_offsets_is_handled_once() {
-    let s = Setup::new(TestBroker::from_env(), 2).await;
     let n = 200;
+    let (counts, processed, skipped) = the_same_events_twice(n, "").await;
+    assert_eq!(counts.len(), n);
+    assert!(
+        counts.values().all(|c| *c == 1),
+        "every event id handled once"
+    );
+    assert_eq!((processed, skipped), (n as u64, n as u64));
+}
+
+/// `ledger = false` is plain at-least-once: nothing is looked up, so an event id that comes
+/// again at a later offset is handled again, and every record is committed all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_ledger_off_the_same_event_id_at_two_offsets_is_handled_twice() {
+    let n = 200;
+    let (counts, processed, skipped) = the_same_events_twice(n, "ledger = false").await;
+    assert_eq!(counts.len(), n);
+    assert!(
+        counts.values().all(|c| *c == 2),
+        "every event id handled at each of its offsets: {counts:?}"
+    );
+    assert_eq!((processed, skipped), (2 * n as u64, 0));
+}
+
+/// `n` events over 2 partitions, then the same event ids again at later offsets (under another
+/// key); once the handler has seen all `2 n` records and they are committed: how many outputs
+/// each event id has, and the handler's processed and skipped counts.
+async fn the_same_events_twice(n: usize, extra: &str) -> (HashMap<String, usize>, u64, u64) {
+    let s = Setup::new(TestBroker::from_env(), 2).await;
     let mut recs = events("dup", 0..n, &s.out);
     // The same events again, later in the topic, at new offsets (other partitions too).
     let mut again = events("dup", 0..n, &s.out);
@@ -64,7 +91,7 @@ async fn the_same_event_id_at_two_offsets_is_handled_once() {
     }
     recs.extend(again);
     produce(&s.broker.producer(), &s.topic, &recs).await;
-    let config = publisher_config(&s, "");
+    let config = publisher_config(&s, extra);
     let host = kasm_host::app::start(&config, &s.env()).await.unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -78,16 +105,12 @@ async fn the_same_event_id_at_two_offsets_is_handled_once() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let outputs = read_topic(&s.broker.bootstrap(), &s.out, 2 * n, Duration::from_secs(5));
-    let counts = count_sources(&outputs);
-    assert_eq!(counts.len(), n);
-    assert!(
-        counts.values().all(|c| *c == 1),
-        "every event id handled once"
-    );
+    let (end, committed) = wait_committed(&s, 2 * n, Duration::from_secs(30)).await;
+    assert_eq!(committed, end, "every record committed");
+    let outputs = read_topic(&s.broker.bootstrap(), &s.out, 4 * n, Duration::from_secs(5));
     let stats = host.handlers[0].stats.snapshot();
-    assert_eq!((stats.processed, stats.skipped), (n as u64, n as u64));
     host.shutdown().await.unwrap();
+    (count_sources(&outputs), stats.processed, stats.skipped)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -341,10 +341,11 @@ fn kasm(b: &Bench, topic: &str, n: usize, o: KasmOpts) -> f64 {
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
         let r = rate(n, first.elapsed());
+        let s = stats.snapshot();
         assert_eq!(
-            stats.snapshot().processed as usize,
-            n,
-            "every record handled ok"
+            s.processed as usize, n,
+            "every record handled ok (skipped as already handled: {}, dead-lettered: {})",
+            s.skipped, s.dead_lettered
         );
         host.shutdown().await.unwrap();
         r
