@@ -300,12 +300,7 @@ fn kasm_config(b: &Bench, dir: &Path, topic: &str, o: KasmOpts) -> PathBuf {
         reuse = o.reuse,
         pending = o.pending,
         ledger = o.ledger,
-        // Extra handler settings, `name = value` lines separated by `;` (experiments).
-        extra = std::env::var("KASM_BENCH_HANDLER")
-            .unwrap_or_default()
-            .split(';')
-            .map(|l| format!("{}\n", l.trim()))
-            .collect::<String>(),
+        extra = extra_handler_settings(),
     );
     let path = dir.join("kasm.toml");
     std::fs::write(&path, body).unwrap();
@@ -317,6 +312,16 @@ fn kasm_env(b: &Bench) -> kasm_host::config::KafkaEnv {
         bootstrap_servers: Some(b.bootstrap()),
         ..Default::default()
     }
+}
+
+/// Extra handler settings for experiments: `KASM_BENCH_HANDLER`, `name = value` lines
+/// separated by `;`, added to every kasm handler the throughput and latency parts configure.
+fn extra_handler_settings() -> String {
+    std::env::var("KASM_BENCH_HANDLER")
+        .unwrap_or_default()
+        .split(';')
+        .map(|l| format!("{}\n", l.trim()))
+        .collect()
 }
 
 /// kasm in process on `topic`: records/s from the first record done to the last.
@@ -682,7 +687,8 @@ fn latency_run(
             "data_dir = \"{data}\"\n{drain}[admin]\nlisten = \"127.0.0.1:0\"\n{kafka}{wait}\
              [handlers.echo]\ncomponent = \"{c}\"\ntopics = [\"{input}\"]\ngroup_id = \"{g}\"\n\
              payload = \"json\"\npending_ledger_writes = {pending}\n\
-             grants = {{ producer = [\"{out}\"], kv = true }}\n",
+             grants = {{ producer = [\"{out}\"], kv = true }}\n{extra}",
+            extra = extra_handler_settings(),
             data = dir.path().join("data").display(),
             kafka = b.kafka_table(),
             drain = b.drain(),
