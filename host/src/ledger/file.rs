@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -95,6 +95,11 @@ impl Views {
     /// that is still whole (each insert is one `HashMap` call), so poisoning is ignored.
     fn recent(&self) -> RwLockReadGuard<'_, Recent> {
         self.recent.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The same, to change (the writer only).
+    fn recent_mut(&self) -> RwLockWriteGuard<'_, Recent> {
+        self.recent.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Publish a read transaction of redb as it is now.
@@ -576,13 +581,14 @@ fn run_writer(
         }
         match checkpoint(db, &mut journal, views, &sweeps) {
             Ok(removed) => {
+                // Counted before a sweep's caller hears of it.
+                shared.checkpoints.fetch_add(1, Ordering::Relaxed);
                 for (op, n) in sweeps.drain(..).zip(removed) {
                     op.finish(Ok(n));
                 }
             }
             Err(err) => return fail(format!("{err:#}"), &mut sweeps, &mut requests),
         }
-        shared.checkpoints.fetch_add(1, Ordering::Relaxed);
         last_checkpoint = Instant::now();
         batches_since_checkpoint = 0;
     }
@@ -623,7 +629,7 @@ fn journal_records(journal: &mut Journal, batch: &mut [Op], views: &Views) -> an
         }),
         _ => None,
     }))?;
-    let mut recent = views.recent.write().unwrap_or_else(PoisonError::into_inner);
+    let mut recent = views.recent_mut();
     for op in batch {
         if let Op::Record {
             handler,
@@ -672,32 +678,29 @@ fn checkpoint(
     // Published before the records leave `recent`: a lookup finds them in one or the other.
     views.publish_snapshot(db);
     // Emptied, not dropped: the maps keep their capacity for the next interval.
-    let mut recent = views.recent.write().unwrap_or_else(PoisonError::into_inner);
-    recent.0.values_mut().for_each(HashMap::clear);
-    drop(recent);
+    views.recent_mut().0.values_mut().for_each(HashMap::clear);
     journal.reset()?;
     Ok(removed)
 }
 
-/// Run the sweeps; one count of removed entries each.
+/// Run the sweeps; one count of removed entries per op (0 for an op that is not a sweep), so
+/// the counts line up with the ops whatever they hold.
 fn sweep_all(tables: &mut Tables<'_>, sweeps: &[Op]) -> anyhow::Result<Vec<u64>> {
     let now = now_ms();
-    let mut removed = Vec::with_capacity(sweeps.len());
-    for op in sweeps {
-        if let Op::Sweep {
-            handler,
-            retention,
-            max_entries,
-            ..
-        } = op
-        {
-            let n = tables
+    sweeps
+        .iter()
+        .map(|op| match op {
+            Op::Sweep {
+                handler,
+                retention,
+                max_entries,
+                ..
+            } => tables
                 .sweep(handler, retention_cutoff(now, *retention), *max_entries)
-                .with_context(|| format!("sweep handler={handler}"))?;
-            removed.push(n);
-        }
-    }
-    Ok(removed)
+                .with_context(|| format!("sweep handler={handler}")),
+            _ => Ok(0),
+        })
+        .collect()
 }
 
 /// The ledger's tables, open in one write transaction.
