@@ -25,11 +25,17 @@
 //!   handler echoes each event to an output topic; a probe consumer on that topic takes the
 //!   time each output arrives against the send time in the event (one clock, one process).
 //!   The same probe reading the input topic directly gives the floor of the method (one
-//!   produce → consume hop; kasm adds its own consume and produce). kasm runs with its
-//!   defaults and with 64 records in flight; on the mock cluster its consumers get
+//!   produce → consume hop); a *relay* — a plain rdkafka consumer producing each record to the
+//!   output topic with kasm's producer settings, no Wasm, no ledger — gives the floor of a
+//!   consume → produce hop on the same broker, beside kasm. kasm runs with its defaults and
+//!   with 64 records in flight; on the mock cluster its consumers (and the relay's) get
 //!   `fetch.wait.max.ms = 1` like the probe (the mock answers a fetch only when the wait is
-//!   over, where a real broker answers as soon as records arrive). Each configuration runs
-//!   `KASM_BENCH_RUNS` times, interleaved; `KASM_BENCH_RATES=5000,...` picks the rates.
+//!   over, where a real broker answers as soon as records arrive). Runs last
+//!   `KASM_BENCH_LATENCY_SECONDS` (default 2: the mock's fetch cost grows with the length of
+//!   the log, and at 5k/s it saturates the mock's thread within about 4 s); each
+//!   configuration runs `KASM_BENCH_RUNS` times, interleaved; `KASM_BENCH_RATES=5000,...`
+//!   picks the rates and `KASM_BENCH_CONTENDERS` the routes (`floor`, `relay`, `defaults`,
+//!   `in flight`).
 //! - **swap**: the 1k/s latency run (defaults) with a new version deployed in the middle: the
 //!   worst latency of the records sent around the swap against the steady p99, and the longest
 //!   gap between two outputs around the swap against the longest elsewhere.
@@ -208,6 +214,13 @@ fn rate(n: usize, took: Duration) -> f64 {
 // Throughput contenders
 
 /// The baseline: poll, decode nothing, commit after each batch of what was polled.
+/// `KASM_BENCH_CONTENDERS=ledger off,peer`: only the contenders (and latency routes) whose
+/// name contains one of these; all when unset.
+fn picked(name: &str) -> bool {
+    let filter = std::env::var("KASM_BENCH_CONTENDERS").unwrap_or_default();
+    filter.is_empty() || filter.split(',').any(|f| name.contains(f.trim()))
+}
+
 fn baseline(b: &Bench, topic: &str, n: usize) -> f64 {
     let consumer: BaseConsumer = b
         .client()
@@ -458,10 +471,6 @@ fn throughput(b: &Bench) {
         ),
         ("peer (aiokafka)", None),
     ];
-    // `KASM_BENCH_CONTENDERS=ledger off,peer`: only contenders whose name contains one of these.
-    let filter = std::env::var("KASM_BENCH_CONTENDERS").unwrap_or_default();
-    let picked =
-        |name: &str| filter.is_empty() || filter.split(',').any(|f| name.contains(f.trim()));
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
     for round in 0..runs {
         for (i, (name, opts)) in contenders.iter().enumerate() {
@@ -662,27 +671,85 @@ fn retagged(bytes: &[u8], tag: &str) -> Vec<u8> {
     out
 }
 
-/// Run the echo handler at `per_sec` for `seconds`; with `swap`, deploy a new version halfway.
-/// `direct`: no kasm, the probe reads the input topic (the method's floor).
-fn latency_run(
-    b: &Bench,
-    per_sec: f64,
-    seconds: f64,
-    swap: bool,
-    direct: bool,
-    pending: usize,
-) -> LatencyRun {
+/// The relay: consume `input` and produce each record's payload to `output` as it arrives,
+/// with the consumer and producer settings kasm uses (`fetch.wait.max.ms = 1` on the mock
+/// cluster, as kasm gets here; `acks = all`, idempotent, `linger.ms = 0`), committing every
+/// 100 ms. No Wasm, no ledger, no waiting for acknowledgements: what any consume → produce
+/// service costs on this broker at this rate.
+fn relay(b: &Bench, input: &str, output: &str, stop: &AtomicBool) {
+    let mut config = b.client();
+    if !b.broker.is_external() {
+        config.set("fetch.wait.max.ms", "1");
+    }
+    let consumer: BaseConsumer = config
+        .clone()
+        .set("group.id", unique("relay"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let producer: BaseProducer = b
+        .client()
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[input]).unwrap();
+    let mut last_commit = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(10)) {
+            let payload = m.payload().unwrap_or_default();
+            let mut record = BaseRecord::<[u8], [u8]>::to(output).payload(payload);
+            if let Some(k) = m.key() {
+                record = record.key(k);
+            }
+            while let Err((e, r)) = producer.send(record) {
+                assert!(
+                    matches!(
+                        e.rdkafka_error_code(),
+                        Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                    ),
+                    "relay produce: {e}"
+                );
+                producer.poll(Duration::from_millis(1));
+                record = r;
+            }
+        }
+        producer.poll(Duration::ZERO);
+        if last_commit.elapsed() >= Duration::from_millis(100) {
+            let _ = consumer.commit_consumer_state(CommitMode::Async);
+            last_commit = Instant::now();
+        }
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+/// What carries the records from the input topic to the one the probe reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Nothing: the probe reads the input topic (one produce → consume hop, the method's floor).
+    Direct,
+    /// A plain rdkafka consumer that produces each record to the output topic as it arrives,
+    /// with kasm's producer settings: the floor of a consume → produce hop on this broker.
+    Relay,
+    /// kasm's echo handler, with this many records in flight per partition.
+    Kasm(usize),
+}
+
+/// Carry the records along `route` at `per_sec` for `seconds`; with `swap`, deploy a new
+/// version of the kasm handler halfway.
+fn latency_run(b: &Bench, per_sec: f64, seconds: f64, swap: bool, route: Route) -> LatencyRun {
     let input = b.topic("lat-in", 4);
-    let out = if direct {
+    let out = if route == Route::Direct {
         input.clone()
     } else {
         b.topic("lat-out", 4)
     };
     let n = (per_sec * seconds) as usize;
     let dir = tempfile::tempdir().unwrap();
-    let host = if direct {
-        None
-    } else {
+    let host = if let Route::Kasm(pending) = route {
         let body = format!(
             "data_dir = \"{data}\"\n{drain}[admin]\nlisten = \"127.0.0.1:0\"\n{kafka}{wait}\
              [handlers.echo]\ncomponent = \"{c}\"\ntopics = [\"{input}\"]\ngroup_id = \"{g}\"\n\
@@ -715,11 +782,15 @@ fn latency_run(
             std::thread::sleep(Duration::from_millis(50));
         }
         Some(host)
+    } else {
+        None
     };
     let stop = AtomicBool::new(false);
     let swap_window = std::sync::Mutex::new(None::<(u64, u64, String)>);
     let seen = std::thread::scope(|s| {
         let probe_thread = s.spawn(|| probe(b, &out, n, &stop));
+        let relay_thread =
+            (route == Route::Relay).then(|| s.spawn(|| relay(b, &input, &out, &stop)));
         // Give the probe its assignment before the clock starts.
         std::thread::sleep(Duration::from_secs(if b.broker.is_external() {
             8
@@ -755,6 +826,9 @@ fn latency_run(
             std::thread::sleep(Duration::from_millis(50));
         }
         stop.store(true, Ordering::SeqCst);
+        if let Some(t) = relay_thread {
+            t.join().unwrap();
+        }
         probe_thread.join().unwrap()
     });
     if let Some(h) = host {
@@ -805,7 +879,10 @@ fn latency_run(
 }
 
 fn latency(b: &Bench) {
-    let seconds = env_or("KASM_BENCH_LATENCY_SECONDS", 5) as f64;
+    // Short runs: the mock cluster finds a fetch's offset by walking the partition's message
+    // sets from the start, so at 5k/s its one thread saturates within a few seconds, relay or
+    // kasm alike (BENCHMARKS.md, "Latency").
+    let seconds = env_or("KASM_BENCH_LATENCY_SECONDS", 2) as f64;
     println!(
         "\n## latency produce → handled (output seen by a probe), {seconds} s per rate, {}",
         broker_name(b)
@@ -822,13 +899,22 @@ fn latency(b: &Bench) {
         .ok()
         .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1000.0, 5000.0, 20000.0]);
-    let configs = [(true, 1), (false, 1), (false, 64)];
+    let configs = [Route::Direct, Route::Relay, Route::Kasm(1), Route::Kasm(64)];
     for per_sec in rates {
         // Per configuration, one entry per round.
         let mut got: Vec<Vec<Round>> = vec![Vec::new(); configs.len()];
+        let label = |route: &Route| match route {
+            Route::Direct => format!("floor (direct probe) at {per_sec:.0}/s"),
+            Route::Relay => format!("relay (rdkafka in → out) at {per_sec:.0}/s"),
+            Route::Kasm(1) => format!("kasm echo, defaults at {per_sec:.0}/s"),
+            Route::Kasm(p) => format!("kasm echo, {p} in flight at {per_sec:.0}/s"),
+        };
         for _ in 0..runs {
-            for (i, (direct, pending)) in configs.iter().enumerate() {
-                let r = latency_run(b, per_sec, seconds, false, *direct, *pending);
+            for (i, route) in configs.iter().enumerate() {
+                if !picked(&label(route)) {
+                    continue;
+                }
+                let r = latency_run(b, per_sec, seconds, false, *route);
                 got[i].push((
                     pct(&r.steady, 0.5),
                     pct(&r.steady, 0.99),
@@ -838,12 +924,11 @@ fn latency(b: &Bench) {
                 ));
             }
         }
-        for ((direct, pending), runs) in configs.iter().zip(got) {
-            let label = match (direct, pending) {
-                (true, _) => format!("floor (direct probe) at {per_sec:.0}/s"),
-                (false, 1) => format!("kasm echo, defaults at {per_sec:.0}/s"),
-                (false, p) => format!("kasm echo, {p} in flight at {per_sec:.0}/s"),
-            };
+        for (route, runs) in configs.iter().zip(got) {
+            if runs.is_empty() {
+                continue;
+            }
+            let label = label(route);
             let fmt = |v: Vec<f64>| {
                 let (med, lo, hi) = median_spread(v);
                 format!("{med:.2} [{lo:.2} – {hi:.2}]")
@@ -875,7 +960,7 @@ fn swap(b: &Bench) {
         "run", "p99 ms", "max ms", "swap max ms", "steady gap ms", "swap gap ms"
     );
     for run in 1..=runs {
-        let r = latency_run(b, 1000.0, seconds, true, false, 1);
+        let r = latency_run(b, 1000.0, seconds, true, Route::Kasm(1));
         println!(
             "{run:<6} {:>10.2} {:>10.2} {:>13.2} {:>13.2} {:>13.2}  {} (missing {})",
             pct(&r.steady, 0.99),
