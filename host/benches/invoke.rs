@@ -41,6 +41,12 @@ fn bench_calls(c: &mut Criterion) {
 
     let cases = [
         ("fixture-ok", "fixture", br#"{"action":"ok"}"#.to_vec()),
+        // A large event: what copying the payload on its way into the guest costs.
+        (
+            "fixture-ok-64KiB",
+            "fixture",
+            format!(r#"{{"action":"ok","pad":"{}"}}"#, "x".repeat(64 << 10)).into_bytes(),
+        ),
         (
             "audit-demo",
             "audit",

@@ -206,14 +206,16 @@ async fn process(
     stop: &CancellationToken,
     in_flight: &std::collections::HashMap<String, usize>,
 ) -> Result<Finish, Abandoned> {
-    let payload = record.payload.clone().unwrap_or_default();
+    // The record's parts move into the event (and back for what follows the call): a
+    // payload is copied once, into the guest's memory.
+    let tombstone = record.payload.is_none();
     let mut event = Event::from_record(
-        record.topic.clone(),
+        record.topic,
         record.partition,
         record.offset,
-        record.key.clone(),
-        payload,
-        record.headers.clone(),
+        record.key,
+        record.payload.unwrap_or_default(),
+        record.headers,
         record.timestamp_ms,
     );
     // The version active when the record starts handles it to the end, retries included: a
@@ -221,7 +223,7 @@ async fn process(
     let component = ctx.component.load_full();
     let sha = component.info().sha256.clone();
     if *last_version != sha {
-        ctx.note_handled(&sha, &record.topic, record.partition, record.offset);
+        ctx.note_handled(&sha, &event.topic, event.partition, event.offset);
         last_version.clone_from(&sha);
     }
 
@@ -234,12 +236,13 @@ async fn process(
             first_failure_ms: now,
             last_failure_ms: now,
         };
-        return dead_letter(ctx, &record, &event.id, &sha, f, stop)
+        let (record, id) = into_record(event, tombstone);
+        return dead_letter(ctx, &record, &id, &sha, f, stop)
             .await
             .map(|()| Finish::Now);
     }
 
-    if let Some((_, target)) = record
+    if let Some((_, target)) = event
         .headers
         .iter()
         .rev()
@@ -247,11 +250,11 @@ async fn process(
         && target.as_slice() != ctx.name.as_bytes()
     {
         ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
-        ctx.metrics.record(&ctx.name, &record.topic, "skipped");
+        ctx.metrics.record(&ctx.name, &event.topic, "skipped");
         tracing::debug!(event_id = %event.id, "a replay for another handler: skipped");
         return Ok(Finish::Now);
     }
-    let key = ledger_key(&event.id, &record.headers);
+    let key = ledger_key(&event.id, &event.headers);
     let known = if in_flight.contains_key(key.as_ref()) {
         // Handled moments ago; its entry is on its way to the ledger.
         Ok(Some(()))
@@ -261,7 +264,7 @@ async fn process(
     match known {
         Ok(Some(())) => {
             ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
-            ctx.metrics.record(&ctx.name, &record.topic, "skipped");
+            ctx.metrics.record(&ctx.name, &event.topic, "skipped");
             tracing::debug!(event_id = %event.id, "already done: skipped");
             return Ok(Finish::Now);
         }
@@ -291,9 +294,10 @@ async fn process(
                 // background task await their acknowledgements before the ledger write.
                 Outcome::Ok if ctx.config.pending_ledger_writes > 1 => {
                     let queued = enqueue_all(ctx, &inv.effects.publishes).await;
-                    let key = ledger_key(&event.id, &record.headers).into_owned();
+                    let key = ledger_key(&event.id, &event.headers).into_owned();
+                    let (record, id) = into_record(event, tombstone);
                     let task = tokio::spawn({
-                        let (ctx, stop, id) = (ctx.clone(), stop.clone(), event.id.clone());
+                        let (ctx, stop) = (ctx.clone(), stop.clone());
                         let sent = Sent {
                             sha: component.info().sha256.clone(),
                             effects: inv.effects,
@@ -310,7 +314,8 @@ async fn process(
                         // One record in flight: the next waits for this entry anyway, so
                         // it is awaited here rather than in a task of its own (a task hop
                         // less per record).
-                        finish_ok(ctx, &record, &event.id, sha, &inv.effects, stop).await?;
+                        let (record, id) = into_record(event, tombstone);
+                        finish_ok(ctx, &record, &id, sha, &inv.effects, stop).await?;
                         return Ok(Finish::Now);
                     }
                     Err(e) => (
@@ -331,7 +336,8 @@ async fn process(
                 first_failure_ms: first,
                 last_failure_ms: now,
             };
-            return dead_letter(ctx, &record, &event.id, &sha, f, stop)
+            let (record, id) = into_record(event, tombstone);
+            return dead_letter(ctx, &record, &id, &sha, f, stop)
                 .await
                 .map(|()| Finish::Now);
         }
@@ -343,17 +349,44 @@ async fn process(
                 first_failure_ms: first,
                 last_failure_ms: now,
             };
-            return dead_letter(ctx, &record, &event.id, &sha, f, stop)
+            let (record, id) = into_record(event, tombstone);
+            return dead_letter(ctx, &record, &id, &sha, f, stop)
                 .await
                 .map(|()| Finish::Now);
         }
         attempt += 1;
         ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
-        ctx.metrics.record(&ctx.name, &record.topic, "retried");
+        ctx.metrics.record(&ctx.name, &event.topic, "retried");
         let wait = policy.backoff(attempt, rand::random::<f64>());
         tracing::info!(event_id = %event.id, attempt, ?wait, reason = %message, "retrying");
         sleep_or_stop(wait, stop).await?;
     }
+}
+
+/// The record an event was made from, and the event id: the parts move back (a tombstone's
+/// payload is `None` again).
+fn into_record(event: Event, tombstone: bool) -> (Record, String) {
+    let Event {
+        id,
+        topic,
+        partition,
+        offset,
+        key,
+        payload,
+        headers,
+        timestamp_ms,
+        ..
+    } = event;
+    let record = Record {
+        topic,
+        partition,
+        offset,
+        key,
+        payload: (!tombstone).then_some(payload),
+        headers,
+        timestamp_ms,
+    };
+    (record, id)
 }
 
 /// Why the host refuses to run the handler on this record, if it does (an over-long event id,

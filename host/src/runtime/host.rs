@@ -37,6 +37,9 @@ wasmtime::component::bindgen!({
         default: tracing,
     },
     exports: { default: async },
+    // The event is lowered into the guest's memory straight from the host's `Event`: the
+    // export's parameter type borrows (`&str`, `&[u8]`) instead of owning a second copy.
+    ownership: Borrowing { duplicate_if_necessary: true },
 });
 
 pub(crate) use kasm::handler::sql::{

@@ -228,7 +228,13 @@ impl LoadedHandler {
         // Arm the deadline before instantiating: instantiation runs guest code.
         store.data_mut().call.deadline = Some(start + self.deadline);
         store.set_epoch_deadline(1);
-        let wit_event = to_wit(event);
+        // Borrowed, not copied: wasmtime lowers these bytes into the guest's memory directly.
+        let headers: Vec<(&str, &[u8])> = event
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        let wit_event = to_wit(event, &headers);
 
         // The epoch stops guest code; this stops a host import that never returns.
         let hard_limit = self.deadline + self.deadline / 4 + Duration::from_millis(50);
@@ -241,7 +247,7 @@ impl LoadedHandler {
                     Err(e) => return Err((e, true)),
                 },
             };
-            match bindings.call_handle(&mut store, &wit_event).await {
+            match bindings.call_handle(&mut store, wit_event).await {
                 Ok(r) => Ok((bindings, r)),
                 Err(e) => Err((e, false)),
             }
@@ -428,15 +434,15 @@ fn with_output(message: String, output: &str) -> String {
     }
 }
 
-fn to_wit(e: &Event) -> WitEvent {
+fn to_wit<'a>(e: &'a Event, headers: &'a [(&'a str, &'a [u8])]) -> WitEvent<'a> {
     WitEvent {
-        id: e.id.clone(),
-        topic: e.topic.clone(),
+        id: &e.id,
+        topic: &e.topic,
         partition: e.partition,
         offset: e.offset,
-        key: e.key.clone(),
-        payload: e.payload.clone(),
-        headers: e.headers.clone(),
+        key: e.key.as_deref(),
+        payload: &e.payload,
+        headers,
         timestamp_ms: e.timestamp_ms,
         attempt: e.attempt,
     }
