@@ -213,7 +213,6 @@ fn rate(n: usize, took: Duration) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // Throughput contenders
 
-/// The baseline: poll, decode nothing, commit after each batch of what was polled.
 /// `KASM_BENCH_CONTENDERS=ledger off,peer`: only the contenders (and latency routes) whose
 /// name contains one of these; all when unset.
 fn picked(name: &str) -> bool {
@@ -221,6 +220,7 @@ fn picked(name: &str) -> bool {
     filter.is_empty() || filter.split(',').any(|f| name.contains(f.trim()))
 }
 
+/// The baseline: poll, decode nothing, commit after each batch of what was polled.
 fn baseline(b: &Bench, topic: &str, n: usize) -> f64 {
     let consumer: BaseConsumer = b
         .client()
@@ -682,7 +682,6 @@ fn relay(b: &Bench, input: &str, output: &str, stop: &AtomicBool) {
         config.set("fetch.wait.max.ms", "1");
     }
     let consumer: BaseConsumer = config
-        .clone()
         .set("group.id", unique("relay"))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
