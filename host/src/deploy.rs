@@ -1,8 +1,9 @@
 //! Hot swap: deploy a new component version for a handler while it runs, roll back, and keep
 //! the active versions across restarts.
 //!
-//! A deploy validates and compiles the upload off the request path (`spawn_blocking`), with
-//! the handler's own grants and limits, exactly as at startup; a refusal leaves the active
+//! A deploy validates and compiles the upload off the request path, on low-priority threads
+//! (`Runtime::load_in_background`: the compile yields the cores to the records still flowing),
+//! with the handler's own grants and limits, exactly as at startup; a refusal leaves the active
 //! version untouched and says why. On success the bytes are stored content-addressed
 //! (`data_dir/components/<sha256>.wasm`), the active set is persisted
 //! (`data_dir/active.json`, written atomically), and the handler's `ArcSwap` is switched.
@@ -296,15 +297,13 @@ impl Deployer {
         let (ctx, hc) = self.handler(name)?;
         let spec = spec_for(name, hc, &ctx.resources);
         let started = Instant::now();
-        let runtime = self.runtime.clone();
         let sha = sha256_hex(&bytes);
-        let loaded = {
-            let bytes = bytes.clone();
-            tokio::task::spawn_blocking(move || runtime.load(&bytes, spec))
-                .await
-                .context("component loading task failed")
-                .map_err(DeployError::Internal)??
-        };
+        let loaded = self
+            .runtime
+            .load_in_background(bytes.clone(), spec)
+            .await
+            .context("component loading task failed")
+            .map_err(DeployError::Internal)??;
         let compile = started.elapsed();
         let load = loaded.load_report().source;
         // The schema the new version runs on (new migration files are applied now; a failure

@@ -12,8 +12,10 @@
 //! - Loading ([`Runtime::load`]) is blocking (cranelift): call it off the async hot path,
 //!   e.g. in `spawn_blocking`. It checks bytes, compiles or loads the precompiled artifact,
 //!   checks the world and the grants, and pre-instantiates. Calls ([`LoadedHandler::invoke`])
-//!   are async.
+//!   are async. [`Runtime::load_in_background`] runs a load on low-priority threads, for
+//!   deploys while records flow.
 
+mod background;
 mod cache;
 mod capture;
 pub mod component;
@@ -118,6 +120,7 @@ struct RuntimeInner {
     linker: Linker<HostState>,
     cache: Option<ArtifactCache>,
     config: RuntimeConfig,
+    background: background::BackgroundPool,
     _ticker: EpochTicker,
 }
 
@@ -158,6 +161,7 @@ impl Runtime {
                 linker,
                 cache,
                 config,
+                background: background::BackgroundPool::default(),
                 _ticker: ticker,
             }),
         })
@@ -217,6 +221,22 @@ impl Runtime {
         let pre =
             host::HandlerPre::new(pre).map_err(|e| LoadError::WrongExport(format!("{e:#}")))?;
         Ok(LoadedHandler::new(self.clone(), pre, info, report, spec))
+    }
+
+    /// [`Runtime::load`] on a low-priority thread, for loads while records flow (a deploy or
+    /// a rollback): the compile takes the CPU the handlers leave instead of competing with
+    /// them for it. The outer error is a host failure (no thread, a panic); the inner one is
+    /// the component's refusal.
+    pub async fn load_in_background(
+        &self,
+        bytes: Vec<u8>,
+        spec: HandlerSpec,
+    ) -> anyhow::Result<Result<LoadedHandler, LoadError>> {
+        let runtime = self.clone();
+        self.inner
+            .background
+            .run(move || runtime.load(&bytes, spec))
+            .await
     }
 
     /// Check a component as `kasm validate` does: every capability granted unless `grants`

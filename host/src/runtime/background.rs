@@ -1,0 +1,147 @@
+//! Low-priority compile threads for loads that happen while records flow (deploys, rollbacks).
+//!
+//! Cranelift compiles a component's functions in parallel on rayon threads, so a deploy keeps
+//! every core busy for a few hundred milliseconds. On a small machine that is exactly the
+//! time the handlers' records wait for a core: the swap itself is an atomic pointer store, but
+//! the compile before it showed up as a gap in the output (BENCHMARKS.md § Swap). A load run
+//! here goes to a rayon pool of its own whose threads run at a higher nice value than the rest
+//! of the process; wasmtime's parallel iterators called from inside the pool stay on it. The
+//! kernel then gives the records' threads the core whenever they are runnable, and the compile
+//! takes the time the records leave. Loads at startup keep the normal priority (nothing flows
+//! yet), on rayon's global pool.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use anyhow::Context;
+
+/// How much nicer than the process the compile threads run (nice values: higher yields more).
+/// At +10 a runnable thread of the process gets ~90 % of a contended core against one of
+/// these; at full load a deploy still finishes, only slower.
+const NICER_BY: i32 = 10;
+
+/// The highest nice value the kernel accepts.
+const NICE_MAX: i32 = 19;
+
+/// The pool, started on first use (a runtime that never deploys starts no threads).
+#[derive(Debug, Default)]
+pub(super) struct BackgroundPool {
+    pool: Mutex<Option<Arc<rayon::ThreadPool>>>,
+}
+
+impl BackgroundPool {
+    /// Run `job` on a low-priority thread; the answer arrives on the returned future.
+    /// A panic in `job` is logged and surfaces as an error, as with `spawn_blocking`.
+    pub(super) async fn run<T, F>(&self, job: F) -> anyhow::Result<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let pool = self.pool()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        pool.spawn(move || {
+            // The receiver is gone only if the caller stopped waiting; nothing to tell.
+            let _ = tx.send(job());
+        });
+        rx.await
+            .context("the background compile thread ended without an answer (it panicked)")
+    }
+
+    fn pool(&self) -> anyhow::Result<Arc<rayon::ThreadPool>> {
+        let mut slot = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(pool) = slot.as_ref() {
+            return Ok(pool.clone());
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("kasm-compile-{i}"))
+            .start_handler(|_| lower_this_threads_priority())
+            .panic_handler(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("(no message)");
+                tracing::error!(panic = what, "a background compile panicked");
+            })
+            .build()
+            .context("starting the background compile threads")?;
+        let pool = Arc::new(pool);
+        *slot = Some(pool.clone());
+        Ok(pool)
+    }
+}
+
+/// Raise the calling thread's nice value by [`NICER_BY`] (Linux keeps one per thread). An
+/// unprivileged thread may always lower its own priority; a failure is logged and the thread
+/// runs at the normal priority.
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let tid = rustix::thread::gettid();
+        let result = rustix::process::getpriority_process(Some(tid)).and_then(|now| {
+            rustix::process::setpriority_process(Some(tid), (now + NICER_BY).min(NICE_MAX))
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not lower a compile thread's priority; it runs at the normal one");
+        }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn own_nice() -> i32 {
+        rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn jobs_run_on_named_threads_nicer_than_the_caller() {
+        let pool = BackgroundPool::default();
+        let caller = own_nice();
+        let (name, nice) = pool
+            .run(|| (std::thread::current().name().map(str::to_owned), own_nice()))
+            .await
+            .unwrap();
+        assert!(
+            name.as_deref()
+                .is_some_and(|n| n.starts_with("kasm-compile-")),
+            "ran on {name:?}"
+        );
+        assert_eq!(nice, (caller + NICER_BY).min(NICE_MAX));
+        // The caller's own priority is untouched.
+        assert_eq!(own_nice(), caller);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_is_an_error_and_the_pool_keeps_serving() {
+        let pool = BackgroundPool::default();
+        let answer = pool
+            .run(|| -> u32 { panic!("a compile that panics") })
+            .await;
+        let err = answer.unwrap_err();
+        assert!(format!("{err:#}").contains("panicked"), "{err:#}");
+        assert_eq!(pool.run(|| 7).await.unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn parallel_work_inside_a_job_stays_on_the_pool() {
+        use rayon::prelude::*;
+        let pool = BackgroundPool::default();
+        let names = pool
+            .run(|| {
+                (0..64)
+                    .into_par_iter()
+                    .map(|_| std::thread::current().name().map(str::to_owned))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap();
+        assert!(
+            names
+                .iter()
+                .all(|n| n.as_deref().is_some_and(|n| n.starts_with("kasm-compile-"))),
+            "{names:?}"
+        );
+    }
+}
