@@ -77,8 +77,9 @@ struct EventIdField {
     event_id: Option<serde_json::Value>,
 }
 
-/// Choose a record's event id: header `event-id`, else JSON field `event_id`, else
-/// `topic/partition/offset`.
+/// Choose a record's event id: header `event-id`, else JSON field `event_id` (a string),
+/// else `topic/partition/offset`. Leading and trailing whitespace is not part of an id, from
+/// either source.
 pub fn identify_event_id(
     topic: &str,
     partition: i32,
@@ -107,7 +108,11 @@ pub fn identify_event_id(
         }) = serde_json::from_str::<EventIdField>(text)
         && !id.trim().is_empty()
     {
-        return id;
+        // Trimmed as the header is: one event sent with either carries one id.
+        return match id.trim() {
+            trimmed if trimmed.len() == id.len() => id,
+            trimmed => trimmed.to_owned(),
+        };
     }
     format!("{topic}/{partition}/{offset}")
 }
@@ -139,6 +144,19 @@ mod tests {
         assert_eq!(
             identify_event_id("t", 2, 9, br#"{"event_id":"p"}"#, &empty_header),
             "p"
+        );
+    }
+
+    #[test]
+    fn an_id_is_the_same_from_a_header_or_the_payload() {
+        let header = vec![("event-id".to_owned(), b" e-1\t".to_vec())];
+        let from_header = identify_event_id("t", 0, 1, b"", &header);
+        let from_payload = identify_event_id("t", 0, 2, br#"{"event_id":"  e-1 "}"#, &[]);
+        assert_eq!(from_header, "e-1");
+        assert_eq!(from_payload, from_header);
+        assert_eq!(
+            identify_event_id("t", 0, 3, br#"{"event_id":" \n "}"#, &[]),
+            "t/0/3"
         );
     }
 }

@@ -328,22 +328,15 @@ async fn process(
         };
         let now = now_ms();
         let first = *first_failure.get_or_insert(now);
-        if !kind.is_retryable() {
+        // A failure that retrying cannot mend goes to the DLQ as what it is; a retryable one
+        // once the attempts are used up.
+        if !kind.is_retryable() || attempt >= policy.attempts {
             let f = Failure {
-                kind: DlqKind::Failure(kind),
-                message,
-                attempts: attempt,
-                first_failure_ms: first,
-                last_failure_ms: now,
-            };
-            let (record, id) = into_record(event, tombstone);
-            return dead_letter(ctx, &record, &id, &sha, f, stop)
-                .await
-                .map(|()| Finish::Now);
-        }
-        if attempt >= policy.attempts {
-            let f = Failure {
-                kind: DlqKind::RetriesExhausted,
+                kind: if kind.is_retryable() {
+                    DlqKind::RetriesExhausted
+                } else {
+                    DlqKind::Failure(kind)
+                },
                 message,
                 attempts: attempt,
                 first_failure_ms: first,
