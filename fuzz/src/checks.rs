@@ -387,14 +387,14 @@ fn component_file() -> std::path::PathBuf {
 pub fn admin_bodies(data: &[u8]) {
     use axum::Json;
     use axum::extract::Query;
-    use kasm_host::admin::requests::{DlqQuery, EventBody, ReplayBody, ReplayRequest};
+    use kasm_host::admin::requests::{DlqQuery, EventBody, Object, ReplayBody, ReplayRequest};
 
     let Some((&sel, rest)) = data.split_first() else {
         return;
     };
     match sel % 4 {
         0 => {
-            if let Ok(Json(body)) = Json::<ReplayBody>::from_bytes(rest) {
+            if let Ok(Json(Object(body))) = Json::<Object<ReplayBody>>::from_bytes(rest) {
                 match body.request() {
                     Ok(ReplayRequest::All) => assert!(body.all && body.records.is_empty()),
                     Ok(ReplayRequest::Records(r)) => assert_eq!(r.len(), body.records.len()),
@@ -407,7 +407,7 @@ pub fn admin_bodies(data: &[u8]) {
             let split = rest.iter().position(|&b| b == b'\n').unwrap_or(0);
             let topic = String::from_utf8_lossy(&rest[..split]).into_owned();
             let body = &rest[(split + 1).min(rest.len())..];
-            if let Ok(Json(body)) = Json::<EventBody>::from_bytes(body) {
+            if let Ok(Json(Object(body))) = Json::<Object<EventBody>>::from_bytes(body) {
                 let given_id = body
                     .headers
                     .get(EVENT_ID_HEADER)

@@ -15,7 +15,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::Context as _;
-use axum::extract::{Path, Request, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -31,7 +34,7 @@ use crate::capabilities::Capability;
 use crate::deploy::{DeployError, Deployer};
 use crate::health::Health;
 use crate::pipeline::{HandlerCtx, PartitionView, StatsSnapshot, SwapRecord};
-use requests::{DlqQuery, EventBody, ReplayBody, ReplayRequest};
+use requests::{DlqQuery, EventBody, Object, ReplayBody, ReplayRequest};
 
 /// Shared state of the admin routes.
 #[derive(Debug, Clone)]
@@ -99,6 +102,20 @@ impl From<DeployError> for ApiError {
         ApiError::new(status, e.to_string())
     }
 }
+
+/// A request axum could not read (no JSON content type, not JSON, not the expected fields, over
+/// the size limit, a bad query string, not a WebSocket upgrade) answers like every other refusal:
+/// `{"error": ...}` with axum's status for it (415, 400, 422, 413, 400, 400/405/426).
+macro_rules! refusal_from_rejection {
+    ($($rejection:ty),*) => {$(
+        impl From<$rejection> for ApiError {
+            fn from(r: $rejection) -> Self {
+                ApiError::new(r.status(), r.body_text())
+            }
+        }
+    )*};
+}
+refusal_from_rejection!(JsonRejection, QueryRejection, WebSocketUpgradeRejection);
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
@@ -389,8 +406,9 @@ fn dlq_topic(h: &HandlerCtx, topic: Option<&str>) -> Result<String, ApiError> {
     let source = match topic {
         Some(t) if h.config.topics.iter().any(|x| x == t) => t.to_owned(),
         Some(t) => {
+            // The dead letters of a topic the handler does not consume: nothing by that name.
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
+                StatusCode::NOT_FOUND,
                 format!("`{t}` is not a source topic of handler `{}`", h.name),
             ));
         }
@@ -407,18 +425,18 @@ fn internal(e: anyhow::Error) -> ApiError {
 async fn dlq_list(
     State(s): State<AdminState>,
     Path(name): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<DlqQuery>,
+    q: Result<Query<DlqQuery>, QueryRejection>,
 ) -> ApiResult<crate::pipeline::replay::Page> {
+    let Query(q) = q?;
     let h = find(&s, &name)?;
     let topic = dlq_topic(h, q.topic.as_deref())?;
-    let from = q
-        .cursor()
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let bad = |e| ApiError::new(StatusCode::BAD_REQUEST, e);
+    let from = q.cursor().map_err(bad)?;
+    let limit = q.limit().map_err(bad)?;
     let config = crate::kafka::base_config(&s.kafka.0, &s.kafka.1);
-    let mut page =
-        crate::pipeline::replay::list(config, &topic, from.as_ref(), q.limit.unwrap_or(50))
-            .await
-            .map_err(internal)?;
+    let mut page = crate::pipeline::replay::list(config, &topic, from.as_ref(), limit)
+        .await
+        .map_err(internal)?;
     // Several handlers may share a dead-letter topic (`<source>.dlq`): show this one's.
     page.records
         .retain(|r| r.provenance.handler.as_deref().is_none_or(|h| h == name));
@@ -428,9 +446,10 @@ async fn dlq_list(
 async fn dlq_replay(
     State(s): State<AdminState>,
     Path(name): Path<String>,
-    Json(body): Json<ReplayBody>,
+    body: Result<Json<Object<ReplayBody>>, JsonRejection>,
 ) -> ApiResult<crate::pipeline::replay::ReplayReport> {
     let h = find(&s, &name)?;
+    let Json(Object(body)) = body?;
     let topic = dlq_topic(h, body.topic.as_deref())?;
     let config = crate::kafka::base_config(&s.kafka.0, &s.kafka.1);
     let request = body
@@ -489,8 +508,9 @@ struct Produced {
 async fn produce_event(
     State(s): State<AdminState>,
     Path(topic): Path<String>,
-    Json(body): Json<EventBody>,
+    body: Result<Json<Object<EventBody>>, JsonRejection>,
 ) -> ApiResult<Produced> {
+    let Json(Object(body)) = body?;
     let prepared = body
         .prepare(&topic)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
@@ -516,11 +536,12 @@ struct WsQuery {
 /// channel's token (see [`crate::websocket`]) comes as a bearer header or `?token=`.
 async fn websocket(
     State(s): State<AdminState>,
-    axum::extract::Query(q): axum::extract::Query<WsQuery>,
+    q: Result<Query<WsQuery>, QueryRejection>,
     headers: axum::http::HeaderMap,
-    upgrade: axum::extract::ws::WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<axum::response::Response, ApiError> {
     use crate::websocket::Refused;
+    let Query(q) = q?;
     let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -534,6 +555,9 @@ async fn websocket(
         };
         ApiError::new(status, e.to_string())
     })?;
+    // The channel and its token first (401 says nothing about the protocol), then whether this
+    // is a WebSocket handshake at all.
+    let upgrade = upgrade?;
     let hub = s.ws.clone();
     Ok(upgrade
         .max_message_size(64 << 10)

@@ -5,6 +5,8 @@
 
 use serde_json::{Value, json};
 
+use crate::pipeline::replay::MAX_LIST_LIMIT;
+
 fn error_response(description: &str) -> Value {
     json!({
         "description": description,
@@ -60,7 +62,7 @@ pub fn document() -> Value {
             "/v1/handlers/{name}": { "parameters": name_param(), "get": op("One handler: version and history, partitions with committed offset and lag, counters", true, handler_ok.clone(), &[("404", "no such handler")]) },
             "/v1/handlers/{name}/component": { "parameters": name_param(), "put": {
                 "summary": "Deploy a component version (hot swap): validated, compiled, persisted, swapped; in-flight records finish on the old version",
-                "requestBody": { "required": true, "content": { "application/wasm": { "schema": { "type": "string", "format": "binary" } }, "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } },
+                "requestBody": { "required": true, "content": { "application/wasm": { "schema": { "type": "string", "format": "binary", "minLength": 1 } }, "application/octet-stream": { "schema": { "type": "string", "format": "binary", "minLength": 1 } } } },
                 "responses": {
                     "200": swap_ok.clone(),
                     "400": error_response("empty body"),
@@ -77,55 +79,45 @@ pub fn document() -> Value {
             "/v1/handlers/{name}/dlq": { "parameters": name_param(), "get": {
                 "summary": "Dead letters of the handler, provenance headers decoded, paged",
                 "parameters": [
-                    { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 50 } },
-                    { "name": "from", "in": "query", "schema": { "type": "string" }, "description": "cursor from the previous page's `next` (`partition:offset,...`)" },
+                    { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT, "default": 50 } },
+                    { "name": "from", "in": "query", "schema": { "type": "string", "pattern": "^([0-9]{1,9}:[0-9]{1,18}(,[0-9]{1,9}:[0-9]{1,18})*)?$" }, "description": "cursor from the previous page's `next` (`partition:offset,...`)" },
                     { "name": "topic", "in": "query", "schema": { "type": "string" }, "description": "source topic whose dead-letter topic to read (default: the handler's first)" }
                 ],
                 "responses": {
                     "200": { "description": "a page", "content": { "application/json": { "schema": { "type": "object", "properties": {
                         "records": { "type": "array", "items": { "type": "object" } }, "next": { "type": ["string", "null"] } } } } } },
-                    "400": error_response("bad cursor or topic"),
+                    "400": error_response("bad query: limit out of range or not a number, or bad cursor"),
                     "401": error_response("missing or wrong bearer token"),
-                    "404": error_response("no such handler"),
+                    "404": error_response("no such handler, or `topic` is not one of its source topics"),
                     "502": error_response("the dead-letter topic could not be read")
                 }
             } },
             "/v1/topics/{topic}/events": {
-                "parameters": [{ "name": "topic", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "parameters": [{ "name": "topic", "in": "path", "required": true, "schema": { "type": "string", "pattern": "^(?!\\.\\.?$)[A-Za-z0-9._-]{1,249}$" }, "description": "a Kafka topic name" }],
                 "post": {
                     "summary": "Publish one event (acks=all, idempotent); an event-id is generated when the event has none",
-                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["event"], "properties": {
-                        "event": {}, "key": { "type": "string" },
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["event"], "additionalProperties": false, "properties": {
+                        "event": {}, "key": { "type": ["string", "null"] },
                         "headers": { "type": "object", "additionalProperties": { "type": "string" } } } } } } },
                     "responses": {
                         "200": { "description": "acknowledged by the broker", "content": { "application/json": { "schema": { "type": "object", "properties": {
                             "topic": { "type": "string" }, "partition": { "type": "integer" }, "offset": { "type": "integer" }, "event_id": { "type": "string" } } } } } },
-                        "400": error_response("bad topic name or body"),
+                        "400": error_response("bad topic name, or the body is not JSON"),
                         "401": error_response("missing or wrong bearer token"),
                         "403": error_response("mutations disabled"),
+                        "413": error_response("body over the size limit"),
+                        "415": error_response("no `Content-Type: application/json`"),
+                        "422": error_response("JSON, but not this body: a field missing, of the wrong type or unknown"),
                         "502": error_response("the broker did not acknowledge the write")
                     }
                 }
-            },
-            "/v1/handlers/{name}/dlq/replay": { "parameters": name_param(), "post": {
-                "summary": "Re-publish dead letters to their source topic with `kasm-replay-count`; records past the handler's max_replays are refused",
-                "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "properties": {
-                    "all": { "type": "boolean" },
-                    "records": { "type": "array", "items": { "type": "object", "required": ["partition", "offset"], "properties": { "partition": { "type": "integer" }, "offset": { "type": "integer" } } } },
-                    "topic": { "type": "string" } } } } } },
-                "responses": {
-                    "200": { "description": "what was replayed and what was refused, with reasons", "content": { "application/json": { "schema": { "type": "object", "properties": {
-                        "replayed": { "type": "array", "items": { "type": "object" } }, "refused": { "type": "array", "items": { "type": "object" } }, "stopped": { "type": ["string", "null"] } } } } } },
-                    "400": error_response("neither `all` nor `records`"),
-                    "401": error_response("missing or wrong bearer token"),
-                    "403": error_response("mutations disabled"),
-                    "404": error_response("no such handler"),
-                    "502": error_response("the dead-letter topic could not be read")
-                }
-            } }
+            }
         },
         "components": {
-            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "securitySchemes": {
+                "bearer": { "type": "http", "scheme": "bearer", "description": "the admin token, KASM_ADMIN_TOKEN" },
+                "channel": { "type": "http", "scheme": "bearer", "description": "GET /ws only: the channel's token, hex(HMAC-SHA256(KASM_WS_SECRET, channel)); also accepted as ?token=" }
+            },
             "schemas": {
                 "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } },
                 "HealthReport": { "type": "object", "properties": {
@@ -153,8 +145,37 @@ pub fn document() -> Value {
             }
         }
     });
+    doc["paths"]["/v1/handlers/{name}/dlq/replay"] =
+        json!({ "parameters": name_param(), "post": replay_op() });
     doc["paths"]["/ws"] = json!({ "get": ws_op() });
     doc
+}
+
+/// `POST /v1/handlers/{name}/dlq/replay` (added apart, as `/ws`).
+fn replay_op() -> Value {
+    json!({
+        "summary": "Re-publish dead letters to their source topic with `kasm-replay-count`; records past the handler's max_replays are refused",
+        "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "additionalProperties": false, "properties": {
+            "all": { "type": "boolean" },
+            "records": { "type": "array", "items": { "type": "object", "required": ["partition", "offset"], "additionalProperties": false, "properties": { "partition": { "type": "integer", "format": "int32" }, "offset": { "type": "integer", "format": "int64" } } } },
+            "topic": { "type": ["string", "null"] } },
+            "oneOf": [
+                { "required": ["all"], "properties": { "all": { "const": true }, "records": { "maxItems": 0 } } },
+                { "required": ["records"], "properties": { "all": { "const": false }, "records": { "minItems": 1 } } }
+            ] } } } },
+        "responses": {
+            "200": { "description": "what was replayed and what was refused, with reasons", "content": { "application/json": { "schema": { "type": "object", "properties": {
+                "replayed": { "type": "array", "items": { "type": "object" } }, "refused": { "type": "array", "items": { "type": "object" } }, "stopped": { "type": ["string", "null"] } } } } } },
+            "400": error_response("neither `all` nor `records` (or both), or the body is not JSON"),
+            "401": error_response("missing or wrong bearer token"),
+            "403": error_response("mutations disabled"),
+            "404": error_response("no such handler, or `topic` is not one of its source topics"),
+            "413": error_response("body over the size limit"),
+            "415": error_response("no `Content-Type: application/json`"),
+            "422": error_response("JSON, but not this body: a field of the wrong type or unknown"),
+            "502": error_response("the dead-letter topic could not be read")
+        }
+    })
 }
 
 /// `GET /ws` (added apart: one more path in the big `json!` passes the macro's recursion limit).
@@ -163,12 +184,14 @@ fn ws_op() -> Value {
         "summary": "WebSocket of one channel: what handlers broadcast to it. Token: hex(HMAC-SHA256(KASM_WS_SECRET, channel)), as a bearer header or ?token=",
         "parameters": [
             { "name": "channel", "in": "query", "required": true, "schema": { "type": "string", "pattern": "^[A-Za-z0-9:._-]{1,200}$" } },
-            { "name": "token", "in": "query", "required": false, "schema": { "type": "string" } }
+            { "name": "token", "in": "query", "required": false, "schema": { "type": "string" }, "description": "the channel's token, when no Authorization header carries it" }
         ],
+        "security": [{ "channel": [] }],
         "responses": {
             "101": { "description": "switching to the WebSocket protocol; text messages follow" },
-            "400": error_response("not a channel name"),
+            "400": error_response("not a channel name, or not a WebSocket handshake"),
             "401": error_response("missing or wrong token for the channel"),
+            "426": error_response("the connection cannot be upgraded"),
             "503": error_response("live updates off (no KASM_WS_SECRET) or too many clients")
         }
     })

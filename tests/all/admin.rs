@@ -430,7 +430,7 @@ async fn metrics_parse_and_count_what_was_produced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_openapi_document_lists_exactly_the_served_routes() {
+async fn the_openapi_document_lists_exactly_the_served_routes_and_their_refusals() {
     let s = Setup::new(TestBroker::from_env(), 4).await;
     let host = start(&s, Some(TOKEN)).await;
     let addr = host.admin_addr.to_string();
@@ -466,6 +466,91 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
         assert!(
             code != 404 && code != 405 && code != 0,
             "{method} {concrete}: {code} {text}"
+        );
+    }
+    // A request the server cannot read is refused like any other: a JSON `error` naming the
+    // problem, with a status the document lists for that operation.
+    let events = format!("/v1/topics/{}/events", s.topic);
+    let cases = [
+        (
+            "POST",
+            events.as_str(),
+            "/v1/topics/{topic}/events",
+            "x",
+            415,
+            "Content-Type",
+        ),
+        (
+            "POST",
+            events.as_str(),
+            "/v1/topics/{topic}/events",
+            "{nope",
+            400,
+            "JSON",
+        ),
+        (
+            "POST",
+            events.as_str(),
+            "/v1/topics/{topic}/events",
+            r#"{"event": 1, "nope": 2}"#,
+            422,
+            "unknown field `nope`",
+        ),
+        (
+            "POST",
+            "/v1/handlers/pub/dlq/replay",
+            "/v1/handlers/{name}/dlq/replay",
+            "{}",
+            400,
+            "`records`",
+        ),
+        (
+            "POST",
+            "/v1/handlers/pub/dlq/replay",
+            "/v1/handlers/{name}/dlq/replay",
+            r#"{"all": true, "topic": "elsewhere"}"#,
+            404,
+            "not a source topic",
+        ),
+        (
+            "GET",
+            "/v1/handlers/pub/dlq?limit=0",
+            "/v1/handlers/{name}/dlq",
+            "",
+            400,
+            "limit must be 1 to 1000",
+        ),
+        (
+            "GET",
+            "/v1/handlers/pub/dlq?limit=ten",
+            "/v1/handlers/{name}/dlq",
+            "",
+            400,
+            "limit",
+        ),
+        (
+            "GET",
+            "/v1/handlers/pub/dlq?topic=elsewhere",
+            "/v1/handlers/{name}/dlq",
+            "",
+            404,
+            "not a source topic",
+        ),
+    ];
+    for (method, path, documented, body, status, needle) in cases {
+        let (code, text) = http_request(&addr, method, path, Some(TOKEN), body.as_bytes());
+        assert_eq!(code, status, "{method} {path}: {text}");
+        let answer: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{method} {path}: the refusal is not JSON ({e}): {text}"));
+        let reason = answer["error"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains(needle),
+            "{method} {path}: {reason:?} names {needle:?}"
+        );
+        let responses = &doc["paths"][documented][method.to_lowercase()]["responses"];
+        assert!(
+            responses.get(status.to_string()).is_some(),
+            "the document lists {status} for {method} {documented}: {responses}"
         );
     }
     host.shutdown().await.unwrap();

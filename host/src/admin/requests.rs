@@ -6,8 +6,31 @@
 
 use std::collections::BTreeMap;
 
-use crate::pipeline::replay::Cursor;
+use crate::pipeline::replay::{Cursor, MAX_LIST_LIMIT};
 use crate::produce::Prepared;
+
+/// A request body that must be a JSON object: serde's derived structs also accept an array of
+/// their fields in declaration order (`[{...}, "key"]` for an [`EventBody`]), which is not what
+/// the API documents. Routes read `Json<Object<T>>`.
+#[derive(Debug)]
+pub struct Object<T>(pub T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Fields<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Fields(std::marker::PhantomData))
+            .map(Object)
+    }
+}
 
 /// Query of `GET /v1/handlers/{name}/dlq`.
 #[derive(Debug, serde::Deserialize)]
@@ -21,6 +44,15 @@ pub struct DlqQuery {
 }
 
 impl DlqQuery {
+    /// The page size: `limit` if given (1 to [`MAX_LIST_LIMIT`]), else 50.
+    pub fn limit(&self) -> Result<usize, String> {
+        match self.limit {
+            None => Ok(50),
+            Some(n @ 1..=MAX_LIST_LIMIT) => Ok(n),
+            Some(n) => Err(format!("limit must be 1 to {MAX_LIST_LIMIT}, not {n}")),
+        }
+    }
+
     /// The cursor to start from: none for an absent or empty `from`, else `from` parsed.
     pub fn cursor(&self) -> Result<Option<Cursor>, String> {
         match self.from.as_deref().filter(|f| !f.is_empty()) {
@@ -101,5 +133,42 @@ impl EventBody {
             return Err(format!("`{topic}` is not a valid topic name"));
         }
         crate::produce::prepare(self.event, self.key, self.headers).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn query(q: &str) -> DlqQuery {
+        let uri: axum::http::Uri = format!("/v1/handlers/h/dlq?{q}").parse().unwrap();
+        axum::extract::Query::<DlqQuery>::try_from_uri(&uri)
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn bodies_are_objects_not_arrays_of_their_fields() {
+        let read = |b: &[u8]| axum::Json::<Object<EventBody>>::from_bytes(b).map(|j| j.0.0);
+        let body = read(br#"{"event": {"a": 1}, "key": "k"}"#).unwrap();
+        assert_eq!(body.key.as_deref(), Some("k"));
+        for array in [&br#"[null, null]"#[..], br#"[{"a": 1}, "k"]"#] {
+            let err = read(array).unwrap_err().body_text();
+            assert!(err.contains("expected a JSON object"), "{err}");
+        }
+        let replay = axum::Json::<Object<ReplayBody>>::from_bytes(br#"[true, []]"#);
+        assert!(replay.is_err());
+    }
+
+    #[test]
+    fn a_page_size_outside_1_to_1000_is_refused_not_clamped() {
+        assert_eq!(query("").limit(), Ok(50));
+        assert_eq!(query("limit=1").limit(), Ok(1));
+        assert_eq!(query("limit=1000").limit(), Ok(1000));
+        for bad in ["limit=0", "limit=1001"] {
+            let err = query(bad).limit().unwrap_err();
+            assert!(err.contains("limit must be 1 to 1000"), "{bad}: {err}");
+        }
     }
 }
