@@ -186,6 +186,19 @@ fn read_state(path: &Path) -> anyhow::Result<Persisted> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
+/// Run file work (reads, writes and their fsyncs) on tokio's blocking threads: a deploy is
+/// served on the same runtime as the partition workers, and an fsync that waits tens of
+/// milliseconds for a busy disk must not hold one of their threads.
+async fn off_runtime<T, F>(what: &str, job: F) -> anyhow::Result<T>
+where
+    F: FnOnce() -> anyhow::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(job)
+        .await
+        .with_context(|| format!("{what}: the file task ended without an answer"))?
+}
+
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().context("state path has no folder")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -279,9 +292,12 @@ impl Deployer {
             return Err(DeployError::NoPrevious(name.to_owned()));
         };
         let path = self.components_dir.join(format!("{target}.wasm"));
-        let bytes = std::fs::read(&path)
-            .with_context(|| format!("reading stored version {}", path.display()))
-            .map_err(DeployError::Internal)?;
+        let bytes = off_runtime("rollback", move || {
+            std::fs::read(&path)
+                .with_context(|| format!("reading stored version {}", path.display()))
+        })
+        .await
+        .map_err(DeployError::Internal)?;
         self.activate(&mut state, name, bytes, "rollback", false)
             .await
     }
@@ -315,9 +331,14 @@ impl Deployer {
 
         // Store the bytes (content-addressed, written once) and the new active set.
         let path = self.components_dir.join(format!("{sha}.wasm"));
-        if !path.is_file() {
-            write_atomic(&path, &bytes).map_err(DeployError::Internal)?;
-        }
+        off_runtime("storing the component", move || {
+            if !path.is_file() {
+                write_atomic(&path, &bytes)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(DeployError::Internal)?;
         let previous = ctx.component.load().info().sha256.clone();
         let entry = state
             .handlers
@@ -344,7 +365,12 @@ impl Deployer {
         let json = serde_json::to_vec_pretty(&*state)
             .context("encoding the active set")
             .map_err(DeployError::Internal)?;
-        write_atomic(&self.state_path, &json).map_err(DeployError::Internal)?;
+        let state_path = self.state_path.clone();
+        off_runtime("writing the active set", move || {
+            write_atomic(&state_path, &json)
+        })
+        .await
+        .map_err(DeployError::Internal)?;
 
         let swap_start = Instant::now();
         ctx.component.store(Arc::new(loaded));

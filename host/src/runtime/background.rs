@@ -7,8 +7,12 @@
 //! here goes to a rayon pool of its own whose threads run at a higher nice value than the rest
 //! of the process; wasmtime's parallel iterators called from inside the pool stay on it. The
 //! kernel then gives the records' threads the core whenever they are runnable, and the compile
-//! takes the time the records leave. Loads at startup keep the normal priority (nothing flows
-//! yet), on rayon's global pool.
+//! takes the time the records leave. The pool has half the cores (at least one), so a core is
+//! left to the records whatever the scheduler does: at nice +10 on both cores of a 2-core VM,
+//! deploys still opened gaps of 60–90 ms in the output now and then (a vCPU the hypervisor
+//! takes away leaves its runnable threads waiting); with one compile thread none showed in the
+//! same runs (BENCHMARKS.md § Hot swap). The price is a slower deploy, not a slower record.
+//! Loads at startup keep the normal priority (nothing flows yet), on rayon's global pool.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -52,6 +56,7 @@ impl BackgroundPool {
             return Ok(pool.clone());
         }
         let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(compile_threads())
             .thread_name(|i| format!("kasm-compile-{i}"))
             .start_handler(|_| lower_this_threads_priority())
             .panic_handler(|panic| {
@@ -68,6 +73,12 @@ impl BackgroundPool {
         *slot = Some(pool.clone());
         Ok(pool)
     }
+}
+
+/// Half the cores, at least one: the other half stays free for the records whatever the
+/// scheduler does with priorities.
+fn compile_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 /// Raise the calling thread's nice value by [`NICER_BY`] (Linux keeps one per thread). An
