@@ -14,7 +14,7 @@
 //!   - *kasm*: the host in process with the trivial `fixture` handler (`{"action":"ok"}`:
 //!     decode, return ok) — ledger off, ledger on (default settings: a fresh instance per
 //!     record, one ledger write in flight per partition), reused instances, 64 ledger writes
-//!     in flight;
+//!     in flight, and both (reused instances and 64 in flight);
 //!   - *kasm audit*: the audit handler writing one SQLite row per task event;
 //!   - *peer*: `bench/peer.py`, the aiokafka consumer people write today (manual commit after
 //!     each batch, a set of seen ids, a DLQ), installed from PyPI into `target/bench/venv`.
@@ -38,7 +38,10 @@
 //!   `in flight`).
 //! - **swap**: the 1k/s latency run (defaults) with a new version deployed in the middle: the
 //!   worst latency of the records sent around the swap against the steady p99, and the longest
-//!   gap between two outputs around the swap against the longest elsewhere.
+//!   gap between two outputs around the swap against the longest elsewhere. Each deploy run is
+//!   followed by its control, the same run with nothing deployed and a window as long as the
+//!   deploy's marked at the same place: a stall the machine or the broker causes anyway shows
+//!   in the control as often, one the deploy causes only beside it.
 //! - **rss**: peak RSS of `target/release/kasm run` with the four task-app handlers
 //!   (notification posting to a local receiver, recurring, audit on SQLite, live updates)
 //!   working off a backlog at full speed, and with the one trivial handler.
@@ -438,7 +441,7 @@ fn throughput(b: &Bench) {
     if let Err(e) = &python {
         eprintln!("peer unavailable: {e}");
     }
-    let contenders: [(&str, Option<KasmOpts>); 7] = [
+    let contenders: [(&str, Option<KasmOpts>); 8] = [
         ("baseline (rdkafka, no Wasm, no ledger)", None),
         (
             "kasm, ledger off",
@@ -458,6 +461,14 @@ fn throughput(b: &Bench) {
         (
             "kasm, ledger on, 64 writes in flight",
             Some(KasmOpts {
+                pending: 64,
+                ..DEFAULTS
+            }),
+        ),
+        (
+            "kasm, ledger on, reused, 64 in flight",
+            Some(KasmOpts {
+                reuse: 10_000,
                 pending: 64,
                 ..DEFAULTS
             }),
@@ -557,6 +568,10 @@ struct LatencyRun {
     steady_gap_us: u64,
     /// compile + switch of the deploy, as the deployer reported it.
     swap_report: Option<String>,
+    /// How long the window's deploy (or sham) took, from its start to its end.
+    window_len: Option<Duration>,
+    /// When the window's longest gap began, in ms from the start of the deploy (or sham).
+    swap_gap_from_ms: f64,
     /// Records the probe never saw.
     missing: usize,
 }
@@ -739,7 +754,19 @@ enum Route {
 
 /// Carry the records along `route` at `per_sec` for `seconds`; with `swap`, deploy a new
 /// version of the kasm handler halfway.
-fn latency_run(b: &Bench, per_sec: f64, seconds: f64, swap: bool, route: Route) -> LatencyRun {
+/// What happens half-way through a latency run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Midway {
+    /// Nothing: every record counts as steady.
+    Nothing,
+    /// A new version of the handler is deployed.
+    Deploy,
+    /// The control: nothing is deployed, but a window as long as a deploy is marked where one
+    /// would be, and measured the same way.
+    Sham(Duration),
+}
+
+fn latency_run(b: &Bench, per_sec: f64, seconds: f64, midway: Midway, route: Route) -> LatencyRun {
     let input = b.topic("lat-in", 4);
     let out = if route == Route::Direct {
         input.clone()
@@ -796,26 +823,36 @@ fn latency_run(b: &Bench, per_sec: f64, seconds: f64, swap: bool, route: Route) 
         } else {
             2
         }));
-        let swapper = host.as_ref().filter(|_| swap).map(|h| {
-            let deployer = h.deployer.clone();
-            let handle = b.rt.handle().clone();
-            let window = &swap_window;
-            s.spawn(move || {
-                std::thread::sleep(Duration::from_secs_f64(seconds / 2.0));
-                let bytes = retagged(&std::fs::read(component("fixture")).unwrap(), &unique("v"));
-                let t0 = now_us();
-                let report = handle.block_on(deployer.deploy("echo", bytes)).unwrap();
-                let t1 = now_us();
-                *window.lock().unwrap() = Some((
-                    t0,
-                    t1,
-                    format!(
-                        "compile {:.0} ms, switch {:.0} µs",
-                        report.compile_ms, report.swap_us
-                    ),
-                ));
-            })
-        });
+        let swapper = host
+            .as_ref()
+            .filter(|_| midway != Midway::Nothing)
+            .map(|h| {
+                let deployer = h.deployer.clone();
+                let handle = b.rt.handle().clone();
+                let window = &swap_window;
+                s.spawn(move || {
+                    std::thread::sleep(Duration::from_secs_f64(seconds / 2.0));
+                    let bytes =
+                        retagged(&std::fs::read(component("fixture")).unwrap(), &unique("v"));
+                    let t0 = now_us();
+                    let what = if let Midway::Sham(len) = midway {
+                        std::thread::sleep(len);
+                        format!("sham: nothing deployed, window of {} ms", len.as_millis())
+                    } else {
+                        // On the runtime's threads, beside the partition workers, as the admin
+                        // API serves a deploy.
+                        let deploy = async move { deployer.deploy("echo", bytes).await };
+                        let report = handle.block_on(handle.spawn(deploy)).unwrap().unwrap();
+                        format!(
+                            "compile {:.0} ms, switch {:.0} µs, deploy {:.0} ms",
+                            report.compile_ms,
+                            report.swap_us,
+                            (now_us() - t0) as f64 / 1000.0
+                        )
+                    };
+                    *window.lock().unwrap() = Some((t0, now_us(), what));
+                })
+            });
         paced_send(b, &input, &out, n, per_sec);
         if let Some(t) = swapper {
             t.join().unwrap();
@@ -856,11 +893,13 @@ fn latency_run(b: &Bench, per_sec: f64, seconds: f64, swap: bool, route: Route) 
         arrivals.push(*at);
     }
     arrivals.sort_unstable();
-    let (mut swap_gap, mut steady_gap) = (0, 0);
+    let (mut swap_gap, mut steady_gap, mut swap_gap_from) = (0, 0, 0);
     for w in arrivals.windows(2) {
         let gap = w[1] - w[0];
         if in_window(w[1]) {
-            swap_gap = swap_gap.max(gap);
+            if gap > swap_gap {
+                (swap_gap, swap_gap_from) = (gap, w[0]);
+            }
         } else {
             steady_gap = steady_gap.max(gap);
         }
@@ -872,6 +911,10 @@ fn latency_run(b: &Bench, per_sec: f64, seconds: f64, swap: bool, route: Route) 
         swap: swap_lat,
         swap_gap_us: swap_gap,
         steady_gap_us: steady_gap,
+        window_len: window.as_ref().map(|w| Duration::from_micros(w.1 - w.0)),
+        swap_gap_from_ms: window
+            .as_ref()
+            .map_or(0.0, |w| (swap_gap_from as f64 - w.0 as f64) / 1000.0),
         swap_report: window.map(|w| w.2),
         missing: n - unique_seqs.len(),
     }
@@ -913,7 +956,7 @@ fn latency(b: &Bench) {
                 if !picked(&label(route)) {
                     continue;
                 }
-                let r = latency_run(b, per_sec, seconds, false, *route);
+                let r = latency_run(b, per_sec, seconds, Midway::Nothing, *route);
                 got[i].push((
                     pct(&r.steady, 0.5),
                     pct(&r.steady, 0.99),
@@ -955,20 +998,59 @@ fn swap(b: &Bench) {
         broker_name(b)
     );
     println!(
-        "{:<6} {:>10} {:>10} {:>13} {:>13} {:>13}  deploy",
-        "run", "p99 ms", "max ms", "swap max ms", "steady gap ms", "swap gap ms"
+        "each deploy run has its control: the same run with nothing deployed and a window as long \
+         as the deploy's marked at the same place (every other round, the control runs first)"
     );
+    println!(
+        "{:<10} {:>8} {:>8} {:>13} {:>13} {:>13} {:>10} {:>8}  deploy",
+        "run",
+        "p99 ms",
+        "max ms",
+        "window max ms",
+        "steady gap ms",
+        "window gap ms",
+        "growth ms",
+        "gap at"
+    );
+    // Per kind (deploy, sham): the longest gap's growth over the steady one, and whether it
+    // was longer than the run's steady p99.
+    let mut growth: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut over = [0usize; 2];
+    // The control's window is as long as the last deploy took; every other round runs the
+    // control first, so drift within the invocation weighs on both alike.
+    let mut len = Duration::from_millis(250);
     for run in 1..=runs {
-        let r = latency_run(b, 1000.0, seconds, true, Route::Kasm(1));
+        let sham_first = run % 2 == 0;
+        let sham_run = |len| latency_run(b, 1000.0, seconds, Midway::Sham(len), Route::Kasm(1));
+        let early = sham_first.then(|| sham_run(len));
+        let real = latency_run(b, 1000.0, seconds, Midway::Deploy, Route::Kasm(1));
+        len = real.window_len.unwrap_or(len);
+        let sham = early.unwrap_or_else(|| sham_run(len));
+        for (k, (name, r)) in [("deploy", real), ("sham", sham)].into_iter().enumerate() {
+            let p99 = pct(&r.steady, 0.99);
+            let g = (r.swap_gap_us as f64 - r.steady_gap_us as f64) / 1000.0;
+            growth[k].push(g);
+            if g > p99 {
+                over[k] += 1;
+            }
+            println!(
+                "{:<10} {p99:>8.2} {:>8.2} {:>13.2} {:>13.2} {:>13.2} {g:>10.2} {:>8.0}  {} (missing {})",
+                format!("{run} {name}"),
+                pct(&r.steady, 1.0),
+                pct(&r.swap, 1.0),
+                r.steady_gap_us as f64 / 1000.0,
+                r.swap_gap_us as f64 / 1000.0,
+                r.swap_gap_from_ms,
+                r.swap_report.unwrap_or_else(|| "no swap".into()),
+                r.missing
+            );
+        }
+    }
+    for (k, name) in ["deploy", "sham (control)"].iter().enumerate() {
+        let (m, lo, hi) = median_spread(growth[k].clone());
         println!(
-            "{run:<6} {:>10.2} {:>10.2} {:>13.2} {:>13.2} {:>13.2}  {} (missing {})",
-            pct(&r.steady, 0.99),
-            pct(&r.steady, 1.0),
-            pct(&r.swap, 1.0),
-            r.steady_gap_us as f64 / 1000.0,
-            r.swap_gap_us as f64 / 1000.0,
-            r.swap_report.unwrap_or_else(|| "no swap".into()),
-            r.missing
+            "{name:<15} gap growth median {m:.2} ms [{lo:.2} – {hi:.2}], longer than the run's p99 in {} of {runs}",
+            over[k]
         );
     }
 }
