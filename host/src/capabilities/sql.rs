@@ -237,9 +237,17 @@ pub async fn migrate(
 // SQLite
 
 /// An SQLite file in WAL mode, with a few pooled connections.
+///
+/// SQLite has one writer at a time, and a transaction here takes the write lock at `BEGIN`.
+/// Writers of this process queue for it in order on `turn` (tokio's mutex is fair) before
+/// they ask SQLite: SQLite's own busy handler polls with growing sleeps, so with four
+/// partitions writing at once one of them could lose every round for the whole busy timeout,
+/// fail `unavailable`, and after its retries be dead-lettered though nothing was wrong. The
+/// busy timeout still covers writers in other processes.
 pub struct SqliteDb {
     path: PathBuf,
     idle: Arc<Mutex<Vec<rusqlite::Connection>>>,
+    turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl fmt::Debug for SqliteDb {
@@ -266,6 +274,7 @@ impl SqliteDb {
         let db = Self {
             path: path.to_owned(),
             idle: Arc::new(Mutex::new(Vec::new())),
+            turn: Arc::new(tokio::sync::Mutex::new(())),
         };
         let conn = db.connect()?;
         db.put_back(conn);
@@ -298,6 +307,8 @@ fn put_back(idle: &Mutex<Vec<rusqlite::Connection>>, conn: rusqlite::Connection)
 #[async_trait]
 impl SqlDatabase for SqliteDb {
     async fn begin(&self) -> Result<Box<dyn SqlTx>, SqlError> {
+        // This process's writers in order; held until the transaction ends (dropped).
+        let turn = self.turn.clone().lock_owned().await;
         let pooled = self.idle.lock().ok().and_then(|mut i| i.pop());
         let conn = match pooled {
             Some(c) => c,
@@ -307,6 +318,7 @@ impl SqlDatabase for SqliteDb {
             conn: Some(conn),
             idle: self.idle.clone(),
             open: false,
+            _turn: turn,
         };
         // IMMEDIATE: take the write lock now, so two calls never deadlock upgrading a read.
         tx.run(|c| c.execute_batch("BEGIN IMMEDIATE")).await?;
@@ -323,6 +335,9 @@ struct SqliteTx {
     conn: Option<rusqlite::Connection>,
     idle: Arc<Mutex<Vec<rusqlite::Connection>>>,
     open: bool,
+    /// This process's write turn; released after `Drop` has rolled back or pooled the
+    /// connection (fields drop after it).
+    _turn: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl SqliteTx {
