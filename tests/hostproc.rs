@@ -124,6 +124,13 @@ impl HostProcess {
         }
     }
 
+    /// Everything the host printed so far, one line each, reading what is pending without
+    /// waiting (for a failure message).
+    pub fn printed(&mut self) -> String {
+        while self.pump(Duration::from_millis(0)) {}
+        self.output.join("\n")
+    }
+
     /// The first output line so far containing `needle`, reading what the host printed
     /// without waiting.
     pub fn find_line(&mut self, needle: &str) -> Option<String> {

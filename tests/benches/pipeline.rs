@@ -38,9 +38,9 @@
 //!   `in flight`).
 //! - **swap**: the 1k/s latency run (defaults) with a new version deployed in the middle: the
 //!   worst latency of the records sent around the swap against the steady p99, and the longest
-//!   gap between two outputs around the swap against the longest elsewhere. Each deploy run is
-//!   followed by its control, the same run with nothing deployed and a window as long as the
-//!   deploy's marked at the same place: a stall the machine or the broker causes anyway shows
+//!   gap between two outputs around the swap against the longest elsewhere. Each deploy run has
+//!   its control (before it every other round), the same run with nothing deployed and a window
+//!   as long as the deploy's marked at the same place: a stall the machine or the broker causes anyway shows
 //!   in the control as often, one the deploy causes only beside it.
 //! - **rss**: peak RSS of `target/release/kasm run` with the four task-app handlers
 //!   (notification posting to a local receiver, recurring, audit on SQLite, live updates)
@@ -752,8 +752,6 @@ enum Route {
     Kasm(usize),
 }
 
-/// Carry the records along `route` at `per_sec` for `seconds`; with `swap`, deploy a new
-/// version of the kasm handler halfway.
 /// What happens half-way through a latency run.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Midway {
@@ -766,6 +764,8 @@ enum Midway {
     Sham(Duration),
 }
 
+/// Carry the records along `route` at `per_sec` for `seconds`; half-way, do what `midway`
+/// says (a deploy of a new version of the kasm handler, or the control's empty window).
 fn latency_run(b: &Bench, per_sec: f64, seconds: f64, midway: Midway, route: Route) -> LatencyRun {
     let input = b.topic("lat-in", 4);
     let out = if route == Route::Direct {
@@ -832,13 +832,15 @@ fn latency_run(b: &Bench, per_sec: f64, seconds: f64, midway: Midway, route: Rou
                 let window = &swap_window;
                 s.spawn(move || {
                     std::thread::sleep(Duration::from_secs_f64(seconds / 2.0));
-                    let bytes =
-                        retagged(&std::fs::read(component("fixture")).unwrap(), &unique("v"));
+                    let bytes = (midway == Midway::Deploy).then(|| {
+                        retagged(&std::fs::read(component("fixture")).unwrap(), &unique("v"))
+                    });
                     let t0 = now_us();
                     let what = if let Midway::Sham(len) = midway {
                         std::thread::sleep(len);
                         format!("sham: nothing deployed, window of {} ms", len.as_millis())
                     } else {
+                        let bytes = bytes.unwrap();
                         // On the runtime's threads, beside the partition workers, as the admin
                         // API serves a deploy.
                         let deploy = async move { deployer.deploy("echo", bytes).await };
