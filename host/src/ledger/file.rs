@@ -165,11 +165,10 @@ struct Shared {
 
 /// A request to the writer thread.
 enum Op {
+    /// One or more entries of one handler, answered together.
     Record {
         handler: String,
-        event_id: String,
-        at_ms: i64,
-        value: Vec<u8>,
+        entries: Vec<Encoded>,
         reply: oneshot::Sender<anyhow::Result<()>>,
     },
     Sweep {
@@ -183,6 +182,13 @@ enum Op {
     Fail {
         reply: oneshot::Sender<anyhow::Result<u64>>,
     },
+}
+
+/// An entry ready for the journal: its event id, time and stored value.
+struct Encoded {
+    event_id: String,
+    at_ms: i64,
+    value: Vec<u8>,
 }
 
 impl Op {
@@ -405,12 +411,55 @@ impl Ledger for FileLedger {
         let (reply, answer) = oneshot::channel();
         let op = Op::Record {
             handler: handler.to_owned(),
-            event_id: event_id.to_owned(),
-            at_ms,
-            value,
+            entries: vec![Encoded {
+                event_id: event_id.to_owned(),
+                at_ms,
+                value,
+            }],
             reply,
         };
         self.submit(op, answer).await.with_context(what)
+    }
+
+    /// One request to the writer for the whole group: it lands in one journal sync (with
+    /// whatever else is queued) and is answered once.
+    async fn record_many(
+        &self,
+        handler: &str,
+        entries: Vec<(String, LedgerEntry)>,
+    ) -> anyhow::Result<()> {
+        let what = |event_id: &str| {
+            format!(
+                "ledger record handler={handler} event_id={} ({})",
+                abbreviate(event_id),
+                self.path.display()
+            )
+        };
+        let first = entries.first().map(|(id, _)| what(id)).unwrap_or_default();
+        let n = entries.len();
+        let mut encoded = Vec::with_capacity(n);
+        for (event_id, entry) in entries {
+            check_key(handler, &event_id).with_context(|| what(&event_id))?;
+            let at_ms = entry.at_ms;
+            let value = encode(entry).with_context(|| what(&event_id))?;
+            encoded.push(Encoded {
+                event_id,
+                at_ms,
+                value,
+            });
+        }
+        if encoded.is_empty() {
+            return Ok(());
+        }
+        let (reply, answer) = oneshot::channel();
+        let op = Op::Record {
+            handler: handler.to_owned(),
+            entries: encoded,
+            reply,
+        };
+        self.submit(op, answer)
+            .await
+            .with_context(|| format!("{first} and {} more in the same write", n - 1))
     }
 
     async fn sweep(
@@ -614,36 +663,37 @@ fn journal_records(journal: &mut Journal, batch: &mut [Op], views: &Views) -> an
     if batch.iter().any(|op| matches!(op, Op::Fail { .. })) {
         anyhow::bail!("injected failure");
     }
-    journal.append(batch.iter().filter_map(|op| match op {
-        Op::Record {
-            handler,
-            event_id,
-            at_ms,
-            value,
-            ..
-        } => Some(JournalRecord {
-            handler: handler.into(),
-            event_id: event_id.into(),
-            at_ms: *at_ms,
-            value: value.into(),
-        }),
-        _ => None,
-    }))?;
+    journal.append(
+        batch
+            .iter()
+            .filter_map(|op| match op {
+                Op::Record {
+                    handler, entries, ..
+                } => Some((handler, entries)),
+                _ => None,
+            })
+            .flat_map(|(handler, entries)| {
+                entries.iter().map(move |e| JournalRecord {
+                    handler: handler.into(),
+                    event_id: e.event_id.as_str().into(),
+                    at_ms: e.at_ms,
+                    value: e.value.as_slice().into(),
+                })
+            }),
+    )?;
     let mut recent = views.recent_mut();
     for op in batch {
         if let Op::Record {
-            handler,
-            event_id,
-            at_ms,
-            value,
-            ..
+            handler, entries, ..
         } = op
         {
-            let entry = Journaled {
-                at_ms: *at_ms,
-                value: std::mem::take(value),
-            };
-            recent.insert(std::mem::take(handler), std::mem::take(event_id), entry);
+            for e in entries.drain(..) {
+                let entry = Journaled {
+                    at_ms: e.at_ms,
+                    value: e.value,
+                };
+                recent.insert(handler.clone(), e.event_id, entry);
+            }
         }
     }
     Ok(())

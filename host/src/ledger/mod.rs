@@ -134,6 +134,21 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
     async fn record(&self, handler: &str, event_id: &str, entry: LedgerEntry)
     -> anyhow::Result<()>;
 
+    /// Record several entries of `handler` at once, in order (a later entry for the same
+    /// event id replaces an earlier one). When this returns `Ok` every entry is durable; on an
+    /// error, any of them may or may not be (recording them again is harmless). A backend that
+    /// can make a group durable with one sync overrides this; the default records one by one.
+    async fn record_many(
+        &self,
+        handler: &str,
+        entries: Vec<(String, LedgerEntry)>,
+    ) -> anyhow::Result<()> {
+        for (event_id, entry) in entries {
+            self.record(handler, &event_id, entry).await?;
+        }
+        Ok(())
+    }
+
     /// Remove `handler`'s entries older than `retention` (by `at_ms` against now), then, if more
     /// than `max_entries` remain for `handler`, remove the oldest (by `at_ms`, then event id)
     /// until `max_entries` remain. Returns how many entries were removed in total.

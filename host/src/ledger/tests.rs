@@ -617,3 +617,83 @@ async fn file_a_sweep_sees_entries_not_yet_in_redb() {
         Some(entry(base + 6, 6))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_a_group_is_one_sync_and_survives_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    let ledger = FileLedger::open_without_checkpoints(&path).unwrap();
+    let base = now_ms();
+    let before = ledger.stats();
+    let group: Vec<_> = (0..300_i64)
+        .map(|i| (format!("g{i}"), entry(base + i, i)))
+        .collect();
+    ledger.record_many("audit", group).await.unwrap();
+    let stats = ledger.stats();
+    assert_eq!(
+        (
+            stats.commits - before.commits,
+            stats.operations - before.operations
+        ),
+        (1, 1),
+        "a group of 300 is one request in one journal sync"
+    );
+    // A later entry for the same id in a group replaces the earlier one, as `record` would.
+    ledger
+        .record_many(
+            "audit",
+            vec![("g0".into(), entry(base, 7)), ("g0".into(), entry(base, 8))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger.get("audit", "g0").await.unwrap(),
+        Some(entry(base, 8))
+    );
+    // A key the ledger refuses fails the whole group before anything is written.
+    let long = "x".repeat(crate::ledger::MAX_KEY_PART_BYTES + 1);
+    let err = ledger
+        .record_many(
+            "audit",
+            vec![("fine".into(), entry(base, 1)), (long, entry(base, 2))],
+        )
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("event id is"), "{err:#}");
+    assert_eq!(ledger.get("audit", "fine").await.unwrap(), None);
+    assert_eq!(ledger.stats().checkpoints, 0);
+
+    // What a SIGKILL would leave: every entry of the group comes back from the journal.
+    let crashed = tempfile::tempdir().unwrap();
+    let copy = crashed.path().join("ledger.redb");
+    std::fs::copy(&path, &copy).unwrap();
+    std::fs::copy(file::journal_path(&path), file::journal_path(&copy)).unwrap();
+    let reopened = FileLedger::open(&copy).unwrap();
+    assert_eq!(reopened.len("audit").await.unwrap(), 300);
+    for i in 1..300_i64 {
+        assert_eq!(
+            reopened.get("audit", &format!("g{i}")).await.unwrap(),
+            Some(entry(base + i, i)),
+            "g{i}"
+        );
+    }
+    assert_eq!(
+        reopened.get("audit", "g0").await.unwrap(),
+        Some(entry(base, 8))
+    );
+}
+
+#[tokio::test]
+async fn memory_record_many_is_every_record() {
+    let ledger = MemoryLedger::default();
+    ledger
+        .record_many(
+            "audit",
+            vec![("a".into(), entry(1, 1)), ("b".into(), entry(2, 2))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ledger.get("audit", "a").await.unwrap(), Some(entry(1, 1)));
+    assert_eq!(ledger.get("audit", "b").await.unwrap(), Some(entry(2, 2)));
+    assert_eq!(ledger.len("audit").await.unwrap(), 2);
+}

@@ -11,10 +11,13 @@
 //! Nothing is ever reported done before it is handled, skipped or dead-lettered.
 //!
 //! The ledger write of a record handled `ok` may overlap the next records: with the handler's
-//! `pending_ledger_writes` = N > 1, the worker goes on to the next record while up to N writes
+//! `pending_ledger_writes` = N > 1, the worker goes on to the next record while up to N records
 //! become durable (a durable commit takes milliseconds and the writer group-commits everything
 //! that arrives meanwhile); the default N = 1 waits for each write, so a crash repeats at most
-//! one record per partition. Either way a record is reported done only once its entry is
+//! one record per partition. With N > 1 the worker gathers the records it handles into groups
+//! (written when the intake has nothing more at once, when the N records are reached, or at
+//! N / 4 records) and hands each group to the ledger as one request, settled by one task: a
+//! task, a ledger request and a wake-up per group rather than per record. Either way a record is reported done only once its entry is
 //! durable, so no offset moves ahead of the ledger, and a later record with the same event id
 //! is skipped while the first one's write is in flight, as the ledger would. On revoke and
 //! shutdown the worker waits for the writes in flight before it stops.
@@ -44,13 +47,20 @@ use crate::runtime::{FailureKind, Outcome};
 use super::dlq::{self, DlqKind, Failure, Provenance};
 use super::{HandlerCtx, Record, now_ms};
 
-/// How processing a record ended: done now, or done when its ledger write is durable.
+/// How processing a record ended: done now, or handled `ok` with its publishes queued and
+/// its ledger write to come (it joins the partition's open group).
 enum Finish {
     Now,
-    Later {
-        key: String,
-        task: tokio::task::JoinHandle<Result<(), Abandoned>>,
-    },
+    Later(Box<Staged>),
+}
+
+/// A record handled `ok` whose publishes are queued and whose ledger entry is not written.
+struct Staged {
+    /// Its ledger key (the event id, or the replay's key).
+    key: String,
+    record: Record,
+    event_id: String,
+    sent: Sent,
 }
 
 /// What the worker waits for next.
@@ -61,12 +71,23 @@ enum Next {
     Record(Record),
 }
 
-/// A handled record whose ledger write is in flight.
+/// A group of handled records, in offset order, whose ledger write is in flight: one task
+/// awaits their publishes and makes their entries durable with one ledger request.
 struct PendingWrite {
-    completion: Completion,
-    key: String,
+    completions: Vec<Completion>,
+    keys: Vec<String>,
     task: tokio::task::JoinHandle<Result<(), Abandoned>>,
 }
+
+/// The most records in one group. A group is written when the intake has nothing more to
+/// give at once, when the partition's window is full, or at this size: a quarter of the
+/// window, so that while one group's write is in flight the next ones are being handled.
+fn group_cap(window: usize) -> usize {
+    (window / 4).clamp(1, MAX_GROUP)
+}
+
+/// The upper bound of [`group_cap`], whatever the window.
+const MAX_GROUP: usize = 256;
 
 /// A record the worker finished (handled, skipped or dead-lettered).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,46 +119,47 @@ pub(crate) async fn run(
     // The version this worker last handled a record with: the swap history wants the first
     // offset of each new version per partition, which only changes when the version does.
     let mut last_version = String::new();
-    let mut pending: std::collections::VecDeque<PendingWrite> = std::collections::VecDeque::new();
-    let mut in_flight: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    // Report the oldest write once durable; false when the worker must stop.
-    let finish_oldest = |pending: &mut std::collections::VecDeque<PendingWrite>,
-                         in_flight: &mut std::collections::HashMap<String, usize>,
+    let window = ctx.config.pending_ledger_writes.max(1);
+    let cap = group_cap(window);
+    let mut groups = Groups::default();
+    // Report the oldest group once durable; false when the worker must stop.
+    let finish_oldest = |groups: &mut Groups,
                          result: Result<Result<(), Abandoned>, tokio::task::JoinError>|
      -> bool {
-        let Some(p) = pending.pop_front() else {
+        let Some(completions) = groups.finish_oldest() else {
             return true;
         };
-        if let Some(n) = in_flight.get_mut(&p.key) {
-            *n -= 1;
-            if *n == 0 {
-                in_flight.remove(&p.key);
-            }
-        }
         match result {
-            Ok(Ok(())) => done.send(p.completion).is_ok(),
+            Ok(Ok(())) => completions.into_iter().all(|c| done.send(c).is_ok()),
             // Abandoned at shutdown, or the task failed: not done, redelivered later.
             _ => false,
         }
     };
     loop {
         // Writes already durable are reported without waiting.
-        while pending.front().is_some_and(|p| p.task.is_finished()) {
-            let result = match pending.front_mut() {
+        while groups.pending.front().is_some_and(|p| p.task.is_finished()) {
+            let result = match groups.pending.front_mut() {
                 Some(p) => (&mut p.task).await,
                 None => break,
             };
-            if !finish_oldest(&mut pending, &mut in_flight, result) {
+            if !finish_oldest(&mut groups, result) {
                 return;
             }
         }
-        let full = pending.len() >= ctx.config.pending_ledger_writes.max(1);
+        let full = groups.records >= window;
         let held = *hold.borrow_and_update();
+        // The open group goes to the ledger before the worker waits for anything, and when
+        // it reaches its size.
+        if !groups.open.is_empty()
+            && (full || held || groups.open.len() >= cap || intake.is_empty())
+        {
+            groups.submit(&ctx, &stop);
+        }
         let next = tokio::select! {
             biased;
             () = drain.cancelled() => Next::Stop,
             result = async {
-                match pending.front_mut() {
+                match groups.pending.front_mut() {
                     Some(p) => (&mut p.task).await,
                     None => std::future::pending().await,
                 }
@@ -149,7 +171,7 @@ pub(crate) async fn run(
         let record = match next {
             Next::Stop => break,
             Next::Durable(result) => {
-                if !finish_oldest(&mut pending, &mut in_flight, result) {
+                if !finish_oldest(&mut groups, result) {
                     return;
                 }
                 continue;
@@ -169,7 +191,7 @@ pub(crate) async fn run(
             partition: record.partition,
             offset: record.offset,
         };
-        match process(&ctx, record, &mut last_version, &stop, &in_flight)
+        match process(&ctx, record, &mut last_version, &stop, &groups.in_flight)
             .instrument(span)
             .await
         {
@@ -178,24 +200,79 @@ pub(crate) async fn run(
                     break;
                 }
             }
-            Ok(Finish::Later { key, task }) => {
-                *in_flight.entry(key.clone()).or_insert(0) += 1;
-                pending.push_back(PendingWrite {
-                    completion,
-                    key,
-                    task,
-                });
-            }
+            Ok(Finish::Later(staged)) => groups.stage(completion, *staged),
             Err(Abandoned) => break,
         }
     }
-    // Drained or the intake closed: the writes in flight finish (they retry a failing ledger
-    // until `stop`), and what became durable is reported before the worker ends.
-    while let Some(p) = pending.front_mut() {
+    // Drained or the intake closed: the open group is written, the writes in flight finish
+    // (they retry a failing ledger until `stop`), and what became durable is reported before
+    // the worker ends.
+    if !groups.open.is_empty() {
+        groups.submit(&ctx, &stop);
+    }
+    while let Some(p) = groups.pending.front_mut() {
         let result = (&mut p.task).await;
-        if !finish_oldest(&mut pending, &mut in_flight, result) {
+        if !finish_oldest(&mut groups, result) {
             break;
         }
+    }
+}
+
+/// The records of one partition handled `ok` whose ledger entries are not durable yet: the
+/// open group (still growing) and the groups whose write is in flight, oldest first.
+#[derive(Default)]
+struct Groups {
+    open: Vec<(Completion, Staged)>,
+    pending: std::collections::VecDeque<PendingWrite>,
+    /// Records in `open` and `pending`.
+    records: usize,
+    /// Ledger keys of those records, with how many of them have each: a later record with
+    /// the same key is skipped, as the ledger would once their write lands.
+    in_flight: std::collections::HashMap<String, usize>,
+}
+
+impl Groups {
+    fn stage(&mut self, completion: Completion, staged: Staged) {
+        *self.in_flight.entry(staged.key.clone()).or_insert(0) += 1;
+        self.records += 1;
+        self.open.push((completion, staged));
+    }
+
+    /// Start the open group's write.
+    fn submit(&mut self, ctx: &Arc<HandlerCtx>, stop: &CancellationToken) {
+        let n = self.open.len();
+        let mut completions = Vec::with_capacity(n);
+        let mut keys = Vec::with_capacity(n);
+        let mut group = Vec::with_capacity(n);
+        for (completion, staged) in self.open.drain(..) {
+            completions.push(completion);
+            keys.push(staged.key.clone());
+            group.push(staged);
+        }
+        let task = tokio::spawn({
+            let (ctx, stop) = (ctx.clone(), stop.clone());
+            async move { settle_group(&ctx, group, &stop).await }
+        });
+        self.pending.push_back(PendingWrite {
+            completions,
+            keys,
+            task,
+        });
+    }
+
+    /// Forget the oldest group in flight (its task has ended); its completions.
+    fn finish_oldest(&mut self) -> Option<Vec<Completion>> {
+        let p = self.pending.pop_front()?;
+        self.records -= p.completions.len();
+        for key in &p.keys {
+            if let Some(n) = self.in_flight.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.in_flight.remove(key);
+                }
+            }
+        }
+        Some(p.completions)
     }
 }
 
@@ -295,19 +372,19 @@ async fn process(
                 Outcome::Ok if ctx.config.pending_ledger_writes > 1 => {
                     let queued = enqueue_all(ctx, &inv.effects.publishes).await;
                     let key = ledger_key(&event.id, &event.headers).into_owned();
-                    let (record, id) = into_record(event, tombstone);
-                    let task = tokio::spawn({
-                        let (ctx, stop) = (ctx.clone(), stop.clone());
-                        let sent = Sent {
+                    let (record, event_id) = into_record(event, tombstone);
+                    return Ok(Finish::Later(Box::new(Staged {
+                        key,
+                        record,
+                        event_id,
+                        sent: Sent {
                             sha: component.info().sha256.clone(),
                             effects: inv.effects,
                             queued,
                             attempt,
                             first_failure,
-                        };
-                        async move { settle(&ctx, &record, &id, sent, &stop).await }
-                    });
-                    return Ok(Finish::Later { key, task });
+                        },
+                    })));
                 }
                 Outcome::Ok => match publish_all(ctx, &inv.effects.publishes).await {
                     Ok(()) => {
@@ -474,19 +551,70 @@ struct Sent {
     first_failure: Option<i64>,
 }
 
-/// Finish a record whose publishes were queued (records in flight overlap): await every
-/// acknowledgement, then deliver its pushes and record it in the ledger. A publish the
+/// Finish a group of records whose publishes were queued (records in flight overlap): settle
+/// each in order, then record those handled `ok` in the ledger with one request, then count
+/// them. Their completions are reported by the worker once this returns `Ok`.
+async fn settle_group(
+    ctx: &HandlerCtx,
+    group: Vec<Staged>,
+    stop: &CancellationToken,
+) -> Result<(), Abandoned> {
+    let mut settled = Vec::with_capacity(group.len());
+    for s in group {
+        if let Some(sha) = settle(ctx, &s.record, &s.event_id, s.sent, stop).await? {
+            settled.push((s.key, s.record, sha));
+        }
+    }
+    if settled.is_empty() {
+        return Ok(());
+    }
+    let mut wait = Duration::from_millis(50);
+    loop {
+        let at_ms = now_ms();
+        let entries = settled
+            .iter()
+            .map(|(key, record, sha)| {
+                let entry = LedgerEntry {
+                    outcome: LedgerOutcome::Ok,
+                    at_ms,
+                    component_sha256: sha.clone(),
+                    topic: record.topic.clone(),
+                    partition: record.partition,
+                    offset: record.offset,
+                };
+                (key.clone(), entry)
+            })
+            .collect();
+        match ctx.ledger.record_many(&ctx.name, entries).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::error!(records = settled.len(), error = %format!("{e:#}"), "ledger write failed; retrying");
+                sleep_or_stop(wait, stop).await?;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    for (_, record, _) in &settled {
+        ctx.stats.processed.fetch_add(1, Ordering::Relaxed);
+        ctx.metrics.record(&ctx.name, &record.topic, "ok");
+    }
+    Ok(())
+}
+
+/// Settle a record whose publishes were queued: await every acknowledgement, then count them
+/// and deliver its pushes; `Some(component sha256)` then, for its ledger entry. A publish the
 /// producer gave up on is sent again on its own, not the handler run again (later records of
 /// the partition have run meanwhile, and the outputs are the same), following the retry
-/// policy: each re-send is an attempt, and when attempts run out the record is
-/// dead-lettered. The offset does not move before either, as for any record.
+/// policy: each re-send is an attempt, and when attempts run out the record is dead-lettered
+/// (and recorded so in the ledger): `None`. The offset does not move before either, as for
+/// any record.
 async fn settle(
     ctx: &HandlerCtx,
     record: &Record,
     event_id: &str,
     sent: Sent,
     stop: &CancellationToken,
-) -> Result<(), Abandoned> {
+) -> Result<Option<String>, Abandoned> {
     let Sent {
         sha,
         effects,
@@ -520,7 +648,9 @@ async fn settle(
                 first_failure_ms: first,
                 last_failure_ms: now,
             };
-            return dead_letter(ctx, record, event_id, &sha, f, stop).await;
+            return dead_letter(ctx, record, event_id, &sha, f, stop)
+                .await
+                .map(|()| None);
         }
         attempt += 1;
         ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
@@ -540,11 +670,23 @@ async fn settle(
             }
         }
     }
-    finish_ok(ctx, record, event_id, sha, &effects, stop).await
+    acknowledged(ctx, &effects);
+    Ok(Some(sha))
 }
 
-/// A record handled `ok` whose publishes are all acknowledged: count them, deliver its pushes
-/// (best effort, never waiting: see `crate::websocket`), record it in the ledger, count it.
+/// A record handled `ok` whose publishes are all acknowledged: count them and deliver its
+/// pushes (best effort, never waiting: see `crate::websocket`).
+fn acknowledged(ctx: &HandlerCtx, effects: &crate::capabilities::Effects) {
+    ctx.stats
+        .published
+        .fetch_add(effects.publishes.len() as u64, Ordering::Relaxed);
+    for b in &effects.broadcasts {
+        ctx.resources.ws.broadcast(&b.channel, &b.message);
+    }
+}
+
+/// A record handled `ok` whose publishes are all acknowledged, alone in flight: count its
+/// effects, record it in the ledger, count it.
 async fn finish_ok(
     ctx: &HandlerCtx,
     record: &Record,
@@ -553,12 +695,7 @@ async fn finish_ok(
     effects: &crate::capabilities::Effects,
     stop: &CancellationToken,
 ) -> Result<(), Abandoned> {
-    ctx.stats
-        .published
-        .fetch_add(effects.publishes.len() as u64, Ordering::Relaxed);
-    for b in &effects.broadcasts {
-        ctx.resources.ws.broadcast(&b.channel, &b.message);
-    }
+    acknowledged(ctx, effects);
     record_ledger(ctx, record, event_id, sha, LedgerOutcome::Ok, stop).await?;
     ctx.stats.processed.fetch_add(1, Ordering::Relaxed);
     ctx.metrics.record(&ctx.name, &record.topic, "ok");
