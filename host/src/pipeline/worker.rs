@@ -17,10 +17,11 @@
 //! one record per partition. With N > 1 the worker gathers the records it handles into groups
 //! (written when the intake has nothing more at once, when the N records are reached, or at
 //! N / 4 records) and hands each group to the ledger as one request, settled by one task: a
-//! task, a ledger request and a wake-up per group rather than per record. Either way a record is reported done only once its entry is
-//! durable, so no offset moves ahead of the ledger, and a later record with the same event id
-//! is skipped while the first one's write is in flight, as the ledger would. On revoke and
-//! shutdown the worker waits for the writes in flight before it stops.
+//! task, a ledger request and a wake-up per group rather than per record. Either way a record
+//! is reported done only once its entry is durable, so no offset moves ahead of the ledger,
+//! and a later record with the same event id is skipped while the first one's write is in
+//! flight, as the ledger would. On revoke and shutdown the worker writes its open group and
+//! waits for the writes in flight before it stops.
 //!
 //! With N > 1 the acknowledgements of a record's publishes overlap the next records too: the
 //! publishes are queued in order and the background task awaits them before the ledger write.
