@@ -460,14 +460,24 @@ fn into_record(event: Event, tombstone: bool) -> (Record, String) {
     (record, id)
 }
 
-/// Why the host refuses to run the handler on this record, if it does (an over-long event id,
-/// a payload over `max_payload_bytes`, not JSON where the handler declares JSON).
+/// Why the host refuses to run the handler on this record, if it does (an over-long event id
+/// or ledger key, a payload over `max_payload_bytes`, not JSON where the handler declares JSON).
 pub fn undecodable(config: &HandlerConfig, event: &Event) -> Option<String> {
-    if event.id.len() > crate::ledger::MAX_KEY_PART_BYTES {
+    let max_key = crate::ledger::MAX_KEY_PART_BYTES;
+    if event.id.len() > max_key {
         return Some(format!(
-            "event id is {} bytes, over the limit of {} bytes",
+            "event id is {} bytes, over the limit of {max_key} bytes",
             event.id.len(),
-            crate::ledger::MAX_KEY_PART_BYTES
+        ));
+    }
+    // A replay's ledger key is the event id and the replay: an id near the limit takes the key
+    // over it, and a key the ledger refuses could never be recorded (the partition would stop).
+    let key = ledger_key(&event.id, &event.headers);
+    if key.len() > max_key {
+        return Some(format!(
+            "ledger key of this replay (event id and replay id) is {} bytes, over the limit of \
+             {max_key} bytes",
+            key.len(),
         ));
     }
     let max = config.max_payload_bytes;
@@ -828,5 +838,33 @@ async fn record_ledger(
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str, headers: Vec<(String, Vec<u8>)>) -> Event {
+        let mut e = Event::from_record("t", 0, 7, None, b"{}".to_vec(), headers, None);
+        e.id = id.to_owned();
+        e
+    }
+
+    #[test]
+    fn a_replay_whose_ledger_key_is_over_the_limit_is_refused_not_stuck() {
+        let config: HandlerConfig =
+            toml::from_str("component = \"x.wasm\"\ntopics = [\"t\"]").unwrap();
+        let id = "e".repeat(crate::ledger::MAX_KEY_PART_BYTES - 10);
+        assert_eq!(undecodable(&config, &event(&id, Vec::new())), None);
+        let replay = vec![(REPLAY_ID_HEADER.to_owned(), b"0123456789abcdef".to_vec())];
+        let reason = undecodable(&config, &event(&id, replay.clone())).unwrap();
+        assert!(reason.contains("ledger key of this replay"), "{reason}");
+        // The key the ledger would have been asked to take is the one measured.
+        let key = ledger_key(&id, &replay);
+        assert!(reason.contains(&key.len().to_string()), "{reason}");
+        assert!(crate::ledger::check_key("h", &key).is_err());
+        // A short id replays as before.
+        assert_eq!(undecodable(&config, &event("short", replay)), None);
     }
 }
