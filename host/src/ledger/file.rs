@@ -398,27 +398,8 @@ impl Ledger for FileLedger {
         event_id: &str,
         entry: LedgerEntry,
     ) -> anyhow::Result<()> {
-        let what = || {
-            format!(
-                "ledger record handler={handler} event_id={} ({})",
-                abbreviate(event_id),
-                self.path.display()
-            )
-        };
-        check_key(handler, event_id).with_context(what)?;
-        let at_ms = entry.at_ms;
-        let value = encode(entry).with_context(what)?;
-        let (reply, answer) = oneshot::channel();
-        let op = Op::Record {
-            handler: handler.to_owned(),
-            entries: vec![Encoded {
-                event_id: event_id.to_owned(),
-                at_ms,
-                value,
-            }],
-            reply,
-        };
-        self.submit(op, answer).await.with_context(what)
+        self.record_many(handler, vec![(event_id.to_owned(), entry)])
+            .await
     }
 
     /// One request to the writer for the whole group: it lands in one journal sync (with
@@ -435,7 +416,10 @@ impl Ledger for FileLedger {
                 self.path.display()
             )
         };
-        let first = entries.first().map(|(id, _)| what(id)).unwrap_or_default();
+        let first = entries
+            .first()
+            .map(|(id, _)| id.clone())
+            .unwrap_or_default();
         let n = entries.len();
         let mut encoded = Vec::with_capacity(n);
         for (event_id, entry) in entries {
@@ -457,9 +441,10 @@ impl Ledger for FileLedger {
             entries: encoded,
             reply,
         };
-        self.submit(op, answer)
-            .await
-            .with_context(|| format!("{first} and {} more in the same write", n - 1))
+        self.submit(op, answer).await.with_context(|| match n {
+            1 => what(&first),
+            _ => format!("{} and {} more in the same write", what(&first), n - 1),
+        })
     }
 
     async fn sweep(
