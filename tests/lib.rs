@@ -149,6 +149,7 @@ pub struct Setup {
 impl Setup {
     /// Create the topics (each with `partitions` partitions; the DLQ with one) on `broker`.
     pub async fn new(broker: broker::TestBroker, partitions: i32) -> Self {
+        log_if_asked();
         let (topic, out) = (unique("in"), unique("out"));
         broker.create_topic(&topic, partitions).await;
         broker.create_topic(&out, partitions).await;
@@ -168,6 +169,17 @@ impl Setup {
             bootstrap_servers: Some(self.broker.bootstrap()),
             ..Default::default()
         }
+    }
+}
+
+/// With `KASM_TEST_LOG` set (an `EnvFilter`, e.g. `kasm_host=info`), the in-process hosts of
+/// the tests log to stderr: what a failing test's host did, without a debugger.
+pub fn log_if_asked() {
+    if let Ok(filter) = std::env::var("KASM_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
     }
 }
 

@@ -3,7 +3,11 @@
 //! Shutdown (SIGTERM or SIGINT): readiness turns false → each consumer loop stops fetching →
 //! in-flight records finish within `drain_timeout` (the rest are abandoned uncommitted and
 //! redelivered to the next owner) → done offsets are committed synchronously → the consumer
-//! leaves its group → the producer is flushed → exit 0. A second signal exits at once with
+//! leaves its group → the producer is flushed → the admin server closes → exit 0. Every step
+//! that waits on something else is bounded by `drain_timeout`: the records in hand, the final
+//! commit, leaving the group, the flush and the admin server's open connections, so a
+//! shutdown while the brokers are unreachable still ends within five drain timeouts (a flush
+//! that could not finish makes the exit status non-zero and says how many records it left). A second signal exits at once with
 //! status 130, committing nothing more.
 
 use std::sync::Arc;
@@ -39,6 +43,8 @@ pub struct Host {
     admin_stop: CancellationToken,
     admin_task: tokio::task::JoinHandle<()>,
     sweeper: tokio::task::JoinHandle<()>,
+    /// Bounds each step of the shutdown that waits on others (see [`Host::shutdown`]).
+    drain_timeout: Duration,
     /// The WebSocket clients (`GET /ws`).
     pub ws: Arc<crate::websocket::Hub>,
 }
@@ -189,6 +195,7 @@ pub async fn start_with_hub(
         admin_stop,
         admin_task,
         sweeper,
+        drain_timeout: config.drain_timeout,
         ws,
     })
 }
@@ -223,18 +230,31 @@ impl Host {
         self.health.shutting_down();
         self.sweeper.abort();
         let pipeline = self.pipeline;
-        tokio::task::spawn_blocking(move || pipeline.stop())
+        let stopped = tokio::task::spawn_blocking(move || pipeline.stop())
             .await
-            .context("stopping the consumer loops")?;
+            .context("stopping the consumer loops");
         let producer = self.producer.clone();
-        tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10)))
+        let flush_timeout = self.drain_timeout;
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(flush_timeout))
             .await
-            .context("flushing the producer")??;
+            .context("flushing the producer")
+            .and_then(|r| r);
+        // The rest runs whatever happened above: a failed flush is reported, not a reason to
+        // leave the admin server (and the ledger it holds) running.
         // WebSocket clients hold their connections open: let them go first.
         self.ws.close_all();
         self.admin_stop.cancel();
-        let _ = self.admin_task.await;
-        Ok(())
+        // The admin server finishes the requests in hand; a client that keeps a connection
+        // open does not hold the shutdown past the drain timeout.
+        let mut admin = self.admin_task;
+        if tokio::time::timeout(self.drain_timeout, &mut admin)
+            .await
+            .is_err()
+        {
+            tracing::warn!(timeout = ?self.drain_timeout, "admin connections still open at the drain timeout: closing them");
+            admin.abort();
+        }
+        stopped.and(flushed)
     }
 }
 

@@ -218,6 +218,77 @@ async fn sigterm_under_load_drains_commits_and_restarts_without_repeats() {
     );
 }
 
+/// SIGTERM while no broker answers: the host still exits within its drain timeouts, and says
+/// what it could not finish. librdkafka on its own holds the final commit until a coordinator
+/// answers or the session times out, and rust-rdkafka's close polls until the consumer is
+/// closed: with a 30 s session (the default is 45 s) the exit took longer than the session,
+/// past a typical grace period before SIGKILL. Nothing is lost for it: the next start, with the
+/// brokers back, handles every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_every_broker_down_exits_within_the_drain_timeouts_and_loses_nothing() {
+    let s = Setup::new(TestBroker::embedded(), 4).await;
+    let n = 20_000;
+    let dir = s.dir.path().join("host");
+    std::fs::create_dir_all(&dir).unwrap();
+    let body = format!(
+        "drain_timeout = \"2s\"\n[kafka]\n\"session.timeout.ms\" = 30000\n\
+         \"heartbeat.interval.ms\" = 500\n\"fetch.wait.max.ms\" = 100\n\
+         [handlers.pub]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\ngroup_id = \"{g}\"\n\
+         grants = {{ producer = [\"{o}\"] }}\n",
+        c = component("fixture-publisher").display(),
+        t = s.topic,
+        g = s.group,
+        o = s.out,
+    );
+    let cfg = write_config(&dir, &body);
+    produce(&s.broker.producer(), &s.topic, &events("ev", 0..n, &s.out)).await;
+    let mut host = HostProcess::start_logged(&cfg, &s.broker.bootstrap(), "warn,kasm_host=info");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while outputs_so_far(&s) < 200 && Instant::now() < deadline {}
+
+    let cluster = s.broker.cluster();
+    for id in 1..=3 {
+        cluster.broker_down(id).unwrap();
+    }
+    let start = Instant::now();
+    host.signal("TERM");
+    let status = host.wait_exit(Duration::from_secs(90));
+    let took = start.elapsed();
+    let output = host.output.join("\n");
+    // Five steps of at most 2 s each (the records in hand, the commit, leaving the group, the
+    // flush, the admin server), with room for a loaded machine; under the 30 s session.
+    assert!(
+        took < Duration::from_secs(25),
+        "exit {took:?} after SIGTERM with the brokers down; output:\n{output}"
+    );
+    // Publishes the brokers never acknowledged cannot be flushed: the exit says so (their
+    // records are not in the ledger, so they run again on the next start).
+    assert!(
+        status.success() || output.contains("flushing the Kafka producer"),
+        "exit status {status} without the reason; output:\n{output}"
+    );
+    drop(host);
+    for id in 1..=3 {
+        cluster.broker_up(id).unwrap();
+    }
+    let done = outputs_so_far(&s);
+    assert!(
+        done < n,
+        "every event was handled before the brokers went down: nothing tested"
+    );
+
+    // The stopped host could not leave the group: the restart waits for its session to end.
+    let mut again = HostProcess::start(&cfg, &s.broker.bootstrap());
+    let outputs = wait_outputs(&s, n, Duration::from_secs(150));
+    let repeats = check_all_handled(&outputs, n);
+    eprintln!(
+        "shutdown with the brokers down took {took:?}; {done} outputs before, \
+         {repeats} repeated executions after the restart"
+    );
+    again.signal("TERM");
+    assert!(again.wait_exit(Duration::from_secs(30)).success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_host_joining_splits_partitions_without_loss() {
     let s = Setup::new(TestBroker::from_env(), 4).await;

@@ -97,9 +97,12 @@ impl KafkaProducer {
 
     /// Wait until every queued record is delivered or `timeout` passes.
     pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
-        self.inner
-            .flush(timeout)
-            .context("flushing the Kafka producer")
+        self.inner.flush(timeout).with_context(|| {
+            format!(
+                "flushing the Kafka producer: {} record(s) not acknowledged within {timeout:?}",
+                self.inner.in_flight_count()
+            )
+        })
     }
 }
 
