@@ -126,7 +126,8 @@ pub struct Observation {
     pub swaps: Vec<Swap>,
     /// Committed offsets after the round drained and every host stopped.
     pub final_committed: HashMap<i32, i64>,
-    /// Records one host may have in flight at once (its partition workers).
+    /// Records one host may have in flight at once (its partition workers, each up to its
+    /// `pending_ledger_writes`).
     pub in_flight: usize,
 }
 

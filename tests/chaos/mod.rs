@@ -438,6 +438,9 @@ struct Round<'a> {
     dlq: String,
     group: String,
     partitions: i32,
+    /// The hosts' `pending_ledger_writes`: records a partition worker may have handled
+    /// before the first of them is recorded.
+    pending: usize,
     configs: [PathBuf; 2],
     hosts: [Option<HostProcess>; 2],
     active: [usize; 2],
@@ -487,7 +490,7 @@ impl<'a> Round<'a> {
             .expect("coordinator");
         let dir = tempfile::tempdir().expect("tempdir");
         let commit_interval = *["200ms", "200ms", "1s"].choose(&mut rng).expect("choice");
-        let pending = *[1, 1, 8, 32].choose(&mut rng).expect("choice");
+        let pending: usize = *[1, 1, 8, 32].choose(&mut rng).expect("choice");
         let configs = HANDLERS.map(|h| {
             host_config(
                 dir.path(),
@@ -524,6 +527,7 @@ impl<'a> Round<'a> {
             dlq,
             group,
             partitions,
+            pending,
             configs,
             hosts: [None, None],
             active: [0, 0],
@@ -620,7 +624,9 @@ impl<'a> Round<'a> {
             snapshots: std::mem::take(&mut self.snapshots),
             swaps: std::mem::take(&mut self.swaps),
             final_committed,
-            in_flight: usize::try_from(self.partitions).unwrap_or(1),
+            // Each partition worker: the record in hand, or with `pending_ledger_writes` N
+            // that many handled (outputs possibly still on their way) before one is recorded.
+            in_flight: usize::try_from(self.partitions).unwrap_or(1) * self.pending.max(1),
             ..Observation::default()
         };
         let mut violations = Vec::new();

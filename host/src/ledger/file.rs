@@ -548,6 +548,7 @@ fn replay_journal(db: &Database, path: &Path) -> anyhow::Result<Journal> {
                     )
                 })?;
         }
+        tables.close()?;
     }
     txn.commit()
         .with_context(|| format!("commit {} replayed journal records", records.len()))?;
@@ -707,7 +708,9 @@ fn checkpoint(
                     })?;
             }
         }
-        sweep_all(&mut tables, sweeps)?
+        let removed = sweep_all(&mut tables, sweeps)?;
+        tables.close()?;
+        removed
     };
     txn.commit().context("commit ledger checkpoint")?;
     // Published before the records leave `recent`: a lookup finds them in one or the other.
@@ -738,11 +741,16 @@ fn sweep_all(tables: &mut Tables<'_>, sweeps: &[Op]) -> anyhow::Result<Vec<u64>>
         .collect()
 }
 
-/// The ledger's tables, open in one write transaction.
+/// The ledger's tables, open in one write transaction. [`Tables::close`] must be called
+/// before the transaction commits: the handlers' counts are kept here while entries are
+/// inserted and removed (one table write per handler and transaction, not two per entry) and
+/// written then.
 struct Tables<'txn> {
     entries: Table<'txn, (&'static str, &'static str), &'static [u8]>,
     by_age: Table<'txn, (&'static str, i64, &'static str), ()>,
     counts: Table<'txn, &'static str, u64>,
+    /// Each handler's count as this transaction has changed it.
+    changed_counts: HashMap<String, u64>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -751,7 +759,20 @@ impl<'txn> Tables<'txn> {
             entries: txn.open_table(ENTRIES)?,
             by_age: txn.open_table(BY_AGE)?,
             counts: txn.open_table(COUNTS)?,
+            changed_counts: HashMap::new(),
         })
+    }
+
+    /// Write the changed counts.
+    fn close(mut self) -> anyhow::Result<()> {
+        for (handler, n) in std::mem::take(&mut self.changed_counts) {
+            if n == 0 {
+                self.counts.remove(handler.as_str())?;
+            } else {
+                self.counts.insert(handler.as_str(), n)?;
+            }
+        }
+        Ok(())
     }
 
     fn insert(
@@ -768,7 +789,7 @@ impl<'txn> Tables<'txn> {
         match previous {
             None => {
                 let n = self.count(handler)?;
-                self.set_count(handler, n + 1)?;
+                self.set_count(handler, n + 1);
             }
             Some(old) => match decode(&old) {
                 Ok(old) => {
@@ -830,7 +851,7 @@ impl<'txn> Tables<'txn> {
         }
         let removed = keys.len() as u64;
         let n = self.count(handler)?;
-        self.set_count(handler, n.saturating_sub(removed))?;
+        self.set_count(handler, n.saturating_sub(removed));
         Ok(removed)
     }
 
@@ -854,16 +875,19 @@ impl<'txn> Tables<'txn> {
     }
 
     fn count(&self, handler: &str) -> anyhow::Result<u64> {
+        if let Some(n) = self.changed_counts.get(handler) {
+            return Ok(*n);
+        }
         Ok(self.counts.get(handler)?.map_or(0, |n| n.value()))
     }
 
-    fn set_count(&mut self, handler: &str, n: u64) -> anyhow::Result<()> {
-        if n == 0 {
-            self.counts.remove(handler)?;
-        } else {
-            self.counts.insert(handler, n)?;
+    fn set_count(&mut self, handler: &str, n: u64) {
+        match self.changed_counts.get_mut(handler) {
+            Some(count) => *count = n,
+            None => {
+                self.changed_counts.insert(handler.to_owned(), n);
+            }
         }
-        Ok(())
     }
 }
 
