@@ -7,9 +7,11 @@
 //! records per second. The journal takes that wait off the path: the writer appends a batch's
 //! entries here in one `pwrite`, `fdatasync`s, keeps them in memory for lookups and only then
 //! answers. Now and then ([`CHECKPOINT_BYTES`], [`CHECKPOINT_BATCHES`],
-//! [`CHECKPOINT_INTERVAL`], a sweep, and when the ledger closes) it puts what memory holds
-//! into redb in one durable commit and empties the journal. Opening the ledger replays what
-//! the journal holds into redb before anything else.
+//! [`CHECKPOINT_INTERVAL`], a sweep, and when the ledger closes) what memory holds goes into
+//! redb in one durable commit and the journal that held it is emptied. A ledger has two
+//! journals: while a checkpoint thread commits one journal's records, the writer appends to
+//! the other, whose generation is higher. Opening the ledger replays both into redb, the lower
+//! generation first, before anything else.
 //!
 //! # Layout
 //!
@@ -26,6 +28,9 @@
 //!   frames may be whole, cut or missing; replay stops at the first frame that does not check.
 //! - Killed between redb's durable checkpoint and the new header: the journal still holds
 //!   entries redb has; replaying them writes the same values again (a record replaces).
+//! - Killed while a checkpoint is under way: both journals hold records, the one being
+//!   checkpointed the older ones; replay takes the lower generation first, so the last record
+//!   of an id wins.
 //! - A header that does not read (never finished writing, or damaged): the header is only
 //!   rewritten once redb holds the journal's entries durably, so the file is emptied and a fresh
 //!   journal started, with a warning.
@@ -42,17 +47,18 @@ use anyhow::{Context as _, anyhow};
 use serde::{Deserialize, Serialize};
 
 /// The journal grows to about this size before redb takes its contents in a durable commit.
-pub const CHECKPOINT_BYTES: u64 = 4 << 20;
+pub const CHECKPOINT_BYTES: u64 = 16 << 20;
 
 /// Most batches between two checkpoints. A checkpoint is one durable redb commit of what the
-/// batches since the last one recorded (0.3–3 ms for the commit, plus the inserts), during
-/// which the writer takes no new batch: fewer of them cost less in all, but each one holds up
-/// the records behind it longer.
-pub const CHECKPOINT_BATCHES: u32 = 256;
+/// batches since the last one recorded; it runs beside the writer (see `file.rs`), so its
+/// length holds up no record, but its cost grows with the B-tree pages it rewrites: event ids
+/// are random, so nearly every entry of a small checkpoint dirties a page of its own, and a
+/// larger one shares them (at 100 k records/s, checkpoints of 100 ms wrote ~37 MB/s).
+pub const CHECKPOINT_BATCHES: u32 = 4096;
 
-/// The longest the journal (and memory) holds entries redb does not have (when records
-/// arrive).
-pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest the journal (and memory, twice: the records since the last freeze and those of
+/// the checkpoint under way) holds entries redb does not have (when records arrive).
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(1000);
 
 /// Bytes before the first frame; the header is rewritten alone in its block.
 pub const HEADER_BYTES: u64 = 4096;
@@ -166,10 +172,21 @@ impl Journal {
         Ok(())
     }
 
+    /// The generation of the frames this journal holds (higher is newer, across the two
+    /// journals of a ledger).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Start the next generation: the frames written so far no longer count. Call only once
     /// redb holds every one of them durably.
     pub fn reset(&mut self) -> anyhow::Result<()> {
-        let generation = self.generation.wrapping_add(1);
+        self.reset_to(self.generation.wrapping_add(1))
+    }
+
+    /// [`Journal::reset`] to `generation`, which must be one this file's frames were never
+    /// written with (the ledger uses one above both of its journals' generations).
+    pub fn reset_to(&mut self, generation: u64) -> anyhow::Result<()> {
         let mut header = Vec::with_capacity(20);
         header.extend_from_slice(MAGIC);
         header.extend_from_slice(&generation.to_le_bytes());
