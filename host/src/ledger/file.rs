@@ -21,13 +21,13 @@
 //!
 //! Reads (`get`, `len`) run on the caller's thread: first in [`Recent`] (the records since the
 //! last freeze, then those of the checkpoint under way), then in a *snapshot*
-//! of redb, a read transaction the writer opens right after each checkpoint and publishes
+//! of redb, a read transaction the checkpoint opens right after its commit and publishes
 //! (`arc-swap`) before it forgets the records the checkpoint took. So every entry whose
 //! `record` has returned is visible, and a lookup never opens a read transaction of its own:
 //! opening one waits while a commit holds the database header, and the pipeline measured
 //! every lookup waiting out an fsync that way. A lookup is a hash probe or a few B-tree pages
 //! almost always in redb's cache — microseconds, cheaper than the hop to a blocking thread that
-//! `spawn_blocking` would add on every record. If the writer cannot open a snapshot, it
+//! `spawn_blocking` would add on every record. If a checkpoint cannot open a snapshot, it
 //! withdraws the published one and reads fall back to their own transactions.
 
 use std::collections::HashMap;
