@@ -7,8 +7,8 @@
 //! that waits on something else is bounded by `drain_timeout`: the records in hand, the final
 //! commit, leaving the group, the flush and the admin server's open connections, so a
 //! shutdown while the brokers are unreachable still ends within five drain timeouts (a flush
-//! that could not finish makes the exit status non-zero and says how many records it left). A second signal exits at once with
-//! status 130, committing nothing more.
+//! that could not finish makes the exit status non-zero and says how many records it left).
+//! A second signal exits at once with status 130, committing nothing more.
 
 use std::sync::Arc;
 use std::time::Duration;

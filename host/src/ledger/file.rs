@@ -679,7 +679,7 @@ fn run_writer(
                     Ok(Err(cause)) => return fail(shared, cause, &mut sweeps, &mut requests),
                     Err(std::sync::mpsc::TryRecvError::Empty) => {}
                     Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                        let cause = "the ledger checkpoint thread stopped".to_owned();
+                        let cause = CHECKPOINTER_GONE.to_owned();
                         return fail(shared, cause, &mut sweeps, &mut requests);
                     }
                 }
@@ -700,7 +700,7 @@ fn run_writer(
                     Ok(Ok(journal)) => journal,
                     Ok(Err(cause)) => return fail(shared, cause, &mut sweeps, &mut requests),
                     Err(_) => {
-                        let cause = "the ledger checkpoint thread stopped".to_owned();
+                        let cause = CHECKPOINTER_GONE.to_owned();
                         return fail(shared, cause, &mut sweeps, &mut requests);
                     }
                 },
@@ -714,7 +714,7 @@ fn run_writer(
             };
             if let Err(std::sync::mpsc::SendError(job)) = jobs.send(job) {
                 let mut sweeps = job.sweeps;
-                let cause = "the ledger checkpoint thread stopped".to_owned();
+                let cause = CHECKPOINTER_GONE.to_owned();
                 return fail(shared, cause, &mut sweeps, &mut requests);
             }
             last_checkpoint = Instant::now();
@@ -752,6 +752,9 @@ fn run_writer(
         }
     });
 }
+
+/// The writer's failure when the checkpoint thread is gone without saying why.
+const CHECKPOINTER_GONE: &str = "the ledger checkpoint thread stopped";
 
 /// The journal may grow to this while a checkpoint is under way; past it the writer waits for
 /// the checkpoint.
