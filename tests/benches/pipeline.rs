@@ -218,10 +218,12 @@ fn rate(n: usize, took: Duration) -> f64 {
 // Throughput contenders
 
 /// `KASM_BENCH_CONTENDERS=ledger off,peer`: only the contenders (and latency routes) whose
-/// name contains one of these; all when unset.
+/// name contains one of these; all when unset. With a `|` in it the filter is split on `|`
+/// instead, so that a name with commas can be picked alone (`ledger off, reused|baseline`).
 fn picked(name: &str) -> bool {
     let filter = std::env::var("KASM_BENCH_CONTENDERS").unwrap_or_default();
-    filter.is_empty() || filter.split(',').any(|f| name.contains(f.trim()))
+    let sep = if filter.contains('|') { '|' } else { ',' };
+    filter.is_empty() || filter.split(sep).any(|f| name.contains(f.trim()))
 }
 
 /// The baseline: poll, decode nothing, commit after each batch of what was polled.

@@ -1,15 +1,20 @@
 //! The consumer loop of one handler: one rdkafka consumer, polled on its own thread.
 //!
 //! The loop never blocks on processing. Each assigned partition has a worker task with a
-//! bounded intake; a record goes to its partition's intake with `try_send`, and when the
-//! intake is full (the worker is busy or backing off) the record is *held* by the loop, in
-//! order, until there is room. When a partition's held records reach `partition_buffer` (or
-//! [`MAX_HELD_BYTES`]) the partition is *paused* at the broker; it is resumed once they are
-//! down to half, so that the fetch after the resume overlaps the worker's remaining backlog
-//! (librdkafka drops what it prefetched for a paused partition and fetches again from the
-//! position after the last record polled, so pausing often would stall the partition for a
-//! fetch round trip each time). Polling therefore continues at its own pace and
-//! `max.poll.interval.ms` never trips because of a slow handler.
+//! bounded intake, and its own librdkafka queue (split from the consumer's queue when the
+//! partition is assigned): the loop takes a partition's records from that queue only while
+//! its worker's intake has room, so a busy or backing-off worker leaves its records in
+//! librdkafka, which stops fetching the partition once `partition_buffer` records (or
+//! [`MAX_HELD_BYTES`]) are prefetched. Nothing is paused for backpressure: a paused
+//! partition makes librdkafka drop what it prefetched and fetch it again after the resume,
+//! which cost up to half the throughput when the loop paused at a full buffer (BENCHMARKS.md,
+//! session 13). The consumer's own queue is polled on every round (rebalances, commit
+//! results, errors), so `max.poll.interval.ms` never trips because of a slow handler.
+//!
+//! Records that still come through the consumer's queue (a partition whose queue could not
+//! be split) take the older path: handed to the intake with `try_send`, *held* by the loop in
+//! order when it is full, and the partition paused at the broker when its held records reach
+//! `partition_buffer` (or [`MAX_HELD_BYTES`]), resumed at half.
 //!
 //! Offsets: every record dispatched is registered with its partition's [`OffsetTracker`];
 //! workers report completions over a channel; the loop commits each partition's contiguous
@@ -33,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rdkafka::client::ClientContext;
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Headers as _;
@@ -66,6 +72,132 @@ const MAX_INTAKE: usize = 1024;
 /// How many records a partition's intake holds for `partition_buffer`.
 fn intake_capacity(partition_buffer: usize) -> usize {
     (partition_buffer / 4).clamp(partition_buffer.clamp(1, 64), MAX_INTAKE)
+}
+
+/// The most records the loop takes from one partition's queue in one round, so that one
+/// busy partition does not keep the loop from the others and from the consumer's queue.
+const ROUND_PER_PARTITION: usize = 256;
+
+/// The most records the loop takes from the consumer's own queue in one round.
+const ROUND_FROM_CONSUMER: usize = 1024;
+
+/// What the loop waits for when a round took nothing: a partition's queue becoming non-empty
+/// wakes it at once (see [`PartitionQueues`]); the consumer's queue (rebalances, commit
+/// results) is looked at least this often.
+const IDLE_WAIT: Duration = Duration::from_millis(20);
+
+/// How long the loop waits when a partition has records its worker has no room for yet (a
+/// worker does not wake the loop when it takes from its intake).
+const BUSY_WAIT: Duration = Duration::from_millis(1);
+
+/// librdkafka's prefetch per partition, unless the `[kafka]` table sets it: `partition_buffer`
+/// records and [`MAX_HELD_BYTES`]. Records the loop has not taken stay in the partition's
+/// queue, so these bound what a slow handler leaves waiting; librdkafka's defaults (100,000
+/// records, 64 MiB per partition) would hold gigabytes across many partitions.
+///
+/// A partition whose queue is at the bound is looked at again after `fetch.queue.backoff.ms`,
+/// whose default (1 s) would let a fast handler empty its queue and then wait most of that
+/// second: 24 k records/s instead of 390 k on the bench's fastest configuration. kasm uses
+/// 10 ms (25 and 50 measured no better; 2 ms worse).
+fn bound_prefetch(config: &mut rdkafka::ClientConfig, partition_buffer: usize) {
+    if config.get("fetch.queue.backoff.ms").is_none() {
+        config.set("fetch.queue.backoff.ms", "10");
+    }
+    if config.get("queued.min.messages").is_none() {
+        config.set("queued.min.messages", partition_buffer.to_string());
+    }
+    if config.get("queued.max.messages.kbytes").is_none() {
+        config.set(
+            "queued.max.messages.kbytes",
+            (MAX_HELD_BYTES / 1024).to_string(),
+        );
+    }
+}
+
+/// Each assigned partition's own queue, split from the consumer's queue: librdkafka delivers
+/// a partition's records to it, and calls back (which wakes the loop) when it becomes
+/// non-empty. Kept by the loop, not in the consumer's context: a queue holds the consumer.
+struct PartitionQueues {
+    queues: HashMap<Tp, PartitionQueue<LoopContext>>,
+    /// The [`LoopContext::assignments`] the queues were split for.
+    seen: u64,
+    loop_thread: std::thread::Thread,
+}
+
+impl PartitionQueues {
+    fn new() -> Self {
+        Self {
+            queues: HashMap::new(),
+            seen: 0,
+            loop_thread: std::thread::current(),
+        }
+    }
+
+    /// After an assignment changed, split a queue for every partition the loop owns (again
+    /// for those it kept: librdkafka may have made the partition anew) and drop the others'.
+    fn follow(&mut self, consumer: &Arc<BaseConsumer<LoopContext>>) {
+        let lc = consumer.context();
+        let now = lc.assignments.load(Ordering::SeqCst);
+        if now == self.seen {
+            return;
+        }
+        self.seen = now;
+        let owned: Vec<Tp> = lc.lock().keys().cloned().collect();
+        self.queues.clear();
+        for tp in owned {
+            match consumer.split_partition_queue(&tp.0, tp.1) {
+                Some(mut q) => {
+                    let wake = self.loop_thread.clone();
+                    q.set_nonempty_callback(move || wake.unpark());
+                    self.queues.insert(tp, q);
+                }
+                None => {
+                    tracing::warn!(handler = %lc.ctx.name, topic = %tp.0, partition = tp.1, "could not split the partition's queue; its records come through the consumer's queue")
+                }
+            }
+        }
+    }
+
+    /// Move records from each partition's queue into its worker's intake while there is room.
+    /// Returns how many were moved, and whether some partition's intake was full.
+    fn feed(&self, lc: &LoopContext) -> (usize, bool) {
+        if lc.holding() {
+            return (0, false);
+        }
+        let mut parts = lc.lock();
+        let (mut moved, mut full) = (0, false);
+        for (tp, queue) in &self.queues {
+            let Some(st) = parts.get_mut(tp) else {
+                continue;
+            };
+            // Records held from the consumer's queue are older: they go first.
+            if !st.held.is_empty() {
+                full = true;
+                continue;
+            }
+            let Some(tx) = &st.intake else { continue };
+            for _ in 0..ROUND_PER_PARTITION {
+                let Ok(permit) = tx.try_reserve() else {
+                    full = true;
+                    break;
+                };
+                match queue.poll(Duration::ZERO) {
+                    None => break,
+                    Some(Ok(msg)) => {
+                        let record = Record::from_message(&msg);
+                        st.tracker.dispatched(record.offset);
+                        permit.send(record);
+                        moved += 1;
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(handler = %lc.ctx.name, topic = %tp.0, partition = tp.1, error = %e, "consumer error");
+                        break;
+                    }
+                }
+            }
+        }
+        (moved, full)
+    }
 }
 
 struct PartitionState {
@@ -126,6 +258,9 @@ pub(crate) struct LoopContext {
     rebalancing: tokio::sync::watch::Sender<bool>,
     /// High watermarks from librdkafka's statistics (taken from fetch responses).
     high_watermarks: Mutex<HashMap<Tp, i64>>,
+    /// Counts the changes of the partitions owned (assigned or released), so that the loop
+    /// splits their queues again.
+    assignments: std::sync::atomic::AtomicU64,
 }
 
 impl ClientContext for LoopContext {
@@ -301,6 +436,7 @@ impl LoopContext {
                 },
             );
         }
+        self.assignments.fetch_add(1, Ordering::SeqCst);
         fresh
     }
 
@@ -348,6 +484,7 @@ impl LoopContext {
                 .metrics
                 .forget_partition(&self.ctx.name, &tp.0, tp.1);
         }
+        self.assignments.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Wait for worker tasks up to the drain timeout; stop the stragglers.
@@ -660,13 +797,13 @@ fn commit_sync_bounded(
 /// if it has not finished within `timeout` the shutdown goes on without it (the group's
 /// session timeout removes this member) and the thread is left to finish or to end with the
 /// process.
-fn close_bounded(consumer: BaseConsumer<LoopContext>, name: &str, timeout: Duration) {
+fn close_bounded(consumer: Arc<BaseConsumer<LoopContext>>, name: &str, timeout: Duration) {
     let (tx, rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name(format!("kasm-close-{name}"))
         .spawn(move || {
             consumer.unsubscribe();
-            drop(consumer); // closes the consumer: leaves the group
+            drop(consumer); // the last owner: closes the consumer and leaves the group
             let _ = tx.send(());
         });
     match spawned {
@@ -723,9 +860,10 @@ fn commit_async_reported(
 pub(crate) fn run_loop(
     ctx: Arc<HandlerCtx>,
     rt: tokio::runtime::Handle,
-    consumer_config: rdkafka::ClientConfig,
+    mut consumer_config: rdkafka::ClientConfig,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
+    bound_prefetch(&mut consumer_config, ctx.config.partition_buffer);
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let context = LoopContext {
         ctx: ctx.clone(),
@@ -737,10 +875,14 @@ pub(crate) fn run_loop(
         handler_paused: AtomicBool::new(false),
         rebalancing: tokio::sync::watch::Sender::new(false),
         high_watermarks: Mutex::new(HashMap::new()),
+        assignments: std::sync::atomic::AtomicU64::new(0),
     };
-    let consumer: BaseConsumer<LoopContext> = consumer_config
-        .create_with_context(context)
-        .with_context(|| format!("handler={}: creating the consumer", ctx.name))?;
+    let consumer: Arc<BaseConsumer<LoopContext>> = Arc::new(
+        consumer_config
+            .create_with_context(context)
+            .with_context(|| format!("handler={}: creating the consumer", ctx.name))?,
+    );
+    let mut queues = PartitionQueues::new();
     let topics: Vec<&str> = ctx.config.topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)
@@ -756,13 +898,7 @@ pub(crate) fn run_loop(
             lc.apply_pause(&consumer, want_paused);
         }
         lc.drain_completions();
-        // Held records wait for room in their worker's intake: come back within a
-        // millisecond to feed them rather than after a full poll wait.
-        let wait = if lc.feed_held(&consumer) {
-            Duration::from_millis(1)
-        } else {
-            Duration::from_millis(20)
-        };
+        let mut busy = lc.feed_held(&consumer);
         if last_commit.elapsed() >= ctx.commit_interval {
             // Every few seconds the positions are sent again whether or not they moved: a
             // commit librdkafka holds while it waits for a coordinator is not reported until
@@ -785,13 +921,33 @@ pub(crate) fn run_loop(
                 ctx.health.broker(&ctx.name, true, None);
             }
         }
-        match consumer.poll(wait) {
-            None => {}
-            Some(Ok(msg)) => {
-                let record = Record::from_message(&msg);
-                lc.dispatch(&consumer, record);
+        // The consumer's queue first: rebalance callbacks (which change the partitions
+        // owned), commit results, errors, and the records of partitions not split. It is
+        // read until it answers nothing twice in a row (an answer of nothing also follows a
+        // callback served), so that records it held for a partition go before the ones of
+        // the partition's own queue.
+        let (mut taken, mut empty) = (0, 0);
+        while taken < ROUND_FROM_CONSUMER && empty < 2 {
+            match consumer.poll(Duration::ZERO) {
+                None => empty += 1,
+                Some(Ok(msg)) => {
+                    empty = 0;
+                    taken += 1;
+                    let record = Record::from_message(&msg);
+                    lc.dispatch(&consumer, record);
+                }
+                Some(Err(e)) => tracing::warn!(handler = %ctx.name, error = %e, "consumer error"),
             }
-            Some(Err(e)) => tracing::warn!(handler = %ctx.name, error = %e, "consumer error"),
+        }
+        queues.follow(&consumer);
+        if taken < ROUND_FROM_CONSUMER {
+            let (moved, full) = queues.feed(&lc);
+            taken += moved;
+            busy |= full;
+        }
+        if taken == 0 && !stop.load(Ordering::SeqCst) {
+            // A partition's queue becoming non-empty unparks this thread.
+            std::thread::park_timeout(if busy { BUSY_WAIT } else { IDLE_WAIT });
         }
     }
 
@@ -803,6 +959,9 @@ pub(crate) fn run_loop(
     let tps: Vec<Tp> = lc.lock().keys().cloned().collect();
     lc.release(&consumer, &tps);
     ctx.health.set_state(&ctx.name, LoopState::Stopped);
+    // The partition queues hold the consumer: dropped first, so that the close below is the
+    // consumer's last owner and leaves the group.
+    drop(queues);
     close_bounded(consumer, &ctx.name, ctx.drain_timeout);
     Ok(())
 }
