@@ -227,16 +227,18 @@ async fn poison_records_are_dead_lettered_with_provenance_and_the_partition_move
     host.shutdown().await.unwrap();
 }
 
-/// librdkafka keeps an application pause through revoke and re-assign. A partition paused for
-/// backpressure (backlog larger than the worker's intake) when a rebalance takes it away must
-/// still be consumed when it comes back.
+/// A partition whose backlog waits in librdkafka (more than the worker's intake, in the
+/// partition's own queue) when a rebalance takes it away must still be consumed when it comes
+/// back: its queue is split again after the assignment. (Before session 13 such a partition
+/// was paused at the broker, and librdkafka keeps an application pause through revoke and
+/// re-assign.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partitions_paused_for_backpressure_resume_after_a_rebalance() {
+async fn a_partition_with_a_backlog_is_consumed_again_after_a_rebalance() {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let s = Setup::new(TestBroker::from_env(), 4).await;
     let n = 4_000;
     produce(&s.broker.producer(), &s.topic, &events("bp", 0..n, &s.out)).await;
-    // A small intake: every partition is paused while its backlog waits.
+    // A small intake and prefetch: every partition's backlog waits in librdkafka.
     let config = publisher_config(&s, "partition_buffer = 4\n");
     let host = kasm_host::app::start(&config, &s.env()).await.unwrap();
     kasm_tests::wait_processed(&host, 200).await;

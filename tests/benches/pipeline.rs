@@ -21,7 +21,11 @@
 //!     each batch, a set of seen ids, a DLQ), installed from PyPI into `target/bench/venv`.
 //!
 //!   A figure is records per second from the first record received to the last one done
-//!   (consumer-group joins are not counted); the table gives the median and the spread.
+//!   (consumer-group joins are not counted); the table gives the median and the spread, and
+//!   the CPU time the whole process used per record over the same window (every thread: kasm,
+//!   librdkafka, the embedded mock broker; not the peer, which runs in its own process).
+//!   `KASM_BENCH_PERF_CTL=<fifo>` lets `perf record -D -1 --control fifo:<fifo>` sample only
+//!   those windows (see `perf_ctl`).
 //! - **latency**: produce → handled at fixed rates (1k, 5k, 20k records/s): the `fixture`
 //!   handler echoes each event to an output topic; a probe consumer on that topic takes the
 //!   time each output arrives against the send time in the event (one clock, one process).
@@ -214,6 +218,62 @@ fn rate(n: usize, took: Duration) -> f64 {
     n as f64 / took.as_secs_f64()
 }
 
+/// CPU seconds this process has used so far, all threads together (kasm, librdkafka's threads,
+/// the embedded mock broker, the bench): `utime + stime` of `/proc/self/stat`, in clock ticks.
+fn cpu_seconds() -> f64 {
+    static TICK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let tick = *TICK.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    });
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    let fields: Vec<f64> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    fields
+        .get(11)
+        .zip(fields.get(12))
+        .map_or(0.0, |(u, s)| (u + s) / tick)
+}
+
+/// Profile only what is measured: with `KASM_BENCH_PERF_CTL=<fifo>`, a throughput run writes
+/// `enable` / `disable` to that fifo when its measured window opens and closes — for
+/// `perf record -D -1 --control fifo:<fifo> …`, which then samples the windows and not the
+/// filling of topics or the starting of hosts.
+fn perf_ctl(command: &str) {
+    if let Ok(path) = std::env::var("KASM_BENCH_PERF_CTL") {
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{command}\n").as_bytes()));
+    }
+}
+
+/// What one throughput run measured: records/s, and CPU µs per record over the same window
+/// (the whole process; NaN where not measured).
+#[derive(Clone, Copy)]
+struct Run {
+    rate: f64,
+    cpu_us: f64,
+}
+
+impl Run {
+    fn over(n: usize, took: Duration, cpu: f64) -> Self {
+        Run {
+            rate: rate(n, took),
+            cpu_us: cpu * 1e6 / n as f64,
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Throughput contenders
 
@@ -227,7 +287,7 @@ fn picked(name: &str) -> bool {
 }
 
 /// The baseline: poll, decode nothing, commit after each batch of what was polled.
-fn baseline(b: &Bench, topic: &str, n: usize) -> f64 {
+fn baseline(b: &Bench, topic: &str, n: usize) -> Run {
     let consumer: BaseConsumer = b
         .client()
         .set("group.id", unique("baseline"))
@@ -239,12 +299,17 @@ fn baseline(b: &Bench, topic: &str, n: usize) -> f64 {
     consumer.subscribe(&[topic]).unwrap();
     let mut done = 0;
     let mut first = None;
+    let mut cpu_at_first = 0.0;
     let mut since_commit = 0;
     let deadline = Instant::now() + Duration::from_secs(300);
     while done < n && Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                first.get_or_insert_with(Instant::now);
+                if first.is_none() {
+                    perf_ctl("enable");
+                    first = Some(Instant::now());
+                    cpu_at_first = cpu_seconds();
+                }
                 std::hint::black_box(m.payload());
                 consumer.store_offset_from_message(&m).unwrap();
                 done += 1;
@@ -263,11 +328,12 @@ fn baseline(b: &Bench, topic: &str, n: usize) -> f64 {
             }
         }
     }
+    perf_ctl("disable");
     if since_commit > 0 {
         consumer.commit_consumer_state(CommitMode::Sync).unwrap();
     }
     assert_eq!(done, n, "baseline read everything");
-    rate(n, first.unwrap().elapsed())
+    Run::over(n, first.unwrap().elapsed(), cpu_seconds() - cpu_at_first)
 }
 
 /// How a kasm contender's handler is set up.
@@ -344,7 +410,7 @@ fn extra_handler_settings() -> String {
 }
 
 /// kasm in process on `topic`: records/s from the first record done to the last.
-fn kasm(b: &Bench, topic: &str, n: usize, o: KasmOpts) -> f64 {
+fn kasm(b: &Bench, topic: &str, n: usize, o: KasmOpts) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let config = kasm_host::config::Config::load(&kasm_config(b, dir.path(), topic, o)).unwrap();
     b.rt.block_on(async {
@@ -359,12 +425,15 @@ fn kasm(b: &Bench, topic: &str, n: usize, o: KasmOpts) -> f64 {
             assert!(Instant::now() < deadline, "kasm made no progress");
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
+        perf_ctl("enable");
         let first = Instant::now();
+        let cpu_at_first = cpu_seconds();
         while done() < n {
             assert!(Instant::now() < deadline, "kasm did not finish");
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
-        let r = rate(n, first.elapsed());
+        let r = Run::over(n, first.elapsed(), cpu_seconds() - cpu_at_first);
+        perf_ctl("disable");
         let s = stats.snapshot();
         assert_eq!(
             s.processed as usize, n,
@@ -500,7 +569,7 @@ fn throughput(b: &Bench) {
         ),
         ("peer (aiokafka)", None),
     ];
-    let mut results: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
+    let mut results: Vec<Vec<Run>> = vec![Vec::new(); contenders.len()];
     for round in 0..runs {
         for (i, (name, opts)) in contenders.iter().enumerate() {
             if !picked(name) {
@@ -517,7 +586,10 @@ fn throughput(b: &Bench) {
                 (_, Some(o)) => kasm(b, &topic, n, *o),
                 _ => match &python {
                     Ok(py) => match peer(b, py, &topic, n) {
-                        Ok(r) => r,
+                        Ok(rate) => Run {
+                            rate,
+                            cpu_us: f64::NAN,
+                        },
                         Err(e) => {
                             eprintln!("peer failed: {e}");
                             continue;
@@ -526,7 +598,12 @@ fn throughput(b: &Bench) {
                     Err(_) => continue,
                 },
             };
-            eprintln!("round {}: {name:<40} {r:>10.0} records/s", round + 1);
+            eprintln!(
+                "round {}: {name:<40} {:>10.0} records/s {:>7.2} CPU µs/record",
+                round + 1,
+                r.rate,
+                r.cpu_us
+            );
             results[i].push(r);
         }
     }
@@ -535,8 +612,8 @@ fn throughput(b: &Bench) {
         broker_name(b)
     );
     println!(
-        "{:<42} {:>10} {:>10} {:>10} {:>11} {:>9}",
-        "contender", "median/s", "min/s", "max/s", "/ baseline", "/ peer"
+        "{:<42} {:>10} {:>10} {:>10} {:>11} {:>9} {:>12}",
+        "contender", "median/s", "min/s", "max/s", "/ baseline", "/ peer", "CPU µs/rec"
     );
     let medians: Vec<f64> = results
         .iter()
@@ -544,7 +621,7 @@ fn throughput(b: &Bench) {
             if r.is_empty() {
                 f64::NAN
             } else {
-                median_spread(r.clone()).0
+                median_spread(r.iter().map(|x| x.rate).collect()).0
             }
         })
         .collect();
@@ -554,9 +631,10 @@ fn throughput(b: &Bench) {
             println!("{name:<42} {:>10}", "n/a");
             continue;
         }
-        let (m, lo, hi) = median_spread(r.clone());
+        let (m, lo, hi) = median_spread(r.iter().map(|x| x.rate).collect());
+        let (cpu, _, _) = median_spread(r.iter().map(|x| x.cpu_us).collect());
         println!(
-            "{name:<42} {m:>10.0} {lo:>10.0} {hi:>10.0} {:>11.3} {:>9.2}",
+            "{name:<42} {m:>10.0} {lo:>10.0} {hi:>10.0} {:>11.3} {:>9.2} {cpu:>12.2}",
             m / base,
             m / peer_m
         );

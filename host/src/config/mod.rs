@@ -118,11 +118,11 @@ pub struct HandlerConfig {
     /// Memory cap per instance, in MiB.
     #[serde(default = "defaults::memory_mib")]
     pub memory_mib: usize,
-    /// Records buffered per partition ahead of its worker before the partition is paused at
-    /// the broker (also bounded at 8 MiB of payload); it is resumed at half. Default 4096:
-    /// each pause makes librdkafka drop what it prefetched and fetch it again, so pauses must
-    /// be rare. A quarter of them (at least 64, at most 1024) sit in the worker's intake, the
-    /// rest in the consumer loop.
+    /// Records prefetched per partition ahead of its worker: librdkafka stops fetching a
+    /// partition when this many (or 8 MiB) wait in its queue — librdkafka's
+    /// `queued.min.messages` and `queued.max.messages.kbytes`, unless the `[kafka]` table
+    /// sets them. Default 4096. The worker's intake holds a quarter of it (at least 64, at
+    /// most 1024).
     #[serde(default = "defaults::partition_buffer")]
     pub partition_buffer: usize,
     /// Retry policy for `retryable` failures and host-side failures.

@@ -35,9 +35,10 @@ pub fn consumer_config(
     if c.get("auto.offset.reset").is_none() {
         c.set("auto.offset.reset", "earliest");
     }
-    // A partition resumed after backpressure is fetched with the next fetch request, and one
-    // long poll per broker may be in flight: librdkafka's default (500 ms) would stall a
-    // resumed partition that long whenever the others are caught up.
+    // A partition that may be fetched again (its queue drained below the prefetch bound, or
+    // resumed) is fetched with the next fetch request, and one long poll per broker may be in
+    // flight: librdkafka's default (500 ms) would stall it that long whenever the others are
+    // caught up.
     if c.get("fetch.wait.max.ms").is_none() {
         c.set("fetch.wait.max.ms", "100");
     }

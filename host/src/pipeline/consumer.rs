@@ -78,7 +78,8 @@ fn intake_capacity(partition_buffer: usize) -> usize {
 /// busy partition does not keep the loop from the others and from the consumer's queue.
 const ROUND_PER_PARTITION: usize = 256;
 
-/// The most records the loop takes from the consumer's own queue in one round.
+/// The most answers (records, errors, callbacks served) the loop takes from the consumer's own
+/// queue in one round.
 const ROUND_FROM_CONSUMER: usize = 1024;
 
 /// What the loop waits for when a round took nothing: a partition's queue becoming non-empty
@@ -925,25 +926,36 @@ pub(crate) fn run_loop(
         // owned), commit results, errors, and the records of partitions not split. It is
         // read until it answers nothing twice in a row (an answer of nothing also follows a
         // callback served), so that records it held for a partition go before the ones of
-        // the partition's own queue.
+        // the partition's own queue; the partitions' queues wait for the next round when it
+        // had more than a round's worth.
         let (mut taken, mut empty) = (0, 0);
-        while taken < ROUND_FROM_CONSUMER && empty < 2 {
+        for _ in 0..ROUND_FROM_CONSUMER {
             match consumer.poll(Duration::ZERO) {
-                None => empty += 1,
+                None => {
+                    empty += 1;
+                    if empty == 2 {
+                        break;
+                    }
+                }
                 Some(Ok(msg)) => {
                     empty = 0;
                     taken += 1;
                     let record = Record::from_message(&msg);
                     lc.dispatch(&consumer, record);
                 }
-                Some(Err(e)) => tracing::warn!(handler = %ctx.name, error = %e, "consumer error"),
+                Some(Err(e)) => {
+                    empty = 0;
+                    tracing::warn!(handler = %ctx.name, error = %e, "consumer error")
+                }
             }
         }
         queues.follow(&consumer);
-        if taken < ROUND_FROM_CONSUMER {
+        if empty == 2 {
             let (moved, full) = queues.feed(&lc);
             taken += moved;
             busy |= full;
+        } else {
+            busy = true;
         }
         if taken == 0 && !stop.load(Ordering::SeqCst) {
             // A partition's queue becoming non-empty unparks this thread.
@@ -990,5 +1002,28 @@ impl Record {
             headers,
             timestamp_ms: m.timestamp().to_millis(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefetch_follows_partition_buffer_unless_the_kafka_table_sets_it() {
+        let mut c = rdkafka::ClientConfig::new();
+        bound_prefetch(&mut c, 4096);
+        assert_eq!(c.get("queued.min.messages"), Some("4096"));
+        assert_eq!(c.get("queued.max.messages.kbytes"), Some("8192"));
+        assert_eq!(c.get("fetch.queue.backoff.ms"), Some("10"));
+
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("queued.min.messages", "50")
+            .set("queued.max.messages.kbytes", "1024")
+            .set("fetch.queue.backoff.ms", "500");
+        bound_prefetch(&mut c, 4096);
+        assert_eq!(c.get("queued.min.messages"), Some("50"));
+        assert_eq!(c.get("queued.max.messages.kbytes"), Some("1024"));
+        assert_eq!(c.get("fetch.queue.backoff.ms"), Some("500"));
     }
 }
