@@ -265,8 +265,26 @@ struct Run {
     cpu_us: f64,
 }
 
-impl Run {
-    fn over(n: usize, took: Duration, cpu: f64) -> Self {
+/// A throughput run's measured window: opened at the first record, closed at the last.
+struct Window {
+    start: Instant,
+    cpu: f64,
+}
+
+impl Window {
+    fn open() -> Self {
+        perf_ctl("enable");
+        Window {
+            start: Instant::now(),
+            cpu: cpu_seconds(),
+        }
+    }
+
+    /// Close it over `n` records.
+    fn close(self, n: usize) -> Run {
+        let took = self.start.elapsed();
+        let cpu = cpu_seconds() - self.cpu;
+        perf_ctl("disable");
         Run {
             rate: rate(n, took),
             cpu_us: cpu * 1e6 / n as f64,
@@ -298,18 +316,13 @@ fn baseline(b: &Bench, topic: &str, n: usize) -> Run {
         .unwrap();
     consumer.subscribe(&[topic]).unwrap();
     let mut done = 0;
-    let mut first = None;
-    let mut cpu_at_first = 0.0;
+    let mut window = None;
     let mut since_commit = 0;
     let deadline = Instant::now() + Duration::from_secs(300);
     while done < n && Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                if first.is_none() {
-                    perf_ctl("enable");
-                    first = Some(Instant::now());
-                    cpu_at_first = cpu_seconds();
-                }
+                window.get_or_insert_with(Window::open);
                 std::hint::black_box(m.payload());
                 consumer.store_offset_from_message(&m).unwrap();
                 done += 1;
@@ -328,12 +341,12 @@ fn baseline(b: &Bench, topic: &str, n: usize) -> Run {
             }
         }
     }
-    perf_ctl("disable");
+    let run = window.map(|w| w.close(n));
     if since_commit > 0 {
         consumer.commit_consumer_state(CommitMode::Sync).unwrap();
     }
     assert_eq!(done, n, "baseline read everything");
-    Run::over(n, first.unwrap().elapsed(), cpu_seconds() - cpu_at_first)
+    run.unwrap()
 }
 
 /// How a kasm contender's handler is set up.
@@ -425,15 +438,12 @@ fn kasm(b: &Bench, topic: &str, n: usize, o: KasmOpts) -> Run {
             assert!(Instant::now() < deadline, "kasm made no progress");
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
-        perf_ctl("enable");
-        let first = Instant::now();
-        let cpu_at_first = cpu_seconds();
+        let window = Window::open();
         while done() < n {
             assert!(Instant::now() < deadline, "kasm did not finish");
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
-        let r = Run::over(n, first.elapsed(), cpu_seconds() - cpu_at_first);
-        perf_ctl("disable");
+        let r = window.close(n);
         let s = stats.snapshot();
         assert_eq!(
             s.processed as usize, n,

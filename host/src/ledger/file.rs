@@ -13,11 +13,12 @@
 //! the journal in one write and syncs it, keeps the records in memory ([`Recent`]) and
 //! answers; now and then a *checkpoint* puts what memory holds into redb in one durable commit
 //! and empties the journal. Checkpoints run on a thread of their own, with the records frozen
-//! at its start and the second journal taking new ones meanwhile (see [`run_writer`]). A record's path is one `pwrite` and one `fdatasync`; redb sees a
-//! transaction per checkpoint, not per batch. (Applying each batch to redb before syncing the
-//! journal, as the writer first did, cost more than the sync itself: a non-durable redb commit
-//! and a fresh read transaction per batch, 0.1–0.7 ms, on a path where the pipeline waits for
-//! every record.) Opening replays the journal first. See `journal.rs` for the crash cases.
+//! at its start and the second journal taking new ones meanwhile (see [`run_writer`]). A
+//! record's path is one `pwrite` and one `fdatasync`; redb sees a transaction per checkpoint,
+//! not per batch. (Applying each batch to redb before syncing the journal, as the writer first
+//! did, cost more than the sync itself: a non-durable redb commit and a fresh read transaction
+//! per batch, 0.1–0.7 ms, on a path where the pipeline waits for every record.) Opening
+//! replays both journals first. See `journal.rs` for the crash cases.
 //!
 //! Reads (`get`, `len`) run on the caller's thread: first in [`Recent`] (the records since the
 //! last freeze, then those of the checkpoint under way), then in a *snapshot*
