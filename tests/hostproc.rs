@@ -34,16 +34,26 @@ impl HostProcess {
 
     /// [`HostProcess::start_logged`] with extra environment variables (database URLs).
     pub fn start_with_env(config: &Path, bootstrap: &str, log: &str, env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(crate::kasm_bin())
+        let mut command = Command::new(crate::kasm_bin());
+        command
             .args(["run", "--config"])
             .arg(config)
             .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
             .env("RUST_LOG", log)
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        Self::spawn(command, "admin listening on http://")
+    }
+
+    /// Start `command` (a `kasm` subcommand), its stdout and stderr collected; wait for the
+    /// line containing `admin_needle` (which ends in `http://`) and take the admin address
+    /// that follows it.
+    pub fn spawn(mut command: Command, admin_needle: &str) -> Self {
+        let mut child = command
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn kasm run");
+            .expect("spawn kasm");
         let (tx, lines) = mpsc::channel();
         for stream in [
             child
@@ -73,12 +83,12 @@ impl HostProcess {
             lines,
             output: Vec::new(),
         };
-        let line = host.wait_line("admin listening on http://", Duration::from_secs(60));
+        let line = host.wait_line(admin_needle, Duration::from_secs(60));
         host.admin = line
             .rsplit("http://")
             .next()
+            .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_default()
-            .trim()
             .to_owned();
         host
     }

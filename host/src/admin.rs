@@ -433,7 +433,7 @@ async fn dlq_list(
     let bad = |e| ApiError::new(StatusCode::BAD_REQUEST, e);
     let from = q.cursor().map_err(bad)?;
     let limit = q.limit().map_err(bad)?;
-    let config = crate::kafka::base_config(&s.kafka.0, &s.kafka.1);
+    let config = crate::kafka::base_config(&s.kafka.0, &s.kafka.1, crate::kafka::Role::Consumer);
     let mut page = crate::pipeline::replay::list(config, &topic, from.as_ref(), limit)
         .await
         .map_err(internal)?;
@@ -451,7 +451,7 @@ async fn dlq_replay(
     let h = find(&s, &name)?;
     let Json(Object(body)) = body?;
     let topic = dlq_topic(h, body.topic.as_deref())?;
-    let config = crate::kafka::base_config(&s.kafka.0, &s.kafka.1);
+    let config = crate::kafka::base_config(&s.kafka.0, &s.kafka.1, crate::kafka::Role::Consumer);
     let request = body
         .request()
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;

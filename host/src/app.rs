@@ -82,6 +82,7 @@ pub async fn start_with_hub(
 ) -> anyhow::Result<Host> {
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(config.data_dir.join("artifacts")),
+        max_component_bytes: config.max_component_bytes(),
         ..RuntimeConfig::default()
     })?;
     let ledger_path = config.data_dir.join("ledger.redb");

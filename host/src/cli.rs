@@ -33,6 +33,11 @@ pub struct Cli {
     /// Do not read or write precompiled artifacts.
     #[arg(long, global = true)]
     pub no_cache: bool,
+    /// The largest component `validate` and `invoke` accept, in MiB (`kasm run` takes
+    /// `max_component_mib` from its config file).
+    #[arg(long, global = true, default_value_t = crate::runtime::DEFAULT_MAX_COMPONENT_BYTES >> 20,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_component_mib: u64,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -341,6 +346,7 @@ fn runtime_for(cli: &Cli) -> anyhow::Result<Runtime> {
     Runtime::new(RuntimeConfig {
         cache_dir,
         max_instances: 16,
+        max_component_bytes: cli.max_component_mib << 20,
         ..RuntimeConfig::default()
     })
 }

@@ -126,6 +126,7 @@ pub fn dev_config(
         data_dir: data_dir.to_owned(),
         drain_timeout: Duration::from_secs(5),
         commit_interval: Duration::from_millis(500),
+        max_component_mib: crate::runtime::DEFAULT_MAX_COMPONENT_BYTES >> 20,
         admin: AdminConfig { listen: admin },
         kafka: BTreeMap::new(),
         handlers,
@@ -194,7 +195,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     );
     println!("kasm dev: Ctrl-C to stop\n");
 
-    let _watcher = watch_handlers(&opts.handlers_dir, host.deployer.clone())?;
+    let (watcher, watch_task) = watch_handlers(&opts.handlers_dir, host.deployer.clone())?;
     println!(
         "kasm dev: watching {} — a rebuilt handler is swapped in live",
         opts.handlers_dir.display()
@@ -213,23 +214,32 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     crate::app::wait_for_signal().await?;
     demo.abort();
     view.abort();
-    // The demo producer goes before the cluster does.
     let _ = demo.await;
+    let _ = view.await;
     println!("\nkasm dev: shutting down");
     print_lines(&app).await;
-    host.shutdown().await?;
+    // Every Kafka client goes before the embedded cluster does (a client that outlives it logs
+    // "all brokers down"): the host's, then those the watcher (through the deployer) and the
+    // live view still hold.
+    let shutdown = host.shutdown().await;
+    drop(watcher);
+    let _ = watch_task.await;
+    drop(app);
+    shutdown?;
     drop(cluster);
     Ok(())
 }
 
 /// Watch the handlers folder; when a handler's `.wasm` changes, deploy it (debounced: a
 /// build writes the file in several steps). Keep the returned value alive.
+/// Dropping the watcher ends the returned task.
 fn watch_handlers(
     dir: &Path,
     deployer: Arc<crate::deploy::Deployer>,
-) -> anyhow::Result<
+) -> anyhow::Result<(
     notify_debouncer_mini::Debouncer<notify_debouncer_mini::notify::RecommendedWatcher>,
-> {
+    tokio::task::JoinHandle<()>,
+)> {
     use notify_debouncer_mini::notify::RecursiveMode;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
     let mut debouncer = notify_debouncer_mini::new_debouncer(
@@ -247,7 +257,7 @@ fn watch_handlers(
         .watcher()
         .watch(dir, RecursiveMode::NonRecursive)
         .with_context(|| format!("watching {}", dir.display()))?;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         // Reading a file is itself an event for some watchers: act once per content.
         let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
         while let Some(path) = rx.recv().await {
@@ -277,7 +287,7 @@ fn watch_handlers(
             }
         }
     });
-    Ok(debouncer)
+    Ok((debouncer, task))
 }
 
 /// What the live view shows.

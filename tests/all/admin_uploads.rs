@@ -14,7 +14,7 @@ const TOKEN: &str = "test-token-uploads";
 
 async fn start(s: &Setup) -> kasm_host::app::Host {
     let body = format!(
-        "[kafka]\n{KAFKA_TEST_PROPS}\n[handlers.pub]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\n\
+        "max_component_mib = 32\n[kafka]\n{KAFKA_TEST_PROPS}\n[handlers.pub]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\n\
          group_id = \"{g}\"\ngrants = {{ producer = [\"{o}\"] }}\n",
         c = component("fixture-publisher").display(),
         t = s.topic,

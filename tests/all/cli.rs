@@ -85,6 +85,50 @@ fn validate_prints_world_imports_size_and_hash() {
     );
 }
 
+/// A real component grown to `mib` MiB by a custom section at its end (as an interpreted
+/// handler is grown by its interpreter).
+fn padded_component(dir: &std::path::Path, mib: usize) -> String {
+    let mut bytes = std::fs::read(component("fixture-publisher")).unwrap();
+    let name = b"kasm-test-padding";
+    let data_len = (mib << 20) - bytes.len();
+    let mut body = Vec::new();
+    body.push(name.len() as u8);
+    body.extend_from_slice(name);
+    body.resize(body.len() + data_len, 0);
+    bytes.push(0); // custom section
+    let mut n = body.len();
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            bytes.push(b);
+            break;
+        }
+        bytes.push(b | 0x80);
+    }
+    bytes.extend_from_slice(&body);
+    let path = dir.join(format!("padded-{mib}.wasm"));
+    std::fs::write(&path, bytes).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn a_component_over_32_mib_is_accepted_and_the_cap_is_a_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = padded_component(dir.path(), 40);
+    let (code, out, err) = kasm(&["validate", &wasm, "--no-cache"]);
+    assert_eq!(
+        code, 0,
+        "a 40 MiB component is under the default cap: {out}{err}"
+    );
+    let (code, out, _) = kasm(&["validate", &wasm, "--no-cache", "--max-component-mib", "16"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("refused") && out.contains(&(16u64 << 20).to_string()),
+        "{out}"
+    );
+}
+
 #[test]
 fn validate_names_the_reason_of_a_refusal() {
     let wasm = component("other-world").display().to_string();
@@ -277,6 +321,23 @@ fn invoke_reports_a_failure_with_exit_code_1() {
         out.contains("outcome    fatal") && out.contains("no such task"),
         "{out}"
     );
+}
+
+#[test]
+fn invoke_names_a_trap_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let payload = dir.path().join("p.json");
+    std::fs::write(&payload, r#"{"action":"panic","message":"kaboom-4410"}"#).unwrap();
+    let wasm = component("fixture").display().to_string();
+    let (code, out, _) = kasm(&["invoke", &wasm, payload.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("outcome    trap"), "{out}");
+    assert_eq!(
+        out.matches("wasm trap").count(),
+        1,
+        "the prefix once: {out}"
+    );
+    assert!(out.contains("kaboom-4410"), "{out}");
 }
 
 #[test]

@@ -20,6 +20,7 @@ mod process;
 mod sandbox;
 mod services;
 mod sql;
+mod startup;
 
 /// The fuzz targets' checks (`fuzz/src/checks.rs`), replayed by [`fuzz_regressions`].
 #[path = "../../fuzz/src/checks.rs"]

@@ -57,6 +57,10 @@ async fn panic_is_a_trap_with_its_message_and_the_next_call_succeeds() {
         msg.contains("kaboom-7731"),
         "the panic message is kept: {msg}"
     );
+    assert!(
+        msg.starts_with("wasm trap: ") && msg.matches("wasm trap").count() == 1,
+        "the trap is named once: {msg}"
+    );
 
     assert_next_call_ok(&h).await;
 }

@@ -121,6 +121,10 @@ impl From<tokio_postgres::Error> for SqlError {
 pub trait SqlDatabase: Send + Sync + fmt::Debug {
     /// Open a transaction (on a pooled connection).
     async fn begin(&self) -> Result<Box<dyn SqlTx>, SqlError>;
+    /// Open a transaction that no other migration, from this process or any other sharing
+    /// the database, runs beside until it ends: hosts that start together must not create
+    /// `kasm_migrations` or apply a file twice at once.
+    async fn begin_migration(&self) -> Result<Box<dyn SqlTx>, SqlError>;
     /// `sqlite <path>` or `postgresql <host>/<db>` (never the password).
     fn describe(&self) -> String;
 }
@@ -165,7 +169,9 @@ pub fn open(target: &SqlTarget, handler: &str) -> anyhow::Result<Arc<dyn SqlData
 
 /// Apply the `*.sql` files of `dir` not yet applied for `handler`, in name order, each in
 /// its own transaction together with its record in `kasm_migrations`. Returns the names of
-/// the files applied now.
+/// the files applied now. Each transaction is exclusive among migrations
+/// ([`SqlDatabase::begin_migration`]), so hosts starting at once against one database apply
+/// each file exactly once: the later ones find it recorded.
 pub async fn migrate(
     db: &dyn SqlDatabase,
     handler: &str,
@@ -186,7 +192,10 @@ pub async fn migrate(
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("reading migration {}", file.display()))?;
         let sha = hex::encode(Sha256::digest(text.as_bytes()));
-        let mut tx = db.begin().await?;
+        let mut tx = db
+            .begin_migration()
+            .await
+            .with_context(|| format!("taking the migration lock on {}", db.describe()))?;
         tx.batch(
             "CREATE TABLE IF NOT EXISTS kasm_migrations (\
                handler TEXT NOT NULL, name TEXT NOT NULL, sha256 TEXT NOT NULL, \
@@ -326,6 +335,13 @@ impl SqlDatabase for SqliteDb {
         Ok(Box::new(tx))
     }
 
+    async fn begin_migration(&self) -> Result<Box<dyn SqlTx>, SqlError> {
+        // SQLite's write lock, taken at `BEGIN IMMEDIATE`, is the file's one writer across
+        // processes: migrations are serialized by it (another process waits up to the busy
+        // timeout).
+        self.begin().await
+    }
+
     fn describe(&self) -> String {
         format!("sqlite {}", self.path.display())
     }
@@ -454,6 +470,10 @@ impl fmt::Debug for PostgresDb {
     }
 }
 
+/// The advisory lock key that serializes migrations on a PostgreSQL database (the bytes of
+/// "kasmmigr" as a big-endian i64: unlikely to be any other application's key).
+const PG_MIGRATION_LOCK: i64 = 0x6b61_736d_6d69_6772;
+
 /// Most pooled PostgreSQL connections per handler.
 const PG_POOL_SIZE: usize = 8;
 
@@ -505,6 +525,22 @@ impl SqlDatabase for PostgresDb {
         Ok(Box::new(PostgresTx {
             client: Some(client),
         }))
+    }
+
+    async fn begin_migration(&self) -> Result<Box<dyn SqlTx>, SqlError> {
+        let mut tx = PostgresTx {
+            client: Some(self.pool.get().await.map_err(|e| {
+                SqlError::Unavailable(format!("connecting to {}: {e}", self.describe))
+            })?),
+        };
+        // A transaction-scoped advisory lock, one key for every host and handler on this
+        // database: the next migration transaction waits here until this one commits or rolls
+        // back (PostgreSQL releases it then, and when the connection dies).
+        tx.batch(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({PG_MIGRATION_LOCK})"
+        ))
+        .await?;
+        Ok(Box::new(tx))
     }
 
     fn describe(&self) -> String {

@@ -50,6 +50,12 @@ pub struct Config {
     /// How often done offsets are committed (they are also committed on revoke and shutdown).
     #[serde(default = "defaults::commit_interval", with = "humantime_serde")]
     pub commit_interval: Duration,
+    /// The largest component accepted, in MiB: at start, from the handlers folder and by an
+    /// upload (`PUT /v1/handlers/{name}/component`), which is refused before its body is read
+    /// when its `Content-Length` is larger. Interpreted handlers (Python, JavaScript) carry
+    /// their interpreter: 12–20 MB before any package of their own. 1–4096.
+    #[serde(default = "defaults::max_component_mib")]
+    pub max_component_mib: u64,
     /// The admin/health HTTP server.
     #[serde(default)]
     pub admin: AdminConfig,
@@ -387,9 +393,7 @@ impl Config {
                 .span()
                 .map(|s| key_at(text, s.start))
                 .unwrap_or_else(|| "(file)".into());
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            let line = e.span().map(|s| line_of(text, s.start));
             let message = match line {
                 Some(l) => format!("{} (line {l})", e.message()),
                 None => e.message().to_owned(),
@@ -415,6 +419,12 @@ impl Config {
         };
         if self.handlers.is_empty() {
             err("handlers".into(), "no handler configured".into());
+        }
+        if self.max_component_mib == 0 || self.max_component_mib > 4096 {
+            err(
+                "max_component_mib".into(),
+                format!("must be 1–4096 (MiB), not {}", self.max_component_mib),
+            );
         }
         if self.drain_timeout.is_zero() {
             err("drain_timeout".into(), "must be more than 0".into());
@@ -624,6 +634,11 @@ impl Config {
         }
     }
 
+    /// The largest component accepted, in bytes (`max_component_mib`).
+    pub fn max_component_bytes(&self) -> u64 {
+        self.max_component_mib.saturating_mul(1 << 20)
+    }
+
     /// The `[kafka]` properties as strings for librdkafka.
     pub fn kafka_properties(&self) -> Vec<(String, String)> {
         self.kafka
@@ -673,6 +688,17 @@ pub fn valid_topic(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
+/// The 1-based line that byte `pos` of `text` is on (a position just after a newline is on
+/// the next line, where the key it points at starts).
+fn line_of(text: &str, pos: usize) -> usize {
+    let pos = pos.min(text.len());
+    text.as_bytes()[..pos]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
 /// The dotted key path of the TOML item at byte `pos` (best effort, for error messages).
 fn key_at(text: &str, pos: usize) -> String {
     let pos = pos.min(text.len());
@@ -709,6 +735,9 @@ mod defaults {
     }
     pub fn drain_timeout() -> Duration {
         Duration::from_secs(10)
+    }
+    pub fn max_component_mib() -> u64 {
+        crate::runtime::DEFAULT_MAX_COMPONENT_BYTES >> 20
     }
     pub fn commit_interval() -> Duration {
         Duration::from_secs(1)

@@ -55,6 +55,26 @@ fn an_unknown_key_names_key_and_file() {
 }
 
 #[test]
+fn an_unknown_key_names_the_line_it_is_on() {
+    let dir = setup();
+    // The misspelt key is on line 6, at the start of the line.
+    let e = errors(
+        dir.path(),
+        "data_dir = \".kasm\"\n\n[handlers.audit]\ncomponent = \"a.wasm\"\ntopics = [\"t\"]\n\
+         retires = 3\ndeadline = \"1s\"\n",
+    );
+    assert!(e.contains("handlers.audit.retires"), "{e}");
+    assert!(e.contains("(line 6)"), "{e}");
+    // A key in the middle of a line (an inline table) is on that line too.
+    let e = errors(
+        dir.path(),
+        "[handlers.audit]\ncomponent = \"a.wasm\"\ntopics = [\"t\"]\n\
+         retry = { attempts = 3, tries = 2 }\n",
+    );
+    assert!(e.contains("(line 4)"), "{e}");
+}
+
+#[test]
 fn duplicate_group_ids_are_refused() {
     let dir = setup();
     let e = errors(

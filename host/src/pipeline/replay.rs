@@ -1197,7 +1197,7 @@ mod tests {
     }
 
     fn config(bootstrap: &str) -> ClientConfig {
-        crate::kafka::base_config(&env(bootstrap), &[])
+        crate::kafka::base_config(&env(bootstrap), &[], crate::kafka::Role::Consumer)
     }
 
     /// The dead letter kasm writes for `record`.

@@ -1,14 +1,15 @@
 //! The partition worker: the path of one record, in partition order.
 //!
-//! For each record: identify → size/decode checks → ledger lookup (skip if already done) →
-//! run the handler → on `ok`, write its publishes and wait for every acknowledgement → record
-//! `ok` in the ledger → report the offset done. A `retryable` failure, or a host-side one
-//! (publishing, instantiating), is retried with exponential backoff and jitter while the
-//! partition waits (its intake fills and the consumer loop pauses it); when attempts run out,
-//! or at once for `fatal`, `trap`, `timeout`, `out-of-memory` and `undecodable`, the record is
-//! dead-lettered: the write is awaited, retried for as long as it fails (the partition holds
-//! at this offset and readiness reports it), then recorded in the ledger, then reported done.
-//! Nothing is ever reported done before it is handled, skipped or dead-lettered.
+//! For each record: identify → ledger lookup (skip if already done, whatever the record is) →
+//! size/decode checks → run the handler → on `ok`, write its publishes and wait for every
+//! acknowledgement → record `ok` in the ledger → report the offset done. A `retryable` failure,
+//! or a host-side one (publishing, instantiating), is retried with exponential backoff and
+//! jitter while the partition waits (its intake fills and the consumer loop pauses it); when
+//! attempts run out, or at once for `fatal`, `trap`, `timeout`, `out-of-memory` and
+//! `undecodable`, the record is dead-lettered: the write is awaited, retried for as long as it
+//! fails (the partition holds at this offset and readiness reports it), then recorded in the
+//! ledger, then reported done. Nothing is ever reported done before it is handled, skipped or
+//! dead-lettered.
 //!
 //! The ledger write of a record handled `ok` may overlap the next records: with the handler's
 //! `pending_ledger_writes` = N > 1, the worker goes on to the next record while up to N records
@@ -305,21 +306,6 @@ async fn process(
         last_version.clone_from(&sha);
     }
 
-    if let Some(reason) = undecodable(&ctx.config, &event) {
-        let now = now_ms();
-        let f = Failure {
-            kind: DlqKind::Failure(FailureKind::Undecodable),
-            message: reason,
-            attempts: 0,
-            first_failure_ms: now,
-            last_failure_ms: now,
-        };
-        let (record, id) = into_record(event, tombstone);
-        return dead_letter(ctx, &record, &id, &sha, f, stop)
-            .await
-            .map(|()| Finish::Now);
-    }
-
     if let Some((_, target)) = event
         .headers
         .iter()
@@ -332,7 +318,10 @@ async fn process(
         tracing::debug!(event_id = %event.id, "a replay for another handler: skipped");
         return Ok(Finish::Now);
     }
-    let key = ledger_key(&event.id, &event.headers);
+    // The ledger first, for every record, whatever it would otherwise become: a record this
+    // handler finished — handled, or dead-lettered as undecodable — is skipped when it comes
+    // again (a redelivery after a crash), so it is never dead-lettered twice.
+    let key = stored_key(&event.id, &event.headers);
     let known = if in_flight.contains_key(key.as_ref()) {
         // Handled moments ago; its entry is on its way to the ledger.
         Ok(Some(()))
@@ -351,6 +340,21 @@ async fn process(
         Err(e) => {
             tracing::warn!(event_id = %event.id, error = %format!("{e:#}"), "ledger lookup failed; processing anyway")
         }
+    }
+
+    if let Some(reason) = undecodable(&ctx.config, &event) {
+        let now = now_ms();
+        let f = Failure {
+            kind: DlqKind::Failure(FailureKind::Undecodable),
+            message: reason,
+            attempts: 0,
+            first_failure_ms: now,
+            last_failure_ms: now,
+        };
+        let (record, id) = into_record(event, tombstone);
+        return dead_letter(ctx, &record, &id, &sha, f, stop)
+            .await
+            .map(|()| Finish::Now);
     }
 
     let policy = ctx.config.retry;
@@ -372,7 +376,7 @@ async fn process(
                 // background task await their acknowledgements before the ledger write.
                 Outcome::Ok if ctx.config.pending_ledger_writes > 1 => {
                     let queued = enqueue_all(ctx, &inv.effects.publishes).await;
-                    let key = ledger_key(&event.id, &event.headers).into_owned();
+                    let key = stored_key(&event.id, &event.headers).into_owned();
                     let (record, event_id) = into_record(event, tombstone);
                     return Ok(Finish::Later(Box::new(Staged {
                         key,
@@ -809,6 +813,22 @@ fn ledger_key<'a>(event_id: &'a str, headers: &[(String, Vec<u8>)]) -> Cow<'a, s
     }
 }
 
+/// The key a record is looked up and recorded under: its [`ledger_key`], or, when that is
+/// over the ledger's limit (an over-long event id, dead-lettered as undecodable), a digest of
+/// it. Every record then has an entry the ledger takes, so a redelivered over-long one is
+/// recognised like any other.
+fn stored_key<'a>(event_id: &'a str, headers: &[(String, Vec<u8>)]) -> Cow<'a, str> {
+    let key = ledger_key(event_id, headers);
+    if key.len() <= crate::ledger::MAX_KEY_PART_BYTES {
+        return key;
+    }
+    use sha2::Digest as _;
+    Cow::Owned(format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(key.as_bytes()))
+    ))
+}
+
 /// Record the outcome, retrying a failing ledger (the offset must not move before it).
 async fn record_ledger(
     ctx: &HandlerCtx,
@@ -818,7 +838,7 @@ async fn record_ledger(
     outcome: LedgerOutcome,
     stop: &CancellationToken,
 ) -> Result<(), Abandoned> {
-    let key = ledger_key(event_id, &record.headers);
+    let key = stored_key(event_id, &record.headers);
     let event_id = key.as_ref();
     let entry = LedgerEntry {
         outcome,

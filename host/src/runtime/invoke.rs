@@ -390,7 +390,8 @@ impl LoadedHandler {
             }
             return Some(HandlerFailure::new(
                 FailureKind::Trap,
-                with_output(format!("wasm trap: {trap}"), &output),
+                // wasmtime's `Trap` reads "wasm trap: …" by itself.
+                with_output(trap.to_string(), &output),
             ));
         }
         if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
@@ -421,7 +422,7 @@ fn guest_message(message: String) -> String {
 
 fn root_message(e: &wasmtime::Error) -> String {
     match e.downcast_ref::<Trap>() {
-        Some(t) => format!("wasm trap: {t}"),
+        Some(t) => t.to_string(),
         None => format!("{e:#}"),
     }
 }

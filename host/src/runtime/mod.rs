@@ -43,6 +43,10 @@ pub use outcome::{FailureKind, HandlerFailure, Invocation, Outcome};
 
 use host::HostState;
 
+/// The largest component accepted unless configured otherwise (`max_component_mib`): room
+/// for an interpreted handler (CPython or StarlingMonkey inside, 12–20 MB) and its packages.
+pub const DEFAULT_MAX_COMPONENT_BYTES: u64 = 64 << 20;
+
 /// Process-wide runtime settings.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -66,7 +70,7 @@ impl Default for RuntimeConfig {
             max_instances: 256,
             max_memory_bytes: 256 << 20,
             memory_keep_resident: 2 << 20,
-            max_component_bytes: 32 << 20,
+            max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
             epoch_tick: Duration::from_millis(5),
             cache_dir: None,
         }
