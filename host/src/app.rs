@@ -140,6 +140,7 @@ pub async fn start_with_hub(
             paused: Default::default(),
             history: Default::default(),
             partitions: Default::default(),
+            claims: Default::default(),
             resources,
         }));
     }

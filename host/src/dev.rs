@@ -63,7 +63,9 @@ fn handler(dir: &Path, name: &str, topic: &str, publish_to: &str) -> HandlerConf
         settings: BTreeMap::new(),
         instance_reuse: 0,
         ledger: true,
-        pending_ledger_writes: 1,
+        max_batch: crate::config::defaults::max_batch(),
+        max_batch_bytes: crate::config::defaults::max_batch_bytes(),
+        batch_linger: Duration::ZERO,
     }
 }
 

@@ -216,6 +216,27 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// The counter of `handler`'s records from `topic` with `outcome`, resolved once (a
+    /// partition's worker keeps it instead of building the labels for every record).
+    pub fn records_counter(&self, handler: &str, topic: &str, outcome: &str) -> Counter {
+        self.records
+            .get_or_create(&RecordLabels {
+                handler: handler.into(),
+                topic: topic.into(),
+                outcome: outcome.into(),
+            })
+            .clone()
+    }
+
+    /// The call-latency histogram of `handler`, resolved once.
+    pub fn call_histogram(&self, handler: &str) -> Histogram {
+        self.call_seconds
+            .get_or_create(&HandlerLabels {
+                handler: handler.into(),
+            })
+            .clone()
+    }
+
     /// Set a partition's lag.
     pub fn lag(&self, handler: &str, topic: &str, partition: i32, lag: i64) {
         self.lag

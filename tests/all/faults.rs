@@ -412,7 +412,9 @@ fn commits(admin: &str, result: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_refused_for_a_rebalance_holds_records_until_a_commit_is_accepted() {
     let s = Setup::new(TestBroker::embedded(), 4).await;
-    let n = 4_000;
+    // Enough records that some are left when the second refusal comes (two commit intervals
+    // after the first 200 are handled), however fast the batches go.
+    let n = 40_000;
     produce(&s.broker.producer(), &s.topic, &events("ev", 0..n, &s.out)).await;
     let config = load(&s, "fixture-publisher", "", "");
     let host = kasm_host::app::start(&config, &s.env()).await.unwrap();
@@ -434,6 +436,7 @@ async fn a_commit_refused_for_a_rebalance_holds_records_until_a_commit_is_accept
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let (p1, ok1) = (processed(), commits(&admin, "ok"));
+    eprintln!("processed {p1} of {n} at the second refusal");
     tokio::time::sleep(Duration::from_millis(600)).await;
     let (p2, ok2, refused) = (
         processed(),

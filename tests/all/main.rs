@@ -9,6 +9,7 @@
 mod admin;
 mod admin_cli;
 mod admin_uploads;
+mod batches;
 mod chaos;
 mod cli;
 mod faults;

@@ -1,5 +1,5 @@
 //! The pipeline benchmark (`make bench`): kasm side by side with the raw client and the usual
-//! Python consumer, in one run, against one broker.
+//! Python consumers, in one run, against one broker.
 //!
 //! Broker: an embedded mock cluster (one broker), or the broker at `KASM_TEST_BOOTSTRAP`
 //! (`make bench-tansu` starts Tansu and points the benchmark at it).
@@ -8,48 +8,65 @@
 //!
 //! - **throughput**: for each of `KASM_BENCH_RUNS` rounds (default 3) every contender reads its
 //!   own fresh topic of `KASM_BENCH_RECORDS` records (default 20,000; 4 partitions; ~100-byte
-//!   JSON events with an `event-id` header), in interleaved order so drift hits all alike:
-//!   - *baseline*: a plain rdkafka consumer loop committing after each batch, no Wasm, no
-//!     ledger — the ceiling;
-//!   - *kasm*: the host in process with the trivial `fixture` handler (`{"action":"ok"}`:
-//!     decode, return ok) — ledger off, ledger on (default settings: a fresh instance per
-//!     record, one ledger write in flight per partition), reused instances, 1024 ledger
-//!     entries in flight, both (reused instances and 1024 in flight), and both with the ledger
-//!     off (what the ledger costs the fastest configuration);
-//!   - *kasm audit*: the audit handler writing one SQLite row per task event;
-//!   - *peer*: `bench/peer.py`, the aiokafka consumer people write today (manual commit after
-//!     each batch, a set of seen ids, a DLQ), installed from PyPI into `target/bench/venv`.
+//!   JSON events with an `event-id` header), in interleaved order so drift hits all alike
+//!   (`CONTENDERS` names the rows):
+//!   - *baseline (rdkafka, no Wasm, no ledger)*: a plain rdkafka consumer loop committing after
+//!     each batch — the ceiling;
+//!   - *kasm defaults*: the host in process with the trivial `fixture` handler
+//!     (`{"action":"ok"}`: decode, return ok) and no `max_batch`, `max_batch_bytes`,
+//!     `batch_linger`, `instance_reuse` or `ledger` key in its config, so the host's defaults
+//!     decide;
+//!   - *kasm max_batch = 1 (one at a time)*, *kasm ledger = false*, *kasm instance_reuse =
+//!     1000*: the defaults with that one key set;
+//!   - *kasm audit on SQLite (defaults)*: the audit handler writing one SQLite row per task
+//!     event, with the defaults;
+//!   - *peer, commit per batch (aiokafka)*: `bench/peer.py`, manual commit after each batch
+//!     `getmany` returns, a set of seen ids, a DLQ;
+//!   - *peer, commit per message (aiokafka)*: `bench/peer_per_message.py`, the same work with
+//!     `await consumer.commit()` after every message. Both peers run in `target/bench/venv`,
+//!     with aiokafka installed from PyPI.
 //!
 //!   A figure is records per second from the first record received to the last one done
-//!   (consumer-group joins are not counted); the table gives the median and the spread, and
-//!   the CPU time the whole process used per record over the same window (every thread: kasm,
-//!   librdkafka, the embedded mock broker; not the peer, which runs in its own process).
-//!   `KASM_BENCH_PERF_CTL=<fifo>` lets `perf record -D -1 --control fifo:<fifo>` sample only
-//!   those windows (see `perf_ctl`).
-//! - **latency**: produce → handled at fixed rates (1k, 5k, 20k records/s): the `fixture`
-//!   handler echoes each event to an output topic; a probe consumer on that topic takes the
-//!   time each output arrives against the send time in the event (one clock, one process).
-//!   The same probe reading the input topic directly gives the floor of the method (one
+//!   (consumer-group joins are not counted); the table gives the median and the spread, each
+//!   row's median against the baseline's and each peer's, and the CPU time per record over the
+//!   same window. For the baseline and kasm that is the whole bench process (every thread:
+//!   kasm, librdkafka, the embedded mock broker), from `/proc/self/stat`; for a peer it is the
+//!   peer process alone, the user + system time it reports from `getrusage(RUSAGE_SELF)` over
+//!   its window (so it leaves out the broker's share). Under the table the targets: defaults
+//!   ≥ 0.5 × baseline, ≥ 10 × the commit-per-message peer, ≥ 2 × the commit-per-batch peer,
+//!   CPU per record ≤ the baseline's + 2 µs; audit ≥ 100,000 records/s. `KASM_BENCH_PERF_CTL=
+//!   <fifo>` lets `perf record -D -1 --control fifo:<fifo>` sample only those windows (see
+//!   `perf_ctl`).
+//! - **latency**: produce → handled at fixed rates (`KASM_BENCH_RATES`, default
+//!   10,1000,5000,50000 records/s): the `fixture` handler echoes each event to an output topic;
+//!   a probe consumer on that topic takes the time each output arrives against the send time in
+//!   the event (one clock, one process) and the table gives p50, p99 and max per route and
+//!   rate. The same probe reading the input topic directly gives the floor of the method (one
 //!   produce → consume hop); a *relay* — a plain rdkafka consumer producing each record to the
 //!   output topic with kasm's producer settings, no Wasm, no ledger — gives the floor of a
-//!   consume → produce hop on the same broker, beside kasm. kasm runs with its defaults and
-//!   with 64 records in flight; on the mock cluster its consumers (and the relay's) get
-//!   `fetch.wait.max.ms = 1` like the probe (the mock answers a fetch only when the wait is
-//!   over, where a real broker answers as soon as records arrive). Runs last
-//!   `KASM_BENCH_LATENCY_SECONDS` (default 2: the mock's fetch cost grows with the length of
-//!   the log, and at 5k/s it saturates the mock's thread within about 4 s); each
-//!   configuration runs `KASM_BENCH_RUNS` times, interleaved; `KASM_BENCH_RATES=5000,...`
-//!   picks the rates and `KASM_BENCH_CONTENDERS` the routes (`floor`, `relay`, `defaults`,
-//!   `in flight`).
+//!   consume → produce hop on the same broker, beside kasm. kasm runs with its defaults; on the
+//!   mock cluster its consumers (and the relay's) get `fetch.wait.max.ms = 1` like the probe
+//!   (the mock answers a fetch only when the wait is over, where a real broker answers as soon
+//!   as records arrive). A run lasts `KASM_BENCH_LATENCY_SECONDS` (default 2: the mock's fetch
+//!   cost grows with the length of the log, and at 5k/s it saturates the mock's thread within
+//!   about 4 s), or as long as 200 records take at that rate where that is longer (20 s at
+//!   10/s), at most 60 s; each route runs `KASM_BENCH_RUNS` times, interleaved.
+//!   `KASM_BENCH_CONTENDERS` picks the routes too (`floor`, `relay`, `kasm echo`).
 //! - **swap**: the 1k/s latency run (defaults) with a new version deployed in the middle: the
 //!   worst latency of the records sent around the swap against the steady p99, and the longest
 //!   gap between two outputs around the swap against the longest elsewhere. Each deploy run has
 //!   its control (before it every other round), the same run with nothing deployed and a window
-//!   as long as the deploy's marked at the same place: a stall the machine or the broker causes anyway shows
-//!   in the control as often, one the deploy causes only beside it.
+//!   as long as the deploy's marked at the same place: a stall the machine or the broker causes
+//!   anyway shows in the control as often, one the deploy causes only beside it.
 //! - **rss**: peak RSS of `target/release/kasm run` with the four task-app handlers
 //!   (notification posting to a local receiver, recurring, audit on SQLite, live updates)
-//!   working off a backlog at full speed, and with the one trivial handler.
+//!   working off a backlog at full speed, and with the one trivial handler, each on the
+//!   handler defaults.
+//!
+//! `KASM_BENCH_CONTENDERS=kasm defaults,peer` runs only the throughput rows and latency routes
+//! whose name contains one of the terms (see `picked`). For experiments, `KASM_BENCH_HANDLER`
+//! adds handler keys to every in-process kasm, `KASM_BENCH_KAFKA` librdkafka properties to
+//! every kasm's `[kafka]` table.
 
 #![allow(
     clippy::unwrap_used,
@@ -295,9 +312,9 @@ impl Window {
 // ---------------------------------------------------------------------------------------------
 // Throughput contenders
 
-/// `KASM_BENCH_CONTENDERS=ledger off,peer`: only the contenders (and latency routes) whose
+/// `KASM_BENCH_CONTENDERS=kasm defaults,peer`: only the contenders (and latency routes) whose
 /// name contains one of these; all when unset. With a `|` in it the filter is split on `|`
-/// instead, so that a name with commas can be picked alone (`ledger off, reused|baseline`).
+/// instead, so that a name with commas can be picked alone (`peer, commit per batch|baseline`).
 fn picked(name: &str) -> bool {
     let filter = std::env::var("KASM_BENCH_CONTENDERS").unwrap_or_default();
     let sep = if filter.contains('|') { '|' } else { ',' };
@@ -349,25 +366,43 @@ fn baseline(b: &Bench, topic: &str, n: usize) -> Run {
     run.unwrap()
 }
 
-/// How a kasm contender's handler is set up.
-#[derive(Clone, Copy)]
+/// How a kasm contender's handler is set up: each key left `None` is left out of the config,
+/// so the host's default applies.
+#[derive(Clone, Copy, PartialEq, Eq)]
 struct KasmOpts {
+    /// `max_batch`.
+    max_batch: Option<usize>,
     /// `instance_reuse`.
-    reuse: u32,
-    /// `pending_ledger_writes`.
-    pending: usize,
+    instance_reuse: Option<u32>,
     /// `ledger`.
-    ledger: bool,
+    ledger: Option<bool>,
     /// The audit handler on SQLite instead of the trivial fixture.
     audit: bool,
 }
 
 const DEFAULTS: KasmOpts = KasmOpts {
-    reuse: 0,
-    pending: 1,
-    ledger: true,
+    max_batch: None,
+    instance_reuse: None,
+    ledger: None,
     audit: false,
 };
+
+impl KasmOpts {
+    /// The `[handlers.h]` lines for the keys that are set, nothing for the others.
+    fn keys(&self) -> String {
+        let mut lines = String::new();
+        if let Some(v) = self.max_batch {
+            lines.push_str(&format!("max_batch = {v}\n"));
+        }
+        if let Some(v) = self.instance_reuse {
+            lines.push_str(&format!("instance_reuse = {v}\n"));
+        }
+        if let Some(v) = self.ledger {
+            lines.push_str(&format!("ledger = {v}\n"));
+        }
+        lines
+    }
+}
 
 /// A kasm config with one handler `h` on `topic`.
 fn kasm_config(b: &Bench, dir: &Path, topic: &str, o: KasmOpts) -> PathBuf {
@@ -386,18 +421,15 @@ fn kasm_config(b: &Bench, dir: &Path, topic: &str, o: KasmOpts) -> PathBuf {
         )
     };
     let body = format!(
-        "data_dir = \"{data}\"\ncommit_interval = \"1s\"\n{drain}[admin]\nlisten = \"127.0.0.1:0\"\n{kafka}\
+        "data_dir = \"{data}\"\n{drain}[admin]\nlisten = \"127.0.0.1:0\"\n{kafka}\
          [handlers.h]\ncomponent = \"{c}\"\ntopics = [\"{topic}\"]\ngroup_id = \"{g}\"\n\
-         payload = \"json\"\ninstance_reuse = {reuse}\npending_ledger_writes = {pending}\n\
-         ledger = {ledger}\n{grants}\n{extra}",
+         payload = \"json\"\n{keys}{grants}\n{extra}",
         data = dir.join("data").display(),
         kafka = b.kafka_table(),
         drain = b.drain(),
         c = component_path.display(),
         g = unique("kasm"),
-        reuse = o.reuse,
-        pending = o.pending,
-        ledger = o.ledger,
+        keys = o.keys(),
         extra = extra_handler_settings(),
     );
     let path = dir.join("kasm.toml");
@@ -494,11 +526,33 @@ fn peer_python() -> Result<PathBuf, String> {
     Ok(python)
 }
 
-fn peer(b: &Bench, python: &Path, topic: &str, n: usize) -> Result<f64, String> {
+/// A Python peer, one script of `bench/`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    /// `bench/peer.py`: commits after each batch `getmany` returns.
+    PerBatch,
+    /// `bench/peer_per_message.py`: awaits a commit after every message.
+    PerMessage,
+}
+
+impl Peer {
+    fn script(self) -> PathBuf {
+        root().join(match self {
+            Peer::PerBatch => "bench/peer.py",
+            Peer::PerMessage => "bench/peer_per_message.py",
+        })
+    }
+}
+
+/// Run `peer` over `topic`: its records/s, and its own CPU per record (the user + system time
+/// the peer reports from `getrusage(RUSAGE_SELF)` over its window).
+fn peer(b: &Bench, python: &Path, which: Peer, topic: &str, n: usize) -> Result<Run, String> {
     let out = std::process::Command::new(python)
-        .arg(root().join("bench/peer.py"))
+        .arg(which.script())
         .args(["--bootstrap", &b.bootstrap(), "--topic", topic])
         .args(["--group", &unique("peer"), "--records", &n.to_string()])
+        // No `bench/__pycache__` in the source tree.
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .map_err(|e| e.to_string())?;
     if !out.status.success() {
@@ -508,7 +562,11 @@ fn peer(b: &Bench, python: &Path, topic: &str, n: usize) -> Result<f64, String> 
         serde_json::from_slice(&out.stdout).map_err(|e| format!("peer output: {e}"))?;
     let records = v["records"].as_f64().unwrap_or(0.0);
     let seconds = v["seconds"].as_f64().unwrap_or(f64::INFINITY);
-    Ok(records / seconds)
+    let cpu = v["cpu_seconds"].as_f64().unwrap_or(f64::NAN);
+    Ok(Run {
+        rate: records / seconds,
+        cpu_us: cpu * 1e6 / records,
+    })
 }
 
 fn median_spread(mut v: Vec<f64>) -> (f64, f64, f64) {
@@ -516,97 +574,92 @@ fn median_spread(mut v: Vec<f64>) -> (f64, f64, f64) {
     (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
-/// `pending_ledger_writes` of the contenders that overlap ledger writes: as many as the
-/// intake holds, so a partition worker rarely waits for a journal sync (session 11: 64 gave
-/// ~31,000 records/s reused, 512 ~75,000, 1024 and 4096 ~100,000).
-const WINDOW: usize = 1024;
+/// What reads a throughput topic.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Contender {
+    /// The plain rdkafka loop (`baseline`).
+    Baseline,
+    Kasm(KasmOpts),
+    Peer(Peer),
+}
+
+/// The throughput rows, in the order they run in each round and print. The kasm rows other
+/// than the defaults each set one key.
+const CONTENDERS: [(&str, Contender); 8] = [
+    (
+        "baseline (rdkafka, no Wasm, no ledger)",
+        Contender::Baseline,
+    ),
+    ("kasm defaults", Contender::Kasm(DEFAULTS)),
+    (
+        "kasm max_batch = 1 (one at a time)",
+        Contender::Kasm(KasmOpts {
+            max_batch: Some(1),
+            ..DEFAULTS
+        }),
+    ),
+    (
+        "kasm ledger = false",
+        Contender::Kasm(KasmOpts {
+            ledger: Some(false),
+            ..DEFAULTS
+        }),
+    ),
+    (
+        "kasm instance_reuse = 1000",
+        Contender::Kasm(KasmOpts {
+            instance_reuse: Some(1000),
+            ..DEFAULTS
+        }),
+    ),
+    (
+        "kasm audit on SQLite (defaults)",
+        Contender::Kasm(KasmOpts {
+            audit: true,
+            ..DEFAULTS
+        }),
+    ),
+    (
+        "peer, commit per batch (aiokafka)",
+        Contender::Peer(Peer::PerBatch),
+    ),
+    (
+        "peer, commit per message (aiokafka)",
+        Contender::Peer(Peer::PerMessage),
+    ),
+];
 
 fn throughput(b: &Bench) {
     let n = env_or("KASM_BENCH_RECORDS", 20_000);
     let runs = env_or("KASM_BENCH_RUNS", 3);
     let python = peer_python();
     if let Err(e) = &python {
-        eprintln!("peer unavailable: {e}");
+        eprintln!("peers unavailable: {e}");
     }
-    let contenders: [(&str, Option<KasmOpts>); 9] = [
-        ("baseline (rdkafka, no Wasm, no ledger)", None),
-        (
-            "kasm, ledger off",
-            Some(KasmOpts {
-                ledger: false,
-                ..DEFAULTS
-            }),
-        ),
-        ("kasm, ledger on (defaults)", Some(DEFAULTS)),
-        (
-            "kasm, ledger on, reused instances",
-            Some(KasmOpts {
-                reuse: 10_000,
-                ..DEFAULTS
-            }),
-        ),
-        (
-            "kasm, ledger on, 1024 in flight",
-            Some(KasmOpts {
-                pending: WINDOW,
-                ..DEFAULTS
-            }),
-        ),
-        (
-            "kasm, ledger on, reused, 1024 in flight",
-            Some(KasmOpts {
-                reuse: 10_000,
-                pending: WINDOW,
-                ..DEFAULTS
-            }),
-        ),
-        // What the ledger costs the fastest configuration.
-        (
-            "kasm, ledger off, reused, 1024 in flight",
-            Some(KasmOpts {
-                reuse: 10_000,
-                pending: WINDOW,
-                ledger: false,
-                ..DEFAULTS
-            }),
-        ),
-        (
-            "kasm audit on SQLite (defaults)",
-            Some(KasmOpts {
-                audit: true,
-                ..DEFAULTS
-            }),
-        ),
-        ("peer (aiokafka)", None),
-    ];
-    let mut results: Vec<Vec<Run>> = vec![Vec::new(); contenders.len()];
+    let mut results: Vec<Vec<Run>> = vec![Vec::new(); CONTENDERS.len()];
     for round in 0..runs {
-        for (i, (name, opts)) in contenders.iter().enumerate() {
+        for (i, (name, contender)) in CONTENDERS.iter().enumerate() {
             if !picked(name) {
                 continue;
             }
-            let make = if opts.is_some_and(|o| o.audit) {
-                task_event
-            } else {
-                trivial
+            let make = match contender {
+                Contender::Kasm(o) if o.audit => task_event,
+                _ => trivial,
             };
             let topic = b.fill("bench", n, make);
-            let r = match (i, opts) {
-                (0, _) => baseline(b, &topic, n),
-                (_, Some(o)) => kasm(b, &topic, n, *o),
-                _ => match &python {
-                    Ok(py) => match peer(b, py, &topic, n) {
-                        Ok(rate) => Run {
-                            rate,
-                            cpu_us: f64::NAN,
-                        },
+            let r = match contender {
+                Contender::Baseline => baseline(b, &topic, n),
+                Contender::Kasm(o) => kasm(b, &topic, n, *o),
+                Contender::Peer(which) => {
+                    let Ok(py) = &python else { continue };
+                    match peer(b, py, *which, &topic, n) {
+                        Ok(r) => r,
                         Err(e) => {
-                            eprintln!("peer failed: {e}");
+                            eprintln!("{name} failed: {e}");
                             continue;
                         }
-                    },
-                    Err(_) => continue,
-                },
+                    }
+                }
             };
             eprintln!(
                 "round {}: {name:<40} {:>10.0} records/s {:>7.2} CPU µs/record",
@@ -617,38 +670,115 @@ fn throughput(b: &Bench) {
             results[i].push(r);
         }
     }
+    // Median records/s and CPU µs/record per row; NaN where the row did not run.
+    let medians: Vec<(f64, f64)> = results
+        .iter()
+        .map(|r| {
+            if r.is_empty() {
+                (f64::NAN, f64::NAN)
+            } else {
+                (
+                    median_spread(r.iter().map(|x| x.rate).collect()).0,
+                    median_spread(r.iter().map(|x| x.cpu_us).collect()).0,
+                )
+            }
+        })
+        .collect();
+    let of = |c: Contender| {
+        CONTENDERS
+            .iter()
+            .position(|(_, x)| *x == c)
+            .map_or((f64::NAN, f64::NAN), |i| medians[i])
+    };
+    let base = of(Contender::Baseline);
+    let per_batch = of(Contender::Peer(Peer::PerBatch));
+    let per_message = of(Contender::Peer(Peer::PerMessage));
     println!(
         "\n## throughput: {n} records x {runs} rounds, 4 partitions, {}",
         broker_name(b)
     );
     println!(
-        "{:<42} {:>10} {:>10} {:>10} {:>11} {:>9} {:>12}",
-        "contender", "median/s", "min/s", "max/s", "/ baseline", "/ peer", "CPU µs/rec"
+        "kasm rows: no batch, instance or ledger key in kasm.toml (the defaults), or the one named; \
+         the fixture handler, but for audit"
     );
-    let medians: Vec<f64> = results
-        .iter()
-        .map(|r| {
-            if r.is_empty() {
-                f64::NAN
-            } else {
-                median_spread(r.iter().map(|x| x.rate).collect()).0
-            }
-        })
-        .collect();
-    let (base, peer_m) = (medians[0], medians[contenders.len() - 1]);
-    for ((name, _), r) in contenders.iter().zip(&results) {
+    println!(
+        "CPU: kasm and baseline the whole bench process (the embedded broker's threads too); a \
+         peer its own process only"
+    );
+    println!(
+        "{:<42} {:>10} {:>10} {:>10} {:>11} {:>12} {:>12} {:>11}",
+        "contender",
+        "median/s",
+        "min/s",
+        "max/s",
+        "× baseline",
+        "× peer/batch",
+        "× peer/msg",
+        "CPU µs/rec"
+    );
+    for ((name, _), (r, (m, cpu))) in CONTENDERS.iter().zip(results.iter().zip(&medians)) {
         if r.is_empty() {
             println!("{name:<42} {:>10}", "n/a");
             continue;
         }
-        let (m, lo, hi) = median_spread(r.iter().map(|x| x.rate).collect());
-        let (cpu, _, _) = median_spread(r.iter().map(|x| x.cpu_us).collect());
+        let (_, lo, hi) = median_spread(r.iter().map(|x| x.rate).collect());
         println!(
-            "{name:<42} {m:>10.0} {lo:>10.0} {hi:>10.0} {:>11.3} {:>9.2} {cpu:>12.2}",
-            m / base,
-            m / peer_m
+            "{name:<42} {m:>10.0} {lo:>10.0} {hi:>10.0} {:>11.3} {:>12.2} {:>12.2} {cpu:>11.2}",
+            m / base.0,
+            m / per_batch.0,
+            m / per_message.0,
         );
     }
+    let defaults = of(Contender::Kasm(DEFAULTS));
+    let audit = of(Contender::Kasm(KasmOpts {
+        audit: true,
+        ..DEFAULTS
+    }));
+    println!("\ntargets (medians)");
+    let target = |what: &str, value: f64, shown: String, met: bool| {
+        let verdict = if value.is_nan() {
+            "n/a"
+        } else if met {
+            "met"
+        } else {
+            "MISSED"
+        };
+        println!("  {what:<52} {shown:>14}  {verdict}");
+    };
+    let ratio = defaults.0 / base.0;
+    target(
+        "kasm defaults ≥ 0.5 × baseline",
+        ratio,
+        format!("{ratio:.3} ×"),
+        ratio >= 0.5,
+    );
+    let ratio = defaults.0 / per_message.0;
+    target(
+        "kasm defaults ≥ 10 × peer, commit per message",
+        ratio,
+        format!("{ratio:.2} ×"),
+        ratio >= 10.0,
+    );
+    let ratio = defaults.0 / per_batch.0;
+    target(
+        "kasm defaults ≥ 2 × peer, commit per batch",
+        ratio,
+        format!("{ratio:.2} ×"),
+        ratio >= 2.0,
+    );
+    let extra = defaults.1 - base.1;
+    target(
+        "kasm defaults CPU/record ≤ baseline's + 2 µs",
+        extra,
+        format!("{extra:+.2} µs"),
+        extra <= 2.0,
+    );
+    target(
+        "kasm audit on SQLite ≥ 100,000 records/s",
+        audit.0,
+        format!("{:.0}/s", audit.0),
+        audit.0 >= 100_000.0,
+    );
 }
 
 fn broker_name(b: &Bench) -> String {
@@ -854,8 +984,8 @@ enum Route {
     /// A plain rdkafka consumer that produces each record to the output topic as it arrives,
     /// with kasm's producer settings: the floor of a consume → produce hop on this broker.
     Relay,
-    /// kasm's echo handler, with this many records in flight per partition.
-    Kasm(usize),
+    /// kasm's echo handler with its defaults (and `KASM_BENCH_HANDLER`).
+    Kasm,
 }
 
 /// What happens half-way through a latency run.
@@ -881,11 +1011,11 @@ fn latency_run(b: &Bench, per_sec: f64, seconds: f64, midway: Midway, route: Rou
     };
     let n = (per_sec * seconds) as usize;
     let dir = tempfile::tempdir().unwrap();
-    let host = if let Route::Kasm(pending) = route {
+    let host = if route == Route::Kasm {
         let body = format!(
             "data_dir = \"{data}\"\n{drain}[admin]\nlisten = \"127.0.0.1:0\"\n{kafka}{wait}\
              [handlers.echo]\ncomponent = \"{c}\"\ntopics = [\"{input}\"]\ngroup_id = \"{g}\"\n\
-             payload = \"json\"\npending_ledger_writes = {pending}\n\
+             payload = \"json\"\n\
              grants = {{ producer = [\"{out}\"], kv = true }}\n{extra}",
             extra = extra_handler_settings(),
             data = dir.path().join("data").display(),
@@ -1028,13 +1158,27 @@ fn latency_run(b: &Bench, per_sec: f64, seconds: f64, midway: Midway, route: Rou
     }
 }
 
+/// Fewest records a latency run carries: enough that its p99 is not simply its worst record
+/// (of 200, the third-worst).
+const LATENCY_MIN_RECORDS: f64 = 200.0;
+
+/// Longest a latency run is stretched to reach `LATENCY_MIN_RECORDS`.
+const LATENCY_MAX_SECONDS: f64 = 60.0;
+
+/// How long a latency run at `per_sec` lasts: `base` seconds, or longer where that gives fewer
+/// than `LATENCY_MIN_RECORDS` records, up to `LATENCY_MAX_SECONDS`.
+fn latency_seconds(base: f64, per_sec: f64) -> f64 {
+    base.max((LATENCY_MIN_RECORDS / per_sec).min(LATENCY_MAX_SECONDS))
+}
+
 fn latency(b: &Bench) {
     // Short runs: the mock cluster finds a fetch's offset by walking the partition's message
     // sets from the start, so at 5k/s its one thread saturates within a few seconds, relay or
     // kasm alike (BENCHMARKS.md, "Latency").
-    let seconds = env_or("KASM_BENCH_LATENCY_SECONDS", 2) as f64;
+    let base = env_or("KASM_BENCH_LATENCY_SECONDS", 2) as f64;
     println!(
-        "\n## latency produce → handled (output seen by a probe), {seconds} s per rate, {}",
+        "\n## latency produce → handled (output seen by a probe), {base} s per rate or as long as \
+         {LATENCY_MIN_RECORDS} records take (at most {LATENCY_MAX_SECONDS} s), {}",
         broker_name(b)
     );
     let runs = env_or("KASM_BENCH_RUNS", 3);
@@ -1048,16 +1192,16 @@ fn latency(b: &Bench) {
     let rates: Vec<f64> = std::env::var("KASM_BENCH_RATES")
         .ok()
         .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![1000.0, 5000.0, 20000.0]);
-    let configs = [Route::Direct, Route::Relay, Route::Kasm(1), Route::Kasm(64)];
+        .unwrap_or_else(|| vec![10.0, 1000.0, 5000.0, 50000.0]);
+    let configs = [Route::Direct, Route::Relay, Route::Kasm];
     for per_sec in rates {
+        let seconds = latency_seconds(base, per_sec);
         // Per configuration, one entry per round.
         let mut got: Vec<Vec<Round>> = vec![Vec::new(); configs.len()];
         let label = |route: &Route| match route {
             Route::Direct => format!("floor (direct probe) at {per_sec:.0}/s"),
             Route::Relay => format!("relay (rdkafka in → out) at {per_sec:.0}/s"),
-            Route::Kasm(1) => format!("kasm echo, defaults at {per_sec:.0}/s"),
-            Route::Kasm(p) => format!("kasm echo, {p} in flight at {per_sec:.0}/s"),
+            Route::Kasm => format!("kasm echo, defaults at {per_sec:.0}/s"),
         };
         for _ in 0..runs {
             for (i, route) in configs.iter().enumerate() {
@@ -1129,9 +1273,9 @@ fn swap(b: &Bench) {
     let mut len = Duration::from_millis(250);
     for run in 1..=runs {
         let sham_first = run % 2 == 0;
-        let sham_run = |len| latency_run(b, 1000.0, seconds, Midway::Sham(len), Route::Kasm(1));
+        let sham_run = |len| latency_run(b, 1000.0, seconds, Midway::Sham(len), Route::Kasm);
         let early = sham_first.then(|| sham_run(len));
-        let real = latency_run(b, 1000.0, seconds, Midway::Deploy, Route::Kasm(1));
+        let real = latency_run(b, 1000.0, seconds, Midway::Deploy, Route::Kasm);
         len = real.window_len.unwrap_or(len);
         let sham = early.unwrap_or_else(|| sham_run(len));
         for (k, (name, r)) in [("deploy", real), ("sham", sham)].into_iter().enumerate() {

@@ -4,9 +4,11 @@
 //! [`FileKv`] is the embedded store a host uses (`<data_dir>/kv.redb`: survives restarts and
 //! version swaps); [`MemoryKv`] is the in-memory one used by `kasm invoke` and by tests.
 //!
-//! kv writes are applied when the handler makes them (a handler reads its own writes within
-//! a call), not at the end of the call like publishes and SQL: write values that are correct
-//! to keep even if the call fails afterwards (counters keyed by event id, caches).
+//! kv writes are *staged* like publishes and SQL: a handler reads its own writes (and those of
+//! the records before it in the same batch), and the writes of the records that ended `ok` are
+//! applied together, in one store transaction per batch ([`KvStore::apply`]), after the batch's
+//! publishes are acknowledged and before its ledger entries are written. A record that fails
+//! leaves nothing behind in the store.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -30,6 +32,30 @@ pub trait KvStore: Send + Sync + std::fmt::Debug {
     ) -> anyhow::Result<()>;
     /// Remove `key`; returns whether a live entry was there.
     async fn delete(&self, namespace: &str, key: &str) -> anyhow::Result<bool>;
+    /// Apply `writes` in order, all or none: when this returns `Ok` every write is durable.
+    /// A backend that has transactions overrides this; the default applies one by one.
+    async fn apply(&self, namespace: &str, writes: Vec<KvWrite>) -> anyhow::Result<()> {
+        for w in writes {
+            match w.value {
+                Some(value) => self.set(namespace, &w.key, value, w.ttl).await?,
+                None => {
+                    self.delete(namespace, &w.key).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One staged kv write: a set (with its TTL, counted from when it is applied) or a delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvWrite {
+    /// The key.
+    pub key: String,
+    /// The new value; `None` deletes the key.
+    pub value: Option<Vec<u8>>,
+    /// With a value: expire after this long.
+    pub ttl: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -186,6 +212,40 @@ impl KvStore for FileKv {
         .await
     }
 
+    /// One redb write transaction (one durable commit) for the whole batch.
+    async fn apply(&self, namespace: &str, writes: Vec<KvWrite>) -> anyhow::Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let ns = namespace.to_owned();
+        self.blocking(move |db| {
+            let now = epoch_ms();
+            let tx = db.begin_write()?;
+            {
+                let mut t = tx.open_table(KV)?;
+                for w in &writes {
+                    match &w.value {
+                        Some(value) => {
+                            let expiry = w
+                                .ttl
+                                .map_or(0, |d| now.saturating_add(d.as_millis() as u64).max(1));
+                            let mut stored = Vec::with_capacity(8 + value.len());
+                            stored.extend_from_slice(&expiry.to_be_bytes());
+                            stored.extend_from_slice(value);
+                            t.insert((ns.as_str(), w.key.as_str()), stored.as_slice())?;
+                        }
+                        None => {
+                            t.remove((ns.as_str(), w.key.as_str()))?;
+                        }
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn delete(&self, namespace: &str, key: &str) -> anyhow::Result<bool> {
         let (ns, key) = (namespace.to_owned(), key.to_owned());
         self.blocking(move |db| {
@@ -228,6 +288,33 @@ mod tests {
         assert!(kv.delete("a", "k").await.unwrap());
         assert!(!kv.delete("a", "k").await.unwrap());
         assert_eq!(kv.get("a", "k").await.unwrap(), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_of_writes_is_applied_in_order_in_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = FileKv::open(&dir.path().join("kv.redb")).unwrap();
+        kv.set("a", "gone", b"0".to_vec(), None).await.unwrap();
+        let w = |key: &str, value: Option<&[u8]>| KvWrite {
+            key: key.to_owned(),
+            value: value.map(<[u8]>::to_vec),
+            ttl: None,
+        };
+        kv.apply(
+            "a",
+            vec![
+                w("k", Some(b"1")),
+                w("k", Some(b"2")),
+                w("gone", None),
+                w("new", Some(b"3")),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(kv.get("a", "k").await.unwrap(), Some(b"2".to_vec()));
+        assert_eq!(kv.get("a", "gone").await.unwrap(), None);
+        assert_eq!(kv.get("a", "new").await.unwrap(), Some(b"3".to_vec()));
+        assert_eq!(kv.get("b", "k").await.unwrap(), None);
     }
 
     #[tokio::test]

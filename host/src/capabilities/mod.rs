@@ -20,7 +20,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-pub use kv::{FileKv, KvStore, MemoryKv};
+pub use kv::{FileKv, KvStore, KvWrite, MemoryKv};
 pub use log::LogLine;
 pub use producer::{Publish, derive_event_id};
 pub use sql::{SqlDatabase, SqlError, SqlRows, SqlTarget, SqlValue};
@@ -243,6 +243,9 @@ pub struct Effects {
     pub sql_rows_changed: u64,
     /// WebSocket pushes queued; delivered only if the call returns `ok`.
     pub broadcasts: Vec<Broadcast>,
+    /// kv writes, in call order; applied (with the batch's) only if the call returns `ok`.
+    #[serde(skip)]
+    pub kv_writes: Vec<KvWrite>,
 }
 
 /// One queued WebSocket push.

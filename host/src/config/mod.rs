@@ -147,19 +147,28 @@ pub struct HandlerConfig {
     /// `kasm-replay-count` header guards against replay loops).
     #[serde(default = "defaults::max_replays")]
     pub max_replays: u32,
-    /// Records a partition may have in flight (publishes unacknowledged, ledger entry not yet
-    /// durable) while its next records are handled. 1 (default): each record's publishes are
-    /// acknowledged and its ledger entry durable before the next record runs, so a crash
-    /// repeats at most one record per partition. N > 1: up to N records per partition are
-    /// handled while their publishes are acknowledged and their entries become durable (one
-    /// durable commit carries them all: much higher throughput and lower latency), and a crash
-    /// may repeat up to N records per partition; a publish that fails is sent again without
-    /// running the handler again. Offsets never move before the entries are durable either way.
-    #[serde(default = "defaults::pending_ledger_writes")]
-    pub pending_ledger_writes: usize,
-    /// 0 (default): a fresh instance per record, nothing carried over. N > 0: an instance
-    /// serves up to N records (faster; module state persists between records, so only for
-    /// handlers written for it); an instance that trapped or timed out is never reused.
+    /// Most records in one batch. A partition's worker takes what its partition has ready, up
+    /// to this many records (and `max_batch_bytes`), runs them through the handler in order,
+    /// then commits the batch's effects together: its publishes and dead letters acknowledged,
+    /// one SQL transaction, one kv transaction, one ledger write, then the offsets. A crash
+    /// repeats at most one batch per partition (its outputs carry the same event ids). Default
+    /// 1024; 1 handles one record at a time. (`pending_ledger_writes` is accepted for it.)
+    #[serde(default = "defaults::max_batch", alias = "pending_ledger_writes")]
+    pub max_batch: usize,
+    /// Most payload bytes in one batch (a batch always takes at least one record). Default
+    /// 1 MiB.
+    #[serde(default = "defaults::max_batch_bytes")]
+    pub max_batch_bytes: usize,
+    /// How long a batch that is not full may wait for more records before it runs. Default
+    /// 0: a batch is what the partition has ready, so a lone record at a low rate is never
+    /// held back, and under load batches grow by themselves while the previous one commits.
+    #[serde(default, with = "humantime_serde")]
+    pub batch_linger: Duration,
+    /// 0 (default): a fresh instance per batch — records of one batch share an instance (its
+    /// module state), batches never do; an instance that trapped, timed out or ran out of
+    /// memory is dropped and the rest of the batch runs on a fresh one. N > 0: an instance
+    /// serves up to N records across batches (for handlers written for it, and interpreted
+    /// ones, whose instances are expensive to make).
     #[serde(default)]
     pub instance_reuse: u32,
     /// true (default): the dedup ledger skips event ids this handler already finished. false:
@@ -333,6 +342,9 @@ pub struct ConfigError {
 #[derive(Debug, thiserror::Error)]
 #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
 pub struct ConfigErrors(pub Vec<ConfigError>);
+
+/// The largest `max_batch`: a batch is held in memory with its effects until it commits.
+pub const MAX_BATCH: usize = 10_000;
 
 /// librdkafka properties that carry connection details or secrets: they come from the
 /// environment only.
@@ -527,10 +539,19 @@ impl Config {
             if h.max_payload_bytes == 0 {
                 err(k("max_payload_bytes"), "must be more than 0".into());
             }
-            if h.pending_ledger_writes == 0 || h.pending_ledger_writes > 100_000 {
+            if h.max_batch == 0 || h.max_batch > MAX_BATCH {
                 err(
-                    k("pending_ledger_writes"),
-                    format!("{} is out of range (1 to 100000)", h.pending_ledger_writes),
+                    k("max_batch"),
+                    format!("{} is out of range (1 to {MAX_BATCH})", h.max_batch),
+                );
+            }
+            if h.max_batch_bytes == 0 {
+                err(k("max_batch_bytes"), "must be at least 1".into());
+            }
+            if h.batch_linger > Duration::from_secs(1) {
+                err(
+                    k("batch_linger"),
+                    format!("{:?} is over the limit of 1s", h.batch_linger),
                 );
             }
             if h.partition_buffer == 0 || h.partition_buffer > 100_000 {
@@ -725,7 +746,9 @@ fn key_at(text: &str, pos: usize) -> String {
     }
 }
 
-mod defaults {
+/// The default of each key that has one (named after the key).
+#[allow(missing_docs)]
+pub mod defaults {
     use std::net::{Ipv4Addr, SocketAddr};
     use std::path::PathBuf;
     use std::time::Duration;
@@ -760,8 +783,11 @@ mod defaults {
     pub fn ledger() -> bool {
         true
     }
-    pub fn pending_ledger_writes() -> usize {
-        1
+    pub fn max_batch() -> usize {
+        1024
+    }
+    pub fn max_batch_bytes() -> usize {
+        1 << 20
     }
     pub fn attempts() -> u32 {
         5

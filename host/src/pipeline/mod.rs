@@ -167,9 +167,32 @@ pub struct HandlerCtx {
     pub partitions: Mutex<BTreeMap<String, PartitionView>>,
     /// Its kv store and SQL database, shared by all its versions.
     pub resources: crate::deploy::HandlerResources,
+    /// Ledger keys of the records in a batch of this handler that is not committed yet
+    /// (see [`HandlerCtx::claim`]).
+    pub claims: Mutex<std::collections::HashSet<String>>,
 }
 
 impl HandlerCtx {
+    /// Claim ledger key `key` for a record about to run; false when a batch of another
+    /// partition holds it. Two copies of one event on two partitions must not run at once: the
+    /// second waits until the first's batch is committed (then the ledger skips it) or gives
+    /// it back.
+    pub fn claim(&self, key: &str) -> bool {
+        match self.claims.lock() {
+            Ok(mut c) => c.insert(key.to_owned()),
+            Err(_) => true,
+        }
+    }
+
+    /// Give claimed keys back (their batch committed, or gave them up).
+    pub fn release<'k>(&self, keys: impl Iterator<Item = &'k String>) {
+        if let Ok(mut c) = self.claims.lock() {
+            for k in keys {
+                c.remove(k);
+            }
+        }
+    }
+
     /// Note that `version` handled `offset` of `topic/partition` (workers call it when their
     /// version changes): the first such offset after a swap goes into the history.
     pub fn note_handled(&self, version: &str, topic: &str, partition: i32, offset: i64) {

@@ -1,95 +1,73 @@
-//! The partition worker: the path of one record, in partition order.
+//! The partition worker: batches of one partition's records, in partition order.
 //!
-//! For each record: identify → ledger lookup (skip if already done, whatever the record is) →
-//! size/decode checks → run the handler → on `ok`, write its publishes and wait for every
-//! acknowledgement → record `ok` in the ledger → report the offset done. A `retryable` failure,
-//! or a host-side one (publishing, instantiating), is retried with exponential backoff and
-//! jitter while the partition waits (its intake fills and the consumer loop pauses it); when
-//! attempts run out, or at once for `fatal`, `trap`, `timeout`, `out-of-memory` and
-//! `undecodable`, the record is dead-lettered: the write is awaited, retried for as long as it
-//! fails (the partition holds at this offset and readiness reports it), then recorded in the
-//! ledger, then reported done. Nothing is ever reported done before it is handled, skipped or
-//! dead-lettered.
+//! # The batch
 //!
-//! The ledger write of a record handled `ok` may overlap the next records: with the handler's
-//! `pending_ledger_writes` = N > 1, the worker goes on to the next record while up to N records
-//! become durable (a durable commit takes milliseconds and the writer group-commits everything
-//! that arrives meanwhile); the default N = 1 waits for each write, so a crash repeats at most
-//! one record per partition. With N > 1 the worker gathers the records it handles into groups
-//! (written when the intake has nothing more at once, when the N records are reached, or at
-//! N / 4 records) and hands each group to the ledger as one request, settled by one task: a
-//! task, a ledger request and a wake-up per group rather than per record. Either way a record
-//! is reported done only once its entry is durable, so no offset moves ahead of the ledger,
-//! and a later record with the same event id is skipped while the first one's write is in
-//! flight, as the ledger would. On revoke and shutdown the worker writes its open group and
-//! waits for the writes in flight before it stops.
+//! The worker takes what its partition has ready — up to `max_batch` records and
+//! `max_batch_bytes` of payload, waiting `batch_linger` (default 0) for more when the batch is
+//! not full — and runs the records through the handler one after another, on one instance
+//! (fresh per batch unless `instance_reuse` is set), inside one SQL transaction with a savepoint
+//! per record, with the kv writes staged. For each record, in order: identify → the ledger
+//! first (a record this handler already finished, whatever it is, is skipped; so is a second
+//! copy of one earlier in the batch) → size and JSON checks (`undecodable`) → the handler.
+//! A record's publishes and dead letter are staged; nothing waits per record.
 //!
-//! With N > 1 the acknowledgements of a record's publishes overlap the next records too: the
-//! publishes are queued in order and the background task awaits them before the ledger write.
-//! A publish the producer gives up on is then sent again by itself, without running the handler
-//! again (the next records have run; the outputs are the same), each re-send an attempt of the
-//! retry policy, and dead-lettered when attempts run out. With N = 1 a failed publish is
-//! retried by running the handler again, as any retryable failure.
+//! Then the batch commits, in an order that can never lose an output:
+//! 1. its publishes and dead letters queued together, in record order, and every
+//!    acknowledgement awaited (a publish the producer gave up on is sent again by itself,
+//!    without running the handler again, each re-send an attempt of the retry policy; when
+//!    attempts run out its record is dead-lettered as `retries-exhausted`; a dead letter that
+//!    fails is written again for as long as it fails: the partition holds and readiness says
+//!    so);
+//! 2. the SQL transaction committed (one fsync for the batch);
+//! 3. the kv writes of the records that ended `ok` applied in one store transaction;
+//! 4. one ledger write for every entry of the batch (one journal sync);
+//! 5. the offsets reported done.
+//!
+//! A record is reported done only when its effects and its ledger entry are durable. A crash
+//! therefore repeats at most one batch per partition, and the repeated outputs carry the same
+//! event ids.
+//!
+//! # Failures inside a batch
+//!
+//! `fatal`, `trap`, `timeout`, `out-of-memory` and `undecodable` dead-letter that record alone:
+//! its savepoint is rolled back (the others' writes stay), its dead letter carries its own
+//! provenance, and a trapped instance is dropped (the rest of the batch runs on a fresh one).
+//! A `retryable` failure — or a host-side one — *splits* the batch: the records before it
+//! commit, then it is retried with backoff while the records after it wait (order holds); when
+//! its attempts run out it is dead-lettered as `retries-exhausted`.
+//!
+//! A record whose SQL writes are lost before the commit — the transaction failed to commit, a
+//! statement did not answer in time, or a later record's publishes had to be dead-lettered and
+//! its savepoint undone — is not done: it goes back to the front of the partition's queue and
+//! runs again (its publishes, already acknowledged, are sent again with the same event ids).
+//! A record that cut its batch's transaction off (a statement that never answered) runs again
+//! alone, so that it cannot take another batch's writes with it twice.
+//!
+//! On drain (revoke, shutdown) the batch in hand is finished and no new one is taken; `stop`
+//! abandons it at its next wait (a backoff, a dead-letter or ledger retry): nothing of it is
+//! reported done, and it runs again wherever the partition goes.
 
 use std::borrow::Cow;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use crate::capabilities::{Effects, Publish};
 use crate::config::{HandlerConfig, PayloadFormat};
 use crate::event::Event;
 use crate::kafka::producer::{OutRecord, Pending};
 use crate::ledger::{LedgerEntry, LedgerOutcome};
-use crate::runtime::{FailureKind, Outcome};
+use crate::runtime::{Batch, FailureKind, Outcome};
 
 use super::dlq::{self, DlqKind, Failure, Provenance};
 use super::{HandlerCtx, Record, now_ms};
-
-/// How processing a record ended: done now, or handled `ok` with its publishes queued and
-/// its ledger write to come (it joins the partition's open group).
-enum Finish {
-    Now,
-    Later(Box<Staged>),
-}
-
-/// A record handled `ok` whose publishes are queued and whose ledger entry is not written.
-struct Staged {
-    /// Its ledger key (the event id, or the replay's key).
-    key: String,
-    record: Record,
-    event_id: String,
-    sent: Sent,
-}
-
-/// What the worker waits for next.
-enum Next {
-    Stop,
-    Again,
-    Durable(Result<Result<(), Abandoned>, tokio::task::JoinError>),
-    Record(Record),
-}
-
-/// A group of handled records, in offset order, whose ledger write is in flight: one task
-/// awaits their publishes and makes their entries durable with one ledger request.
-struct PendingWrite {
-    completions: Vec<Completion>,
-    keys: Vec<String>,
-    task: tokio::task::JoinHandle<Result<(), Abandoned>>,
-}
-
-/// The most records in one group. A group is written when the intake has nothing more to
-/// give at once, when the partition's window is full, or at this size: a quarter of the
-/// window, so that while one group's write is in flight the next ones are being handled.
-fn group_cap(window: usize) -> usize {
-    (window / 4).clamp(1, MAX_GROUP)
-}
-
-/// The upper bound of [`group_cap`], whatever the window.
-const MAX_GROUP: usize = 256;
 
 /// A record the worker finished (handled, skipped or dead-lettered).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,14 +80,57 @@ pub struct Completion {
     pub offset: i64,
 }
 
-/// Why processing a record stopped without finishing it.
+/// Why processing stopped without finishing what was in hand.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Abandoned;
 
+/// A record taken from the intake and not finished, with what its earlier attempts left.
+struct Queued {
+    record: Record,
+    /// The attempt it runs as next (1 for a record that never ran).
+    attempt: u32,
+    first_failure: Option<i64>,
+    /// Not before this (a retry's backoff).
+    not_before: Option<Instant>,
+    /// Runs in a batch of its own (it cut a batch's transaction off before).
+    alone: bool,
+}
+
+impl Queued {
+    fn new(record: Record) -> Self {
+        Self {
+            record,
+            attempt: 1,
+            first_failure: None,
+            not_before: None,
+            alone: false,
+        }
+    }
+}
+
+/// The partition's counters and histogram, resolved once (no labels built per record).
+struct Telemetry {
+    ok: Counter,
+    skipped: Counter,
+    retried: Counter,
+    calls: Histogram,
+}
+
+impl Telemetry {
+    fn new(ctx: &HandlerCtx, topic: &str) -> Self {
+        Self {
+            ok: ctx.metrics.records_counter(&ctx.name, topic, "ok"),
+            skipped: ctx.metrics.records_counter(&ctx.name, topic, "skipped"),
+            retried: ctx.metrics.records_counter(&ctx.name, topic, "retried"),
+            calls: ctx.metrics.call_histogram(&ctx.name),
+        }
+    }
+}
+
 /// Run the worker of one partition until its intake closes or `drain` is cancelled (then the
-/// record in hand is finished and no new one is taken). `stop` abandons even the record in
-/// hand at its next wait (backoff, dead-letter retry). While `hold` is true (the group is
-/// rebalancing) records stay in the intake.
+/// batch in hand is finished and no new one is taken). `stop` abandons even the batch in hand
+/// at its next wait. While `hold` is true (the group is rebalancing, or the handler paused) no
+/// new batch starts.
 pub(crate) async fn run(
     ctx: Arc<HandlerCtx>,
     mut intake: mpsc::Receiver<Record>,
@@ -118,176 +139,784 @@ pub(crate) async fn run(
     stop: CancellationToken,
     mut hold: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut queue: VecDeque<Queued> = VecDeque::new();
+    let mut telemetry: Option<Telemetry> = None;
     // The version this worker last handled a record with: the swap history wants the first
     // offset of each new version per partition, which only changes when the version does.
     let mut last_version = String::new();
-    let window = ctx.config.pending_ledger_writes.max(1);
-    let cap = group_cap(window);
-    let mut groups = Groups::default();
-    // Report the oldest group once durable; false when the worker must stop.
-    let finish_oldest = |groups: &mut Groups,
-                         result: Result<Result<(), Abandoned>, tokio::task::JoinError>|
-     -> bool {
-        let Some(completions) = groups.finish_oldest() else {
-            return true;
-        };
-        match result {
-            Ok(Ok(())) => completions.into_iter().all(|c| done.send(c).is_ok()),
-            // Abandoned at shutdown, or the task failed: not done, redelivered later.
-            _ => false,
-        }
-    };
     loop {
-        // Writes already durable are reported without waiting.
-        while groups.pending.front().is_some_and(|p| p.task.is_finished()) {
-            let result = match groups.pending.front_mut() {
-                Some(p) => (&mut p.task).await,
-                None => break,
-            };
-            if !finish_oldest(&mut groups, result) {
-                return;
-            }
-        }
-        let full = groups.records >= window;
-        let held = *hold.borrow_and_update();
-        // The open group goes to the ledger before the worker waits for anything, and when
-        // it reaches its size.
-        if !groups.open.is_empty()
-            && (full || held || groups.open.len() >= cap || intake.is_empty())
-        {
-            groups.submit(&ctx, &stop);
-        }
-        let next = tokio::select! {
-            biased;
-            () = drain.cancelled() => Next::Stop,
-            result = async {
-                match groups.pending.front_mut() {
-                    Some(p) => (&mut p.task).await,
-                    None => std::future::pending().await,
-                }
-            } => Next::Durable(result),
-            r = intake.recv(), if !full && !held => match r { Some(r) => Next::Record(r), None => Next::Stop },
-            // Look again when the hold is lifted (or the loop is gone: then the intake closes).
-            r = hold.changed(), if held => if r.is_ok() { Next::Again } else { Next::Stop },
-        };
-        let record = match next {
-            Next::Stop => break,
-            Next::Durable(result) => {
-                if !finish_oldest(&mut groups, result) {
-                    return;
-                }
-                continue;
-            }
-            Next::Record(r) => r,
-            Next::Again => continue,
-        };
-        let span = tracing::info_span!(
-            "record",
-            handler = %ctx.name,
-            topic = %record.topic,
-            partition = record.partition,
-            offset = record.offset
-        );
-        let completion = Completion {
-            topic: record.topic.clone(),
-            partition: record.partition,
-            offset: record.offset,
-        };
-        match process(&ctx, record, &mut last_version, &stop, &groups.in_flight)
-            .instrument(span)
-            .await
-        {
-            Ok(Finish::Now) => {
-                if done.send(completion).is_err() {
-                    break;
-                }
-            }
-            Ok(Finish::Later(staged)) => groups.stage(completion, *staged),
-            Err(Abandoned) => break,
-        }
-    }
-    // Drained or the intake closed: the open group is written, the writes in flight finish
-    // (they retry a failing ledger until `stop`), and what became durable is reported before
-    // the worker ends.
-    if !groups.open.is_empty() {
-        groups.submit(&ctx, &stop);
-    }
-    while let Some(p) = groups.pending.front_mut() {
-        let result = (&mut p.task).await;
-        if !finish_oldest(&mut groups, result) {
+        if drain.is_cancelled() {
             break;
         }
-    }
-}
-
-/// The records of one partition handled `ok` whose ledger entries are not durable yet: the
-/// open group (still growing) and the groups whose write is in flight, oldest first.
-#[derive(Default)]
-struct Groups {
-    open: Vec<(Completion, Staged)>,
-    pending: std::collections::VecDeque<PendingWrite>,
-    /// Records in `open` and `pending`.
-    records: usize,
-    /// Ledger keys of those records, with how many of them have each: a later record with
-    /// the same key is skipped, as the ledger would once their write lands.
-    in_flight: std::collections::HashMap<String, usize>,
-}
-
-impl Groups {
-    fn stage(&mut self, completion: Completion, staged: Staged) {
-        *self.in_flight.entry(staged.key.clone()).or_insert(0) += 1;
-        self.records += 1;
-        self.open.push((completion, staged));
-    }
-
-    /// Start the open group's write.
-    fn submit(&mut self, ctx: &Arc<HandlerCtx>, stop: &CancellationToken) {
-        let n = self.open.len();
-        let mut completions = Vec::with_capacity(n);
-        let mut keys = Vec::with_capacity(n);
-        let mut group = Vec::with_capacity(n);
-        for (completion, staged) in self.open.drain(..) {
-            completions.push(completion);
-            keys.push(staged.key.clone());
-            group.push(staged);
+        let held = *hold.borrow_and_update();
+        if held || queue.is_empty() {
+            let next = tokio::select! {
+                biased;
+                () = drain.cancelled() => break,
+                r = intake.recv(), if !held && queue.is_empty() => match r {
+                    Some(r) => Some(r),
+                    None => break,
+                },
+                r = hold.changed(), if held => if r.is_ok() { None } else { break },
+            };
+            if let Some(r) = next {
+                queue.push_back(Queued::new(r));
+            }
+            continue;
         }
-        let task = tokio::spawn({
-            let (ctx, stop) = (ctx.clone(), stop.clone());
-            async move { settle_group(&ctx, group, &stop).await }
-        });
-        self.pending.push_back(PendingWrite {
-            completions,
-            keys,
-            task,
-        });
-    }
-
-    /// Forget the oldest group in flight (its task has ended); its completions.
-    fn finish_oldest(&mut self) -> Option<Vec<Completion>> {
-        let p = self.pending.pop_front()?;
-        self.records -= p.completions.len();
-        for key in &p.keys {
-            if let Some(n) = self.in_flight.get_mut(key) {
-                *n -= 1;
-                if *n == 0 {
-                    self.in_flight.remove(key);
+        let n = fill(&ctx.config, &mut queue, &mut intake, &drain).await;
+        // A record waiting for its retry's backoff.
+        if let Some(at) = queue.front().and_then(|q| q.not_before) {
+            let wait = at.saturating_duration_since(Instant::now());
+            if !wait.is_zero() {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
                 }
             }
         }
-        Some(p.completions)
+        let taken: Vec<Queued> = queue.drain(..n).collect();
+        let t = telemetry.get_or_insert_with(|| Telemetry::new(&ctx, &taken[0].record.topic));
+        let span = tracing::info_span!(
+            "batch",
+            handler = %ctx.name,
+            topic = %taken[0].record.topic,
+            partition = taken[0].record.partition,
+            first_offset = taken[0].record.offset,
+            records = taken.len(),
+        );
+        let result = run_batch(&ctx, t, taken, &mut last_version, &hold, &stop)
+            .instrument(span)
+            .await;
+        match result {
+            Ok(Settled {
+                done: finished,
+                again,
+            }) => {
+                for c in finished {
+                    if done.send(c).is_err() {
+                        return;
+                    }
+                }
+                for q in again.into_iter().rev() {
+                    queue.push_front(q);
+                }
+            }
+            Err(Abandoned) => return,
+        }
     }
 }
 
-async fn process(
+/// Take records from the intake into `queue` until the next batch is full or nothing more is
+/// ready (waiting up to `batch_linger` for more); the size of the next batch.
+async fn fill(
+    config: &HandlerConfig,
+    queue: &mut VecDeque<Queued>,
+    intake: &mut mpsc::Receiver<Record>,
+    drain: &CancellationToken,
+) -> usize {
+    let max = config.max_batch.max(1);
+    let linger_until =
+        (!config.batch_linger.is_zero()).then(|| Instant::now() + config.batch_linger);
+    loop {
+        let (n, full) = batch_len(config, queue, max);
+        if full {
+            return n;
+        }
+        match intake.try_recv() {
+            Ok(r) => queue.push_back(Queued::new(r)),
+            Err(mpsc::error::TryRecvError::Disconnected) => return n,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                let Some(until) = linger_until else {
+                    return n;
+                };
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() || drain.is_cancelled() {
+                    return n;
+                }
+                match tokio::time::timeout(left, intake.recv()).await {
+                    Ok(Some(r)) => queue.push_back(Queued::new(r)),
+                    _ => return n,
+                }
+            }
+        }
+    }
+}
+
+/// How many of `queue`'s first records form the next batch, and whether that batch is full
+/// (by records, bytes, or a record that runs alone).
+fn batch_len(config: &HandlerConfig, queue: &VecDeque<Queued>, max: usize) -> (usize, bool) {
+    let mut bytes = 0usize;
+    for (i, q) in queue.iter().enumerate() {
+        if i == max {
+            return (i, true);
+        }
+        if q.alone {
+            return if i == 0 { (1, true) } else { (i, true) };
+        }
+        let size = q.record.payload.as_ref().map_or(0, Vec::len);
+        if i > 0 && bytes + size > config.max_batch_bytes {
+            return (i, true);
+        }
+        bytes += size;
+        // A record waiting for a backoff leads its batch: nothing overtakes it.
+        if i > 0 && q.not_before.is_some() {
+            return (i, true);
+        }
+    }
+    (
+        queue.len(),
+        queue.len() >= max || bytes >= config.max_batch_bytes,
+    )
+}
+
+/// What became of one record of a batch.
+enum Fate {
+    /// Already finished (ledger, an earlier copy in the batch, a replay for another handler).
+    Skipped,
+    /// Handled `ok`: its publishes queued.
+    Ok(Box<Handled>),
+    /// Dead-lettered: its dead letter queued (or to be sent, when `None`).
+    Dead(Failure, Option<anyhow::Result<Pending>>),
+    /// Not finished in this batch: runs again (a split, or its SQL writes were lost).
+    Again,
+}
+
+/// A record handled `ok` whose effects are not committed yet.
+struct Handled {
+    effects: Effects,
+    queued: Vec<Pending>,
+    /// The publish the producer refused at once, and why (it and those after it are sent
+    /// again in order).
+    refused: Option<(usize, anyhow::Error)>,
+    /// Its SQL savepoint in the batch's transaction, if it wrote.
+    savepoint: Option<u32>,
+}
+
+/// One record of a batch, as it goes through.
+struct Slot {
+    queued: Queued,
+    event_id: String,
+    /// Its ledger key (see [`stored_key`]).
+    key: String,
+    fate: Fate,
+}
+
+/// The outcome of a batch: what is done, and what goes back to the front of the queue.
+struct Settled {
+    done: Vec<Completion>,
+    again: Vec<Queued>,
+}
+
+/// Run one batch and commit it: see the module doc for the order.
+async fn run_batch(
     ctx: &Arc<HandlerCtx>,
-    record: Record,
+    t: &Telemetry,
+    taken: Vec<Queued>,
     last_version: &mut String,
+    hold: &tokio::sync::watch::Receiver<bool>,
     stop: &CancellationToken,
-    in_flight: &std::collections::HashMap<String, usize>,
-) -> Result<Finish, Abandoned> {
-    // The record's parts move into the event (and back for what follows the call): a
-    // payload is copied once, into the guest's memory.
-    let tombstone = record.payload.is_none();
+) -> Result<Settled, Abandoned> {
+    // The version active when the batch starts handles it to the end, retries included: a
+    // swap affects the next batch, never one in flight.
+    let component = ctx.component.load_full();
+    let sha = component.info().sha256.clone();
+    if *last_version != sha {
+        let first = &taken[0].record;
+        ctx.note_handled(&sha, &first.topic, first.partition, first.offset);
+        last_version.clone_from(&sha);
+    }
+    let mut batch = component.batch();
+    let policy = ctx.config.retry;
+    let mut slots: Vec<Slot> = Vec::with_capacity(taken.len());
+    // Keys finished (handled or dead-lettered) earlier in this batch: a second copy is
+    // skipped, as the ledger will once the batch is written.
+    let mut finished: HashSet<String> = HashSet::new();
+    let mut split = false;
+    // This batch's claims on its keys, given back when it ends however it ends.
+    let mut claims = Claims {
+        ctx,
+        keys: HashSet::new(),
+    };
+    for mut q in taken {
+        // A hold (a commit refused for a rebalance, a pause) stops the batch where it is: what
+        // ran commits, no new record starts.
+        split |= *hold.borrow();
+        if split {
+            slots.push(Slot {
+                queued: q,
+                event_id: String::new(),
+                key: String::new(),
+                fate: Fate::Again,
+            });
+            continue;
+        }
+        let tombstone = q.record.payload.is_none();
+        let mut event = into_event(q.record, q.attempt);
+        let key = stored_key(&event.id, &event.headers).into_owned();
+        let mut fate = if replay_for_another(&event, &ctx.name)
+            || (ctx.config.ledger && finished.contains(&key))
+        {
+            Some(Fate::Skipped)
+        } else if ctx.config.ledger && !claims.claim(&key) {
+            // A copy of this event is in a batch not yet committed (another partition's, or
+            // an earlier record of this one that runs again): this record waits for it, and
+            // the ledger then tells.
+            q.not_before = Some(Instant::now() + CLAIM_WAIT);
+            split = true;
+            Some(Fate::Again)
+        } else {
+            // The ledger first, for every record, whatever it would otherwise become: a record
+            // this handler finished — handled, or dead-lettered as undecodable — is skipped
+            // when it comes again, so it is never dead-lettered twice.
+            match ctx.ledger.get(&ctx.name, &key).await {
+                Ok(Some(_)) => Some(Fate::Skipped),
+                Ok(None) => None,
+                // Not knowing is not a reason to skip: run it (at-least-once) and say so.
+                Err(e) => {
+                    tracing::warn!(event_id = %event.id, error = %format!("{e:#}"), "ledger lookup failed; processing anyway");
+                    None
+                }
+            }
+        };
+        if fate.is_none()
+            && let Some(reason) = undecodable(&ctx.config, &event)
+        {
+            let now = now_ms();
+            fate = Some(Fate::Dead(
+                Failure {
+                    kind: DlqKind::Failure(FailureKind::Undecodable),
+                    message: reason,
+                    attempts: 0,
+                    first_failure_ms: now,
+                    last_failure_ms: now,
+                },
+                None,
+            ));
+        }
+        let fate = match fate {
+            Some(f) => f,
+            None => {
+                let failed = match batch.invoke(&event).await {
+                    Err(e) => Err((
+                        FailureKind::Retryable,
+                        format!("host failure running the handler: {e:#}"),
+                    )),
+                    Ok(inv) => {
+                        t.calls.observe(inv.duration.as_secs_f64());
+                        match inv.outcome {
+                            Outcome::Ok => Ok(inv),
+                            Outcome::Failed(f) => Err((f.kind, f.message)),
+                        }
+                    }
+                };
+                match failed {
+                    Ok(inv) => Fate::Ok(Box::new(Handled {
+                        effects: inv.effects,
+                        queued: Vec::new(),
+                        refused: None,
+                        savepoint: inv.savepoint,
+                    })),
+                    Err((kind, message)) => {
+                        let now = now_ms();
+                        let first = *q.first_failure.get_or_insert(now);
+                        // A failure that retrying cannot mend goes to the DLQ as what it is; a
+                        // retryable one once the attempts are used up.
+                        if !kind.is_retryable() || q.attempt >= policy.attempts {
+                            let failure = Failure {
+                                kind: if kind.is_retryable() {
+                                    DlqKind::RetriesExhausted
+                                } else {
+                                    DlqKind::Failure(kind)
+                                },
+                                message,
+                                attempts: q.attempt,
+                                first_failure_ms: first,
+                                last_failure_ms: now,
+                            };
+                            Fate::Dead(failure, None)
+                        } else {
+                            q.attempt += 1;
+                            let wait = policy.backoff(q.attempt, rand::random::<f64>());
+                            q.not_before = Some(Instant::now() + wait);
+                            ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
+                            t.retried.inc();
+                            tracing::info!(event_id = %event.id, attempt = q.attempt, ?wait, reason = %message, "retrying");
+                            split = true;
+                            Fate::Again
+                        }
+                    }
+                }
+            }
+        };
+        let event_id = std::mem::take(&mut event.id);
+        q.record = into_record(event, tombstone);
+        let mut slot = Slot {
+            queued: q,
+            event_id,
+            key,
+            fate,
+        };
+        if batch.sql_lost() {
+            // What the records before this one wrote is gone with the transaction: they run
+            // again, and so does everything after them, in order. This record runs alone next
+            // time if it took others with it (else what it became stands).
+            let lost = forget_sql_writes(&mut slots);
+            if lost {
+                slot.queued.alone = true;
+                slot.fate = Fate::Again;
+                split = true;
+                for s in &mut slots {
+                    if matches!(s.fate, Fate::Ok(_) | Fate::Skipped) {
+                        // Skipped copies of a record that runs again run again too.
+                        s.fate = again_if_after_lost(&s.fate);
+                    }
+                }
+            }
+            batch.reset();
+        }
+        if matches!(slot.fate, Fate::Ok(_) | Fate::Dead(..)) {
+            finished.insert(slot.key.clone());
+        }
+        slots.push(slot);
+    }
+    let settled = commit(ctx, t, &mut batch, &sha, slots, stop).await;
+    batch.finish();
+    drop(claims);
+    settled
+}
+
+/// How long a record whose event is in another batch waits before it looks again.
+const CLAIM_WAIT: Duration = Duration::from_millis(2);
+
+/// The ledger keys a batch claimed (see [`HandlerCtx::claim`]); given back on drop, after the
+/// batch's ledger write or when it is abandoned.
+struct Claims<'a> {
+    ctx: &'a HandlerCtx,
+    keys: HashSet<String>,
+}
+
+impl Claims<'_> {
+    /// Claim `key`; false if any batch, this one included, holds it.
+    fn claim(&mut self, key: &str) -> bool {
+        if self.keys.contains(key) || !self.ctx.claim(key) {
+            return false;
+        }
+        self.keys.insert(key.to_owned());
+        true
+    }
+}
+
+impl Drop for Claims<'_> {
+    fn drop(&mut self) {
+        self.ctx.release(self.keys.iter());
+    }
+}
+
+/// After the batch's transaction was lost: every record whose SQL writes were in it is to run
+/// again; whether there was any.
+fn forget_sql_writes(slots: &mut [Slot]) -> bool {
+    let mut any = false;
+    for s in slots.iter_mut() {
+        if let Fate::Ok(h) = &s.fate
+            && h.savepoint.is_some()
+        {
+            s.fate = Fate::Again;
+            any = true;
+        }
+    }
+    any
+}
+
+/// A record of the batch before the one that lost its transaction: kept as it is (a record
+/// without SQL writes is not affected).
+fn again_if_after_lost(fate: &Fate) -> Fate {
+    match fate {
+        Fate::Skipped => Fate::Skipped,
+        _ => Fate::Again,
+    }
+}
+
+/// Commit a batch whose records ran: publishes, dead letters, SQL, kv, ledger, then what is
+/// done.
+async fn commit(
+    ctx: &HandlerCtx,
+    t: &Telemetry,
+    batch: &mut Batch<'_>,
+    sha: &str,
+    mut slots: Vec<Slot>,
+    stop: &CancellationToken,
+) -> Result<Settled, Abandoned> {
+    // 1. Publishes and dead letters, queued together in record order once the batch has run
+    //    (a crash while it runs leaves no output behind), then every acknowledgement awaited
+    //    in order: a publish the producer gave up on is sent again on its own (the handler
+    //    does not run again); a dead letter that fails is written again until it succeeds
+    //    (the partition holds at it).
+    for s in &mut slots {
+        let Slot {
+            queued,
+            event_id,
+            fate,
+            ..
+        } = s;
+        match fate {
+            Fate::Ok(h) => {
+                let (acks, refused) = enqueue_all(ctx, &h.effects.publishes).await;
+                h.queued = acks;
+                h.refused = refused;
+            }
+            Fate::Dead(failure, sent) => {
+                let (topic, headers) =
+                    dead_letter_parts(ctx, sha, &queued.record, event_id, failure);
+                let out = dlq_record(&queued.record, &topic, &headers);
+                *sent = Some(ctx.producer.enqueue(out).await);
+            }
+            Fate::Skipped | Fate::Again => {}
+        }
+    }
+    for i in 0..slots.len() {
+        match &mut slots[i].fate {
+            Fate::Dead(_, sent) => {
+                let sent = sent.take();
+                let slot = &slots[i];
+                if let Fate::Dead(failure, _) = &slot.fate {
+                    dead_letter(ctx, sha, slot, failure, sent, stop).await?;
+                }
+            }
+            Fate::Ok(h) => {
+                let queued = std::mem::take(&mut h.queued);
+                let refused = h.refused.take();
+                let slot = &slots[i];
+                let Fate::Ok(h) = &slot.fate else {
+                    continue;
+                };
+                let Some(failure) =
+                    settle(ctx, slot, &h.effects.publishes, queued, refused, stop).await?
+                else {
+                    continue;
+                };
+                let savepoint = h.savepoint;
+                dead_letter(ctx, sha, slot, &failure, None, stop).await?;
+                slots[i].fate = Fate::Dead(failure, None);
+                // Its SQL writes go; those of the records after it (nested inside its
+                // savepoint) with it, and those records run again.
+                if let Some(sp) = savepoint {
+                    if let Err(e) = batch.undo_from(sp).await {
+                        tracing::warn!(error = %e, "the batch's sql is dropped");
+                        forget_sql_writes(&mut slots);
+                    } else {
+                        forget_sql_writes(&mut slots[i + 1..]);
+                    }
+                }
+            }
+            Fate::Skipped | Fate::Again => {}
+        }
+    }
+    // 2. The SQL transaction: one commit for the batch.
+    if let Err(e) = batch.commit_sql().await {
+        tracing::warn!(error = %e, "the batch's sql did not commit; its records run again");
+        if forget_sql_writes(&mut slots) {
+            let wait = ctx.config.retry.backoff(2, rand::random::<f64>());
+            if let Some(s) = slots.iter_mut().find(|s| matches!(s.fate, Fate::Again)) {
+                s.queued.not_before = Some(Instant::now() + wait);
+            }
+        }
+    }
+    // 3. kv: the writes of the records handled ok, in one store transaction.
+    let writes: Vec<_> = slots
+        .iter()
+        .filter_map(|s| match &s.fate {
+            Fate::Ok(h) => Some(h.effects.kv_writes.iter().cloned()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    if !writes.is_empty() {
+        retry_until_stopped("kv write", stop, || {
+            ctx.resources.kv.apply(&ctx.name, writes.clone())
+        })
+        .await?;
+    }
+    // 4. The ledger: one write for every entry of the batch.
+    let at_ms = now_ms();
+    let entries: Vec<(String, LedgerEntry)> = slots
+        .iter()
+        .filter_map(|s| {
+            let outcome = match s.fate {
+                Fate::Ok(_) => LedgerOutcome::Ok,
+                Fate::Dead(..) => LedgerOutcome::DeadLettered,
+                Fate::Skipped | Fate::Again => return None,
+            };
+            let r = &s.queued.record;
+            Some((
+                s.key.clone(),
+                LedgerEntry {
+                    outcome,
+                    at_ms,
+                    component_sha256: sha.to_owned(),
+                    topic: r.topic.clone(),
+                    partition: r.partition,
+                    offset: r.offset,
+                },
+            ))
+        })
+        .collect();
+    if !entries.is_empty() {
+        retry_until_stopped("ledger write", stop, || {
+            ctx.ledger.record_many(&ctx.name, entries.clone())
+        })
+        .await?;
+    }
+    // 5. Done: counted, pushes delivered (best effort), offsets reported.
+    let mut settled = Settled {
+        done: Vec::with_capacity(slots.len()),
+        again: Vec::new(),
+    };
+    let (mut ok, mut skipped, mut published) = (0u64, 0u64, 0u64);
+    for s in slots {
+        match s.fate {
+            Fate::Again => {
+                settled.again.push(s.queued);
+                continue;
+            }
+            Fate::Ok(h) => {
+                ok += 1;
+                published += h.effects.publishes.len() as u64;
+                for b in &h.effects.broadcasts {
+                    ctx.resources.ws.broadcast(&b.channel, &b.message);
+                }
+            }
+            Fate::Skipped => {
+                skipped += 1;
+                tracing::debug!(event_id = %s.event_id, "already done: skipped");
+            }
+            Fate::Dead(f, _) => {
+                ctx.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                ctx.metrics
+                    .dead_letter(&ctx.name, &s.queued.record.topic, f.kind.as_str());
+            }
+        }
+        let r = s.queued.record;
+        settled.done.push(Completion {
+            topic: r.topic,
+            partition: r.partition,
+            offset: r.offset,
+        });
+    }
+    ctx.stats.processed.fetch_add(ok, Ordering::Relaxed);
+    ctx.stats.skipped.fetch_add(skipped, Ordering::Relaxed);
+    ctx.stats.published.fetch_add(published, Ordering::Relaxed);
+    t.ok.inc_by(ok);
+    t.skipped.inc_by(skipped);
+    Ok(settled)
+}
+
+/// Await the acknowledgements of one record's queued publishes; send again, in order, what
+/// the producer gave up on, each re-send an attempt of the retry policy. `Some(failure)` when
+/// the attempts ran out: the record is to be dead-lettered.
+async fn settle(
+    ctx: &HandlerCtx,
+    slot: &Slot,
+    publishes: &[Publish],
+    queued: Vec<Pending>,
+    refused: Option<(usize, anyhow::Error)>,
+    stop: &CancellationToken,
+) -> Result<Option<Failure>, Abandoned> {
+    let mut failed = Vec::new();
+    let mut error = None;
+    for (i, ack) in queued.into_iter().enumerate() {
+        if let Err(e) = ack.acknowledged().await {
+            failed.push(i);
+            error.get_or_insert(e);
+        }
+    }
+    if let Some((from, e)) = refused {
+        failed.extend(from..publishes.len());
+        error.get_or_insert(e);
+    }
+    let policy = ctx.config.retry;
+    let mut attempt = slot.queued.attempt;
+    let mut first_failure = slot.queued.first_failure;
+    while let Some(e) = error.take() {
+        let message = format!("publishing the handler's records failed: {e:#}");
+        let now = now_ms();
+        let first = *first_failure.get_or_insert(now);
+        if attempt >= policy.attempts {
+            return Ok(Some(Failure {
+                kind: DlqKind::RetriesExhausted,
+                message,
+                attempts: attempt,
+                first_failure_ms: first,
+                last_failure_ms: now,
+            }));
+        }
+        attempt += 1;
+        ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
+        ctx.metrics
+            .record(&ctx.name, &slot.queued.record.topic, "retried");
+        let wait = policy.backoff(attempt, rand::random::<f64>());
+        tracing::info!(event_id = %slot.event_id, attempt, ?wait, reason = %message, "sending the handler's records again");
+        sleep_or_stop(wait, stop).await?;
+        for i in std::mem::take(&mut failed) {
+            let Some(p) = publishes.get(i) else {
+                continue;
+            };
+            if let Err(e) = ctx.producer.send(out_record(p)).await {
+                failed.push(i);
+                error.get_or_insert(e);
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The dead-letter topic and headers of `record`.
+fn dead_letter_parts(
+    ctx: &HandlerCtx,
+    sha: &str,
+    record: &Record,
+    event_id: &str,
+    failure: &Failure,
+) -> (String, Vec<(String, Vec<u8>)>) {
+    let p = Provenance {
+        handler: &ctx.name,
+        group: &ctx.group_id,
+        component: sha,
+        event_id,
+    };
+    (
+        ctx.config.dlq_topic_for(&record.topic),
+        dlq::headers(record, p, failure),
+    )
+}
+
+/// Await a record's dead letter (`sent`, or send it now); one that fails is written again
+/// until it succeeds or a shutdown (the partition holds at it meanwhile, and readiness says
+/// so).
+async fn dead_letter(
+    ctx: &HandlerCtx,
+    sha: &str,
+    slot: &Slot,
+    failure: &Failure,
+    sent: Option<anyhow::Result<Pending>>,
+    stop: &CancellationToken,
+) -> Result<(), Abandoned> {
+    let r = &slot.queued.record;
+    let (topic, headers) = dead_letter_parts(ctx, sha, r, &slot.event_id, failure);
+    let mut result = match sent {
+        Some(Ok(pending)) => pending.acknowledged().await,
+        Some(Err(e)) => Err(e),
+        None => ctx.producer.send(dlq_record(r, &topic, &headers)).await,
+    };
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match result {
+            Ok(d) => {
+                ctx.health.stuck(&ctx.name, &r.topic, r.partition, None);
+                tracing::warn!(
+                    event_id = %slot.event_id, dlq_topic = %topic, dlq_offset = d.offset,
+                    kind = failure.kind.as_str(), attempts = failure.attempts, reason = %failure.message,
+                    "dead-lettered"
+                );
+                return Ok(());
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                tracing::error!(event_id = %slot.event_id, dlq_topic = %topic, error = %msg, "dead-letter write failed; holding the partition and retrying");
+                ctx.health
+                    .stuck(&ctx.name, &r.topic, r.partition, Some(msg));
+                sleep_or_stop(wait, stop).await?;
+                wait = (wait * 2).min(Duration::from_secs(5));
+                result = ctx.producer.send(dlq_record(r, &topic, &headers)).await;
+            }
+        }
+    }
+}
+
+fn dlq_record<'a>(
+    r: &'a Record,
+    topic: &'a str,
+    headers: &'a [(String, Vec<u8>)],
+) -> OutRecord<'a> {
+    OutRecord {
+        topic,
+        key: r.key.as_deref(),
+        payload: r.payload.as_deref().unwrap_or_default(),
+        headers,
+    }
+}
+
+/// Run `f` until it succeeds or `stop`, with growing waits (the offsets must not move before
+/// what it writes is durable).
+async fn retry_until_stopped<F, Fut>(
+    what: &str,
+    stop: &CancellationToken,
+    mut f: F,
+) -> Result<(), Abandoned>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match f().await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "{what} failed; retrying");
+                sleep_or_stop(wait, stop).await?;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn sleep_or_stop(wait: Duration, stop: &CancellationToken) -> Result<(), Abandoned> {
+    tokio::select! {
+        () = stop.cancelled() => Err(Abandoned),
+        () = tokio::time::sleep(wait) => Ok(()),
+    }
+}
+
+/// Queue every publish in order without waiting for acknowledgements. When one cannot be
+/// queued (the producer refuses it at once), it and the ones after it are left to be sent
+/// again, in order: `(acks, Some((index, why)))`.
+async fn enqueue_all(
+    ctx: &HandlerCtx,
+    publishes: &[Publish],
+) -> (Vec<Pending>, Option<(usize, anyhow::Error)>) {
+    let mut acks = Vec::with_capacity(publishes.len());
+    for (i, p) in publishes.iter().enumerate() {
+        match ctx.producer.enqueue(out_record(p)).await {
+            Ok(ack) => acks.push(ack),
+            Err(e) => return (acks, Some((i, e))),
+        }
+    }
+    (acks, None)
+}
+
+fn out_record(p: &Publish) -> OutRecord<'_> {
+    OutRecord {
+        topic: &p.topic,
+        key: p.key.as_deref(),
+        payload: &p.payload,
+        headers: &p.headers,
+    }
+}
+
+/// Whether `event` is a replay meant for another handler (one consuming the same topic that
+/// dead-lettered it): this one already handled the original.
+fn replay_for_another(event: &Event, handler: &str) -> bool {
+    event
+        .headers
+        .iter()
+        .rev()
+        .find(|(k, _)| k == REPLAY_HANDLER_HEADER)
+        .is_some_and(|(_, target)| target.as_slice() != handler.as_bytes())
+}
+
+/// The event a record becomes: its parts move (a payload is copied once, into the guest's
+/// memory).
+fn into_event(record: Record, attempt: u32) -> Event {
     let mut event = Event::from_record(
         record.topic,
         record.partition,
@@ -297,152 +926,14 @@ async fn process(
         record.headers,
         record.timestamp_ms,
     );
-    // The version active when the record starts handles it to the end, retries included: a
-    // swap affects the next record, never one in flight.
-    let component = ctx.component.load_full();
-    let sha = component.info().sha256.clone();
-    if *last_version != sha {
-        ctx.note_handled(&sha, &event.topic, event.partition, event.offset);
-        last_version.clone_from(&sha);
-    }
-
-    if let Some((_, target)) = event
-        .headers
-        .iter()
-        .rev()
-        .find(|(k, _)| k == REPLAY_HANDLER_HEADER)
-        && target.as_slice() != ctx.name.as_bytes()
-    {
-        ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
-        ctx.metrics.record(&ctx.name, &event.topic, "skipped");
-        tracing::debug!(event_id = %event.id, "a replay for another handler: skipped");
-        return Ok(Finish::Now);
-    }
-    // The ledger first, for every record, whatever it would otherwise become: a record this
-    // handler finished — handled, or dead-lettered as undecodable — is skipped when it comes
-    // again (a redelivery after a crash), so it is never dead-lettered twice.
-    let key = stored_key(&event.id, &event.headers);
-    let known = if in_flight.contains_key(key.as_ref()) {
-        // Handled moments ago; its entry is on its way to the ledger.
-        Ok(Some(()))
-    } else {
-        ctx.ledger.get(&ctx.name, &key).await.map(|e| e.map(|_| ()))
-    };
-    match known {
-        Ok(Some(())) => {
-            ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
-            ctx.metrics.record(&ctx.name, &event.topic, "skipped");
-            tracing::debug!(event_id = %event.id, "already done: skipped");
-            return Ok(Finish::Now);
-        }
-        Ok(None) => {}
-        // Not knowing is not a reason to skip: run it (at-least-once) and say so.
-        Err(e) => {
-            tracing::warn!(event_id = %event.id, error = %format!("{e:#}"), "ledger lookup failed; processing anyway")
-        }
-    }
-
-    if let Some(reason) = undecodable(&ctx.config, &event) {
-        let now = now_ms();
-        let f = Failure {
-            kind: DlqKind::Failure(FailureKind::Undecodable),
-            message: reason,
-            attempts: 0,
-            first_failure_ms: now,
-            last_failure_ms: now,
-        };
-        let (record, id) = into_record(event, tombstone);
-        return dead_letter(ctx, &record, &id, &sha, f, stop)
-            .await
-            .map(|()| Finish::Now);
-    }
-
-    let policy = ctx.config.retry;
-    let mut first_failure: Option<i64> = None;
-    let mut attempt = 1u32;
-    loop {
-        event.attempt = attempt;
-        let result = component.invoke(&event).await;
-        if let Ok(inv) = &result {
-            ctx.metrics.call(&ctx.name, inv.duration.as_secs_f64());
-        }
-        let (kind, message) = match result {
-            Err(e) => (
-                FailureKind::Retryable,
-                format!("host failure running the handler: {e:#}"),
-            ),
-            Ok(inv) => match inv.outcome {
-                // Records in flight overlap: queue the publishes now (in order) and let the
-                // background task await their acknowledgements before the ledger write.
-                Outcome::Ok if ctx.config.pending_ledger_writes > 1 => {
-                    let queued = enqueue_all(ctx, &inv.effects.publishes).await;
-                    let key = stored_key(&event.id, &event.headers).into_owned();
-                    let (record, event_id) = into_record(event, tombstone);
-                    return Ok(Finish::Later(Box::new(Staged {
-                        key,
-                        record,
-                        event_id,
-                        sent: Sent {
-                            sha: component.info().sha256.clone(),
-                            effects: inv.effects,
-                            queued,
-                            attempt,
-                            first_failure,
-                        },
-                    })));
-                }
-                Outcome::Ok => match publish_all(ctx, &inv.effects.publishes).await {
-                    Ok(()) => {
-                        // One record in flight: the next waits for this entry anyway, so
-                        // it is awaited here rather than in a task of its own (a task hop
-                        // less per record).
-                        let (record, id) = into_record(event, tombstone);
-                        finish_ok(ctx, &record, &id, sha, &inv.effects, stop).await?;
-                        return Ok(Finish::Now);
-                    }
-                    Err(e) => (
-                        FailureKind::Retryable,
-                        format!("publishing the handler's records failed: {e:#}"),
-                    ),
-                },
-                Outcome::Failed(f) => (f.kind, f.message),
-            },
-        };
-        let now = now_ms();
-        let first = *first_failure.get_or_insert(now);
-        // A failure that retrying cannot mend goes to the DLQ as what it is; a retryable one
-        // once the attempts are used up.
-        if !kind.is_retryable() || attempt >= policy.attempts {
-            let f = Failure {
-                kind: if kind.is_retryable() {
-                    DlqKind::RetriesExhausted
-                } else {
-                    DlqKind::Failure(kind)
-                },
-                message,
-                attempts: attempt,
-                first_failure_ms: first,
-                last_failure_ms: now,
-            };
-            let (record, id) = into_record(event, tombstone);
-            return dead_letter(ctx, &record, &id, &sha, f, stop)
-                .await
-                .map(|()| Finish::Now);
-        }
-        attempt += 1;
-        ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
-        ctx.metrics.record(&ctx.name, &event.topic, "retried");
-        let wait = policy.backoff(attempt, rand::random::<f64>());
-        tracing::info!(event_id = %event.id, attempt, ?wait, reason = %message, "retrying");
-        sleep_or_stop(wait, stop).await?;
-    }
+    event.attempt = attempt;
+    event
 }
 
-/// The record an event was made from, and the event id: the parts move back (a tombstone's
-/// payload is `None` again).
-fn into_record(event: Event, tombstone: bool) -> (Record, String) {
+/// The record an event was made from: the parts move back (a tombstone's payload is `None`
+/// again). The event's id has been taken.
+fn into_record(event: Event, tombstone: bool) -> Record {
     let Event {
-        id,
         topic,
         partition,
         offset,
@@ -452,7 +943,7 @@ fn into_record(event: Event, tombstone: bool) -> (Record, String) {
         timestamp_ms,
         ..
     } = event;
-    let record = Record {
+    Record {
         topic,
         partition,
         offset,
@@ -460,8 +951,7 @@ fn into_record(event: Event, tombstone: bool) -> (Record, String) {
         payload: (!tombstone).then_some(payload),
         headers,
         timestamp_ms,
-    };
-    (record, id)
+    }
 }
 
 /// Why the host refuses to run the handler on this record, if it does (an over-long event id
@@ -503,287 +993,6 @@ pub fn undecodable(config: &HandlerConfig, event: &Event) -> Option<String> {
         }
     }
     None
-}
-
-async fn publish_all(
-    ctx: &HandlerCtx,
-    publishes: &[crate::capabilities::Publish],
-) -> anyhow::Result<()> {
-    // Queue all, then await all: one round trip for the batch, order kept per partition by
-    // the idempotent producer.
-    let sends = publishes.iter().map(|p| ctx.producer.send(out_record(p)));
-    for r in futures::future::join_all(sends).await {
-        r?;
-    }
-    Ok(())
-}
-
-/// Queue every publish in order without waiting for acknowledgements. When one cannot be
-/// queued (the producer refuses it at once), it and the ones after it are left for
-/// [`settle`] to send again, in order.
-async fn enqueue_all(ctx: &HandlerCtx, publishes: &[crate::capabilities::Publish]) -> Queued {
-    let mut acks = Vec::with_capacity(publishes.len());
-    for p in publishes {
-        match ctx.producer.enqueue(out_record(p)).await {
-            Ok(ack) => acks.push(ack),
-            Err(e) => {
-                return Queued {
-                    acks,
-                    refused: Some(e),
-                };
-            }
-        }
-    }
-    Queued {
-        acks,
-        refused: None,
-    }
-}
-
-/// The publishes of one record as queued: `acks` for the first ones; `refused` says why the
-/// next one (and so the rest) could not be queued, if so.
-struct Queued {
-    acks: Vec<Pending>,
-    refused: Option<anyhow::Error>,
-}
-
-fn out_record(p: &crate::capabilities::Publish) -> OutRecord<'_> {
-    OutRecord {
-        topic: &p.topic,
-        key: p.key.as_deref(),
-        payload: &p.payload,
-        headers: &p.headers,
-    }
-}
-
-/// A record handled `ok` whose publishes are queued and not yet acknowledged.
-struct Sent {
-    sha: String,
-    effects: crate::capabilities::Effects,
-    queued: Queued,
-    /// The handler attempt that produced the publishes.
-    attempt: u32,
-    first_failure: Option<i64>,
-}
-
-/// Finish a group of records whose publishes were queued (records in flight overlap): settle
-/// each in order, then record those handled `ok` in the ledger with one request, then count
-/// them. Their completions are reported by the worker once this returns `Ok`.
-async fn settle_group(
-    ctx: &HandlerCtx,
-    group: Vec<Staged>,
-    stop: &CancellationToken,
-) -> Result<(), Abandoned> {
-    let mut settled = Vec::with_capacity(group.len());
-    for s in group {
-        if let Some(sha) = settle(ctx, &s.record, &s.event_id, s.sent, stop).await? {
-            settled.push((s.key, s.record, sha));
-        }
-    }
-    if settled.is_empty() {
-        return Ok(());
-    }
-    let mut wait = Duration::from_millis(50);
-    loop {
-        let at_ms = now_ms();
-        let entries = settled
-            .iter()
-            .map(|(key, record, sha)| {
-                let entry = LedgerEntry {
-                    outcome: LedgerOutcome::Ok,
-                    at_ms,
-                    component_sha256: sha.clone(),
-                    topic: record.topic.clone(),
-                    partition: record.partition,
-                    offset: record.offset,
-                };
-                (key.clone(), entry)
-            })
-            .collect();
-        match ctx.ledger.record_many(&ctx.name, entries).await {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::error!(records = settled.len(), error = %format!("{e:#}"), "ledger write failed; retrying");
-                sleep_or_stop(wait, stop).await?;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-    for (_, record, _) in &settled {
-        ctx.stats.processed.fetch_add(1, Ordering::Relaxed);
-        ctx.metrics.record(&ctx.name, &record.topic, "ok");
-    }
-    Ok(())
-}
-
-/// Settle a record whose publishes were queued: await every acknowledgement, then count them
-/// and deliver its pushes; `Some(component sha256)` then, for its ledger entry. A publish the
-/// producer gave up on is sent again on its own, not the handler run again (later records of
-/// the partition have run meanwhile, and the outputs are the same), following the retry
-/// policy: each re-send is an attempt, and when attempts run out the record is dead-lettered
-/// (and recorded so in the ledger): `None`. The offset does not move before either, as for
-/// any record.
-async fn settle(
-    ctx: &HandlerCtx,
-    record: &Record,
-    event_id: &str,
-    sent: Sent,
-    stop: &CancellationToken,
-) -> Result<Option<String>, Abandoned> {
-    let Sent {
-        sha,
-        effects,
-        queued,
-        mut attempt,
-        mut first_failure,
-    } = sent;
-    let mut failed = Vec::new();
-    let mut error = None;
-    let n_queued = queued.acks.len();
-    for (i, ack) in queued.acks.into_iter().enumerate() {
-        if let Err(e) = ack.acknowledged().await {
-            failed.push(i);
-            error.get_or_insert(e);
-        }
-    }
-    if let Some(e) = queued.refused {
-        failed.extend(n_queued..effects.publishes.len());
-        error.get_or_insert(e);
-    }
-    let policy = ctx.config.retry;
-    while let Some(e) = error.take() {
-        let message = format!("publishing the handler's records failed: {e:#}");
-        let now = now_ms();
-        let first = *first_failure.get_or_insert(now);
-        if attempt >= policy.attempts {
-            let f = Failure {
-                kind: DlqKind::RetriesExhausted,
-                message,
-                attempts: attempt,
-                first_failure_ms: first,
-                last_failure_ms: now,
-            };
-            return dead_letter(ctx, record, event_id, &sha, f, stop)
-                .await
-                .map(|()| None);
-        }
-        attempt += 1;
-        ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
-        ctx.metrics.record(&ctx.name, &record.topic, "retried");
-        let wait = policy.backoff(attempt, rand::random::<f64>());
-        tracing::info!(event_id, attempt, ?wait, reason = %message, "sending the handler's records again");
-        sleep_or_stop(wait, stop).await?;
-        // Those still unacknowledged, in their order; the handler does not run again.
-        let again = std::mem::take(&mut failed);
-        for i in again {
-            let Some(p) = effects.publishes.get(i) else {
-                continue;
-            };
-            if let Err(e) = ctx.producer.send(out_record(p)).await {
-                failed.push(i);
-                error.get_or_insert(e);
-            }
-        }
-    }
-    acknowledged(ctx, &effects);
-    Ok(Some(sha))
-}
-
-/// A record handled `ok` whose publishes are all acknowledged: count them and deliver its
-/// pushes (best effort, never waiting: see `crate::websocket`).
-fn acknowledged(ctx: &HandlerCtx, effects: &crate::capabilities::Effects) {
-    ctx.stats
-        .published
-        .fetch_add(effects.publishes.len() as u64, Ordering::Relaxed);
-    for b in &effects.broadcasts {
-        ctx.resources.ws.broadcast(&b.channel, &b.message);
-    }
-}
-
-/// A record handled `ok` whose publishes are all acknowledged, alone in flight: count its
-/// effects, record it in the ledger, count it.
-async fn finish_ok(
-    ctx: &HandlerCtx,
-    record: &Record,
-    event_id: &str,
-    sha: String,
-    effects: &crate::capabilities::Effects,
-    stop: &CancellationToken,
-) -> Result<(), Abandoned> {
-    acknowledged(ctx, effects);
-    record_ledger(ctx, record, event_id, sha, LedgerOutcome::Ok, stop).await?;
-    ctx.stats.processed.fetch_add(1, Ordering::Relaxed);
-    ctx.metrics.record(&ctx.name, &record.topic, "ok");
-    Ok(())
-}
-
-async fn sleep_or_stop(wait: Duration, stop: &CancellationToken) -> Result<(), Abandoned> {
-    tokio::select! {
-        () = stop.cancelled() => Err(Abandoned),
-        () = tokio::time::sleep(wait) => Ok(()),
-    }
-}
-
-/// Write the dead letter (retrying until it succeeds or a shutdown), then the ledger.
-async fn dead_letter(
-    ctx: &HandlerCtx,
-    record: &Record,
-    event_id: &str,
-    component: &str,
-    failure: Failure,
-    stop: &CancellationToken,
-) -> Result<(), Abandoned> {
-    let dlq_topic = ctx.config.dlq_topic_for(&record.topic);
-    let p = Provenance {
-        handler: &ctx.name,
-        group: &ctx.group_id,
-        component,
-        event_id,
-    };
-    let headers = dlq::headers(record, p, &failure);
-    let payload = record.payload.clone().unwrap_or_default();
-    let mut wait = Duration::from_millis(100);
-    loop {
-        let out = OutRecord {
-            topic: &dlq_topic,
-            key: record.key.as_deref(),
-            payload: &payload,
-            headers: &headers,
-        };
-        match ctx.producer.send(out).await {
-            Ok(d) => {
-                ctx.health
-                    .stuck(&ctx.name, &record.topic, record.partition, None);
-                tracing::warn!(
-                    event_id, dlq_topic = %dlq_topic, dlq_offset = d.offset,
-                    kind = failure.kind.as_str(), attempts = failure.attempts, reason = %failure.message,
-                    "dead-lettered"
-                );
-                break;
-            }
-            Err(e) => {
-                let msg = format!("{e:#}");
-                tracing::error!(event_id, dlq_topic = %dlq_topic, error = %msg, "dead-letter write failed; holding the partition and retrying");
-                ctx.health
-                    .stuck(&ctx.name, &record.topic, record.partition, Some(msg));
-                sleep_or_stop(wait, stop).await?;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-    record_ledger(
-        ctx,
-        record,
-        event_id,
-        component.to_owned(),
-        LedgerOutcome::DeadLettered,
-        stop,
-    )
-    .await?;
-    ctx.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-    ctx.metrics
-        .dead_letter(&ctx.name, &record.topic, failure.kind.as_str());
-    Ok(())
 }
 
 pub use super::replay::REPLAY_COUNT_HEADER;
@@ -828,39 +1037,6 @@ fn stored_key<'a>(event_id: &'a str, headers: &[(String, Vec<u8>)]) -> Cow<'a, s
         hex::encode(sha2::Sha256::digest(key.as_bytes()))
     ))
 }
-
-/// Record the outcome, retrying a failing ledger (the offset must not move before it).
-async fn record_ledger(
-    ctx: &HandlerCtx,
-    record: &Record,
-    event_id: &str,
-    component_sha256: String,
-    outcome: LedgerOutcome,
-    stop: &CancellationToken,
-) -> Result<(), Abandoned> {
-    let key = stored_key(event_id, &record.headers);
-    let event_id = key.as_ref();
-    let entry = LedgerEntry {
-        outcome,
-        at_ms: now_ms(),
-        component_sha256,
-        topic: record.topic.clone(),
-        partition: record.partition,
-        offset: record.offset,
-    };
-    let mut wait = Duration::from_millis(50);
-    loop {
-        match ctx.ledger.record(&ctx.name, event_id, entry.clone()).await {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                tracing::error!(event_id, error = %format!("{e:#}"), "ledger write failed; retrying");
-                sleep_or_stop(wait, stop).await?;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,8 @@ use crate::capabilities::log::{MAX_LOG_LINE, MAX_LOG_LINES, truncate_utf8};
 use crate::capabilities::producer::CAUSATION_HEADER;
 use crate::capabilities::sql::SqlTx;
 use crate::capabilities::{
-    Effects, Grants, KvStore, LogLine, Publish, SqlDatabase, SqlError, SqlValue, derive_event_id,
+    Effects, Grants, KvStore, KvWrite, LogLine, Publish, SqlDatabase, SqlError, SqlValue,
+    derive_event_id,
 };
 use crate::event::EVENT_ID_HEADER;
 
@@ -87,6 +88,16 @@ pub(crate) struct CallState {
     pub queued_bytes: usize,
     /// When the call must end; checked at every epoch tick (see `LoadedHandler::new_store`).
     pub deadline: Option<std::time::Instant>,
+    /// The kv writes of the records before this one in its batch that ended `ok` (key →
+    /// value, `None` deleted): what this call reads before the store.
+    pub kv_batch: std::collections::HashMap<String, Option<Vec<u8>>>,
+    /// The savepoint this call's SQL runs under inside the batch's transaction
+    /// (`kasm_<n>`), and whether it was taken (at the call's first statement).
+    pub savepoint: u32,
+    pub savepoint_open: bool,
+    /// The batch's transaction is unusable (a statement did not answer in time): the batch
+    /// cannot commit, and what it wrote is gone.
+    pub sql_lost: bool,
 }
 
 impl std::fmt::Debug for CallState {
@@ -218,6 +229,10 @@ impl HostState {
             sql_failed: None,
             queued_bytes: 0,
             deadline: None,
+            kv_batch: std::collections::HashMap::new(),
+            savepoint: 0,
+            savepoint_open: false,
+            sql_lost: false,
         };
         self.limiter.memory_denied = false;
         self.output.clear();
@@ -414,6 +429,9 @@ impl kasm::handler::producer::Host for HostState {
 impl kasm::handler::kv::Host for HostState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
         let (kv, ns, limit) = self.kv_parts()?;
+        if let Some(staged) = self.call.staged_kv(&key) {
+            return Ok(staged);
+        }
         bounded(limit, kv.get(&ns, &key)).await
     }
 
@@ -423,21 +441,55 @@ impl kasm::handler::kv::Host for HostState {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> Result<(), String> {
-        let (kv, ns, limit) = self.kv_parts()?;
-        bounded(
-            limit,
-            kv.set(&ns, &key, value, ttl_ms.map(Duration::from_millis)),
-        )
-        .await
+        self.kv_parts()?;
+        self.stage_kv(KvWrite {
+            key,
+            value: Some(value),
+            ttl: ttl_ms.map(Duration::from_millis),
+        })
     }
 
     async fn delete(&mut self, key: String) -> Result<bool, String> {
         let (kv, ns, limit) = self.kv_parts()?;
-        bounded(limit, kv.delete(&ns, &key)).await
+        let was = match self.call.staged_kv(&key) {
+            Some(staged) => staged.is_some(),
+            None => bounded(limit, kv.get(&ns, &key)).await?.is_some(),
+        };
+        self.stage_kv(KvWrite {
+            key,
+            value: None,
+            ttl: None,
+        })?;
+        Ok(was)
+    }
+}
+
+impl CallState {
+    /// What this call and the records before it in the batch staged for `key`: `Some(value)`
+    /// (`Some(None)`: deleted) or `None` when nothing is staged and the store decides.
+    fn staged_kv(&self, key: &str) -> Option<Option<Vec<u8>>> {
+        if let Some(w) = self.effects.kv_writes.iter().rev().find(|w| w.key == key) {
+            return Some(w.value.clone());
+        }
+        self.kv_batch.get(key).cloned()
     }
 }
 
 impl HostState {
+    /// Stage a kv write, counted against what one call may make the host hold.
+    fn stage_kv(&mut self, w: KvWrite) -> Result<(), String> {
+        let bytes = w.key.len() + w.value.as_ref().map_or(0, Vec::len);
+        if self.call.queued_bytes.saturating_add(bytes) > self.env.max_call_output_bytes {
+            return Err(format!(
+                "this call's records, pushes and kv writes would exceed {} bytes",
+                self.env.max_call_output_bytes
+            ));
+        }
+        self.call.queued_bytes += bytes;
+        self.call.effects.kv_writes.push(w);
+        Ok(())
+    }
+
     fn kv_parts(&self) -> Result<(Arc<dyn KvStore>, String, Duration), String> {
         if !self.env.grants.kv {
             return Err(format!(
@@ -521,7 +573,9 @@ impl kasm::handler::sql::Host for HostState {
 const MAX_SQL_ROWS: usize = 10_000;
 
 impl HostState {
-    /// The call's transaction, opened at its first statement.
+    /// The batch's transaction, opened at the first statement of the batch, with this call's
+    /// savepoint taken at the call's first statement: a call that fails is rolled back to it
+    /// alone, and the records before it keep their writes.
     async fn sql_tx(&mut self) -> Result<&mut Box<dyn SqlTx>, WitSqlError> {
         let Some(db) = self.env.sql.clone() else {
             return Err(WitSqlError::Rejected(format!(
@@ -531,30 +585,59 @@ impl HostState {
         };
         if let Some(e) = &self.call.sql_failed {
             return Err(to_wit_error(SqlError::Rejected(format!(
-                "an earlier statement of this call failed and its transaction was rolled back ({e})"
+                "an earlier statement of this call failed and its writes are rolled back ({e})"
             ))));
         }
+        if self.call.sql_lost {
+            return Err(WitSqlError::Unavailable(
+                "the batch's transaction was lost (a statement did not answer in time)".into(),
+            ));
+        }
+        let limit = self.env.sql_timeout;
         if self.call.sql.is_none() {
-            let tx = bounded_sql(self.env.sql_timeout, db.begin()).await;
+            let tx = bounded_sql(limit, db.begin()).await;
             let tx = self.note_sql(tx)?;
             self.call.sql = Some(tx);
         }
-        self.call
-            .sql
-            .as_mut()
-            .ok_or_else(|| WitSqlError::Unavailable("the call's transaction is gone".into()))
+        if !self.call.savepoint_open {
+            let name = savepoint_name(self.call.savepoint);
+            let tx = self.call.sql.as_mut().ok_or_else(gone)?;
+            let r = bounded_sql(limit, tx.batch(&format!("SAVEPOINT {name}"))).await;
+            self.note_sql(r)?;
+            self.call.savepoint_open = true;
+        }
+        self.call.sql.as_mut().ok_or_else(gone)
     }
 
-    /// Remember a failed statement: the transaction is rolled back and the call cannot
-    /// commit (PostgreSQL refuses further statements in it anyway; SQLite is made to agree).
+    /// Remember a failed statement: the call cannot commit (its savepoint is rolled back when
+    /// it ends; PostgreSQL refuses further statements until then anyway, and SQLite is made to
+    /// agree). A statement that did not answer in time leaves the connection in an unknown
+    /// state: the batch's transaction is dropped (rolled back) and the batch cannot commit.
     fn note_sql<T>(&mut self, r: Result<T, SqlError>) -> Result<T, WitSqlError> {
         r.map_err(|e| {
-            self.call.sql = None;
+            if let SqlError::Unavailable(m) = &e
+                && m.starts_with(SQL_NO_ANSWER)
+            {
+                self.call.sql = None;
+                self.call.sql_lost = true;
+            }
             self.call.sql_failed = Some(e.clone());
             to_wit_error(e)
         })
     }
 }
+
+fn gone() -> WitSqlError {
+    WitSqlError::Unavailable("the batch's transaction is gone".into())
+}
+
+/// The name of savepoint `n` of a batch's transaction.
+pub(crate) fn savepoint_name(n: u32) -> String {
+    format!("kasm_{n}")
+}
+
+/// How a statement that did not answer within its bound is reported.
+const SQL_NO_ANSWER: &str = "the database did not answer within";
 
 async fn bounded_sql<T>(
     limit: Duration,
@@ -562,9 +645,7 @@ async fn bounded_sql<T>(
 ) -> Result<T, SqlError> {
     match tokio::time::timeout(limit, fut).await {
         Ok(r) => r,
-        Err(_) => Err(SqlError::Unavailable(format!(
-            "the database did not answer within {limit:?}"
-        ))),
+        Err(_) => Err(SqlError::Unavailable(format!("{SQL_NO_ANSWER} {limit:?}"))),
     }
 }
 

@@ -8,6 +8,7 @@
 //! guest's own `retryable`/`fatal` error — a trap, a timeout, out-of-memory — is dropped
 //! and never entered again.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,12 +16,15 @@ use anyhow::Context as _;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use crate::capabilities::log::truncate_utf8;
+use crate::capabilities::sql::SqlTx;
 use crate::capabilities::{Grants, KvStore, MemoryKv, SqlDatabase, SqlError};
 use crate::event::Event;
 
 use super::Runtime;
 use super::component::{ComponentInfo, LoadReport};
-use super::host::{Handler, HandlerEnv, HandlerPre, HostState, WitEvent, WitHandlerError};
+use super::host::{
+    Handler, HandlerEnv, HandlerPre, HostState, WitEvent, WitHandlerError, savepoint_name,
+};
 use super::outcome::{FailureKind, HandlerFailure, Invocation, Outcome};
 
 /// How a handler is run: its name, grants and limits.
@@ -176,8 +180,9 @@ impl LoadedHandler {
         self.warm.lock().ok()?.pop()
     }
 
-    fn give_back(&self, mut warm: Warm) {
-        warm.calls += 1;
+    /// An instance that served its calls soundly: kept for the next call (with
+    /// `instance_reuse`, until it served that many; without, for the rest of its batch).
+    fn give_back(&self, warm: Warm) {
         if warm.calls >= self.instance_reuse {
             return;
         }
@@ -211,133 +216,45 @@ impl LoadedHandler {
         store
     }
 
-    /// Run `event` through the handler.
+    /// Start a batch: the records run through [`Batch::invoke`] share an instance, one SQL
+    /// transaction and their staged kv writes until the batch ends.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            handler: self,
+            warm: None,
+            sql: None,
+            sql_lost: false,
+            kv: HashMap::new(),
+            calls: 0,
+        }
+    }
+
+    /// Run `event` through the handler on its own: a batch of one, its SQL committed and its
+    /// kv writes applied when it ends `ok` (`kasm invoke`, tests).
     ///
     /// `Ok` carries the outcome (including guest failures, traps, timeouts and
     /// out-of-memory); `Err` is a host-side failure to run the call at all (for example no
     /// free instance slot), which the caller should treat as retryable.
     pub async fn invoke(&self, event: &Event) -> anyhow::Result<Invocation> {
-        let start = Instant::now();
-        let (mut store, bindings, calls, reused) = match self.take_warm() {
-            Some(w) => (w.store, Some(w.bindings), w.calls, true),
-            None => (self.new_store(), None, 0, false),
-        };
-        store
-            .data_mut()
-            .begin_call(&event.id, &event.topic, event.partition, event.offset);
-        // Arm the deadline before instantiating: instantiation runs guest code.
-        store.data_mut().call.deadline = Some(start + self.deadline);
-        store.set_epoch_deadline(1);
-        // Borrowed, not copied: wasmtime lowers these bytes into the guest's memory directly.
-        let headers: Vec<(&str, &[u8])> = event
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_slice()))
-            .collect();
-        let wit_event = to_wit(event, &headers);
-
-        // The epoch stops guest code; this stops a host import that never returns.
-        let hard_limit = self.deadline + self.deadline / 4 + Duration::from_millis(50);
-        let pre = &self.pre;
-        let run = async {
-            let bindings = match bindings {
-                Some(b) => b,
-                None => match pre.instantiate_async(&mut store).await {
-                    Ok(b) => b,
-                    Err(e) => return Err((e, true)),
-                },
-            };
-            match bindings.call_handle(&mut store, wit_event).await {
-                Ok(r) => Ok((bindings, r)),
-                Err(e) => Err((e, false)),
+        let mut batch = self.batch();
+        let mut inv = batch.invoke(event).await?;
+        if inv.outcome == Outcome::Ok {
+            if let Err(e) = batch.commit_sql().await {
+                inv.outcome = Outcome::Failed(HandlerFailure::new(FailureKind::Retryable, e));
+            } else if let Err(e) = self
+                .env
+                .kv
+                .apply(&self.env.name, inv.effects.kv_writes.clone())
+                .await
+            {
+                inv.outcome = Outcome::Failed(HandlerFailure::new(
+                    FailureKind::Retryable,
+                    format!("applying the kv writes failed: {e:#}"),
+                ));
             }
-        };
-        let result = tokio::time::timeout(hard_limit, run).await;
-
-        let outcome = match result {
-            Err(_elapsed) => Outcome::Failed(HandlerFailure::new(
-                FailureKind::Timeout,
-                format!(
-                    "handler did not finish within {:?} (a host call did not return)",
-                    self.deadline
-                ),
-            )),
-            Ok(Ok((bindings, guest_result))) => {
-                let outcome = match guest_result {
-                    Ok(()) => self.commit_sql(&mut store).await,
-                    Err(WitHandlerError::Retryable(m)) => Outcome::Failed(HandlerFailure::new(
-                        FailureKind::Retryable,
-                        guest_message(m),
-                    )),
-                    Err(WitHandlerError::Fatal(m)) => {
-                        Outcome::Failed(HandlerFailure::new(FailureKind::Fatal, guest_message(m)))
-                    }
-                };
-                let invocation = self.finish(&mut store, outcome, start, reused);
-                // A call that returned normally leaves a sound instance behind.
-                if self.instance_reuse > 0 {
-                    self.give_back(Warm {
-                        store,
-                        bindings,
-                        calls,
-                    });
-                }
-                return Ok(invocation);
-            }
-            Ok(Err((e, instantiating))) => {
-                match self.classify(&e, store.data()) {
-                    Some(failure) => Outcome::Failed(failure),
-                    // Not the guest's doing: e.g. the instance pool is exhausted.
-                    None if instantiating => {
-                        return Err(anyhow::Error::from(e)).with_context(|| {
-                            format!(
-                                "handler={} event_id={}: instantiating",
-                                self.env.name, event.id
-                            )
-                        });
-                    }
-                    None => Outcome::Failed(HandlerFailure::new(
-                        FailureKind::Trap,
-                        with_output(format!("{e:#}"), &store.data().output.text()),
-                    )),
-                }
-            }
-        };
-        // The store is dropped here: a trapped or timed-out instance is never entered again.
-        Ok(self.finish(&mut store, outcome, start, reused))
-    }
-
-    /// The call returned `ok`: commit its SQL transaction, if it opened one. A call that hit
-    /// an SQL error (and went on to return `ok` anyway) cannot commit: its outcome becomes that
-    /// error (`unavailable` → retryable, `rejected` → fatal).
-    async fn commit_sql(&self, store: &mut Store<HostState>) -> Outcome {
-        let call = &mut store.data_mut().call;
-        if let Some(e) = call.sql_failed.take() {
-            call.sql = None;
-            let message = format!(
-                "returned ok after a failed sql statement (its transaction was rolled back): {e}"
-            );
-            let kind = match e {
-                SqlError::Unavailable(_) => FailureKind::Retryable,
-                SqlError::Rejected(_) => FailureKind::Fatal,
-            };
-            return Outcome::Failed(HandlerFailure::new(kind, message));
         }
-        let Some(tx) = call.sql.take() else {
-            return Outcome::Ok;
-        };
-        let limit = self.env.sql_timeout;
-        match tokio::time::timeout(limit, tx.commit()).await {
-            Ok(Ok(())) => Outcome::Ok,
-            Ok(Err(e)) => Outcome::Failed(HandlerFailure::new(
-                FailureKind::Retryable,
-                format!("committing the sql transaction failed: {e}"),
-            )),
-            Err(_) => Outcome::Failed(HandlerFailure::new(
-                FailureKind::Retryable,
-                format!("committing the sql transaction took longer than {limit:?}"),
-            )),
-        }
+        batch.finish();
+        Ok(inv)
     }
 
     fn finish(
@@ -348,8 +265,6 @@ impl LoadedHandler {
         reused: bool,
     ) -> Invocation {
         let state = store.data_mut();
-        // Whatever was not committed is rolled back now, not when the instance is next used.
-        state.call.sql = None;
         let effects = std::mem::take(&mut state.call.effects);
         let guest_output = state.output.text();
         Invocation {
@@ -358,6 +273,7 @@ impl LoadedHandler {
             guest_output,
             duration: start.elapsed(),
             reused_instance: reused,
+            savepoint: None,
         }
     }
 
@@ -402,6 +318,265 @@ impl LoadedHandler {
         }
         None
     }
+}
+
+/// One batch's share of a handler: the instance its records run on, the SQL transaction
+/// they write in (a savepoint per record) and the kv writes of those that ended `ok`.
+///
+/// Records run one after another ([`Batch::invoke`]); a call that does not end `ok` has its
+/// savepoint rolled back, so the records before it keep their writes. An instance that
+/// trapped, timed out or ran out of memory is dropped and the next record gets a fresh one.
+/// The caller commits ([`Batch::commit_sql`]) once the batch's publishes are acknowledged, or
+/// undoes a suffix first ([`Batch::undo_from`]). Dropping the batch rolls back what it did
+/// not commit.
+pub struct Batch<'h> {
+    handler: &'h LoadedHandler,
+    warm: Option<Warm>,
+    sql: Option<Box<dyn SqlTx>>,
+    sql_lost: bool,
+    kv: HashMap<String, Option<Vec<u8>>>,
+    calls: u32,
+}
+
+impl std::fmt::Debug for Batch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("handler", &self.handler.env.name)
+            .field("calls", &self.calls)
+            .field("sql_open", &self.sql.is_some())
+            .field("sql_lost", &self.sql_lost)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Batch<'_> {
+    /// Run `event` as the batch's next record. See [`LoadedHandler::invoke`] for what `Ok`
+    /// and `Err` mean; on `Ok(ok)` the call's kv writes are visible to the records after it.
+    pub async fn invoke(&mut self, event: &Event) -> anyhow::Result<Invocation> {
+        let h = self.handler;
+        let start = Instant::now();
+        let warm = self.warm.take().or_else(|| h.take_warm());
+        let (mut store, bindings, calls, reused) = match warm {
+            Some(w) => (w.store, Some(w.bindings), w.calls, w.calls > 0),
+            None => (h.new_store(), None, 0, false),
+        };
+        let savepoint = self.calls;
+        self.calls = self.calls.wrapping_add(1);
+        {
+            let state = store.data_mut();
+            state.begin_call(&event.id, &event.topic, event.partition, event.offset);
+            // The batch's transaction and staged kv, lent to the call and taken back after.
+            state.call.sql = self.sql.take();
+            state.call.kv_batch = std::mem::take(&mut self.kv);
+            state.call.savepoint = savepoint;
+            state.call.sql_lost = self.sql_lost;
+            // Arm the deadline before instantiating: instantiation runs guest code.
+            state.call.deadline = Some(start + h.deadline);
+        }
+        store.set_epoch_deadline(1);
+        // Borrowed, not copied: wasmtime lowers these bytes into the guest's memory directly.
+        let headers: Vec<(&str, &[u8])> = event
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        let wit_event = to_wit(event, &headers);
+
+        // The epoch stops guest code; this stops a host import that never returns.
+        let hard_limit = h.deadline + h.deadline / 4 + Duration::from_millis(50);
+        let pre = &h.pre;
+        let run = async {
+            let bindings = match bindings {
+                Some(b) => b,
+                None => match pre.instantiate_async(&mut store).await {
+                    Ok(b) => b,
+                    Err(e) => return Err((e, true)),
+                },
+            };
+            match bindings.call_handle(&mut store, wit_event).await {
+                Ok(r) => Ok((bindings, r)),
+                Err(e) => Err((e, false)),
+            }
+        };
+        let result = tokio::time::timeout(hard_limit, run).await;
+        // A call cut off by the hard limit may have left a statement running.
+        let cut_off = result.is_err();
+
+        let (outcome, keep) = match result {
+            Err(_elapsed) => (
+                Outcome::Failed(HandlerFailure::new(
+                    FailureKind::Timeout,
+                    format!(
+                        "handler did not finish within {:?} (a host call did not return)",
+                        h.deadline
+                    ),
+                )),
+                None,
+            ),
+            Ok(Ok((bindings, guest_result))) => {
+                let outcome = match guest_result {
+                    Ok(()) => sql_outcome(&mut store),
+                    Err(WitHandlerError::Retryable(m)) => Outcome::Failed(HandlerFailure::new(
+                        FailureKind::Retryable,
+                        guest_message(m),
+                    )),
+                    Err(WitHandlerError::Fatal(m)) => {
+                        Outcome::Failed(HandlerFailure::new(FailureKind::Fatal, guest_message(m)))
+                    }
+                };
+                // A call that returned normally leaves a sound instance behind.
+                (outcome, Some(bindings))
+            }
+            Ok(Err((e, instantiating))) => match h.classify(&e, store.data()) {
+                Some(failure) => (Outcome::Failed(failure), None),
+                // Not the guest's doing: e.g. the instance pool is exhausted.
+                None if instantiating => {
+                    self.take_back(&mut store, false);
+                    return Err(anyhow::Error::from(e)).with_context(|| {
+                        format!(
+                            "handler={} event_id={}: instantiating",
+                            h.env.name, event.id
+                        )
+                    });
+                }
+                None => (
+                    Outcome::Failed(HandlerFailure::new(
+                        FailureKind::Trap,
+                        with_output(format!("{e:#}"), &store.data().output.text()),
+                    )),
+                    None,
+                ),
+            },
+        };
+        let ok = outcome == Outcome::Ok;
+        let wrote = self.take_back(&mut store, cut_off);
+        let mut invocation = h.finish(&mut store, outcome, start, reused);
+        if ok {
+            for w in &invocation.effects.kv_writes {
+                self.kv.insert(w.key.clone(), w.value.clone());
+            }
+            invocation.savepoint = wrote.then_some(savepoint);
+        } else if wrote && let Err(e) = self.rollback_to(savepoint).await {
+            tracing::warn!(handler = %h.env.name, event_id = %event.id, error = %e,
+                "rolling back a failed call's savepoint failed; the batch's transaction is dropped");
+            self.lose_sql();
+        }
+        // A trapped or timed-out instance is never entered again: its store is dropped.
+        if let Some(bindings) = keep {
+            self.warm = Some(Warm {
+                store,
+                bindings,
+                calls: calls.saturating_add(1),
+            });
+        }
+        Ok(invocation)
+    }
+
+    /// Take the transaction and staged kv back from a call's store; whether the call took a
+    /// savepoint (wrote under it). `cut_off`: the call was stopped while it may have been
+    /// inside a statement, so the transaction cannot be trusted.
+    fn take_back(&mut self, store: &mut Store<HostState>, cut_off: bool) -> bool {
+        let call = &mut store.data_mut().call;
+        self.sql = call.sql.take();
+        self.kv = std::mem::take(&mut call.kv_batch);
+        self.sql_lost |= call.sql_lost;
+        let wrote = call.savepoint_open;
+        if cut_off && wrote {
+            self.lose_sql();
+        }
+        wrote
+    }
+
+    fn lose_sql(&mut self) {
+        self.sql = None;
+        self.sql_lost = true;
+    }
+
+    async fn rollback_to(&mut self, savepoint: u32) -> Result<(), SqlError> {
+        let limit = self.handler.env.sql_timeout;
+        let Some(tx) = self.sql.as_mut() else {
+            return Ok(());
+        };
+        let statement = format!("ROLLBACK TO SAVEPOINT {}", savepoint_name(savepoint));
+        match tokio::time::timeout(limit, tx.batch(&statement)).await {
+            Ok(r) => r,
+            Err(_) => Err(SqlError::Unavailable(format!(
+                "the database did not answer within {limit:?}"
+            ))),
+        }
+    }
+
+    /// Whether the batch's transaction was lost (a statement did not answer in time, or a
+    /// rollback failed): what the batch's records wrote is gone, and they must run again.
+    pub fn sql_lost(&self) -> bool {
+        self.sql_lost
+    }
+
+    /// Undo the SQL writes of the call that took `savepoint` and of every call after it
+    /// (their savepoints nest inside it).
+    pub async fn undo_from(&mut self, savepoint: u32) -> Result<(), String> {
+        match self.rollback_to(savepoint).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.lose_sql();
+                Err(format!(
+                    "rolling back the batch's sql to a record failed: {e}"
+                ))
+            }
+        }
+    }
+
+    /// Commit the batch's SQL transaction, if its records wrote any. Afterwards the batch has
+    /// no transaction; a later record opens a new one.
+    pub async fn commit_sql(&mut self) -> Result<(), String> {
+        if self.sql_lost {
+            return Err("the batch's sql transaction was lost; its writes were rolled back".into());
+        }
+        let Some(tx) = self.sql.take() else {
+            return Ok(());
+        };
+        let limit = self.handler.env.sql_timeout;
+        match tokio::time::timeout(limit, tx.commit()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("committing the sql transaction failed: {e}")),
+            Err(_) => Err(format!(
+                "committing the sql transaction took longer than {limit:?}"
+            )),
+        }
+    }
+
+    /// Forget the SQL transaction (rolled back) and the staged kv: the records of the batch
+    /// run again.
+    pub fn reset(&mut self) {
+        self.sql = None;
+        self.sql_lost = false;
+        self.kv.clear();
+    }
+
+    /// End the batch: an instance that may serve more calls goes back to the handler's pool
+    /// (with `instance_reuse`); anything not committed is rolled back.
+    pub fn finish(mut self) {
+        if let Some(w) = self.warm.take() {
+            self.handler.give_back(w);
+        }
+    }
+}
+
+/// The call returned `ok`: it may still have hit an SQL error (and returned `ok` anyway), in
+/// which case it cannot commit: its outcome becomes that error (`unavailable` → retryable,
+/// `rejected` → fatal).
+fn sql_outcome(store: &mut Store<HostState>) -> Outcome {
+    let call = &mut store.data_mut().call;
+    let Some(e) = call.sql_failed.take() else {
+        return Outcome::Ok;
+    };
+    let message =
+        format!("returned ok after a failed sql statement (its writes were rolled back): {e}");
+    let kind = match e {
+        SqlError::Unavailable(_) => FailureKind::Retryable,
+        SqlError::Rejected(_) => FailureKind::Fatal,
+    };
+    Outcome::Failed(HandlerFailure::new(kind, message))
 }
 
 /// Longest error message kept from what a guest returns, in bytes: with the truncation marker

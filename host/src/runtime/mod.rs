@@ -38,7 +38,7 @@ pub use cache::ArtifactCache;
 pub use component::{
     ComponentInfo, ImportInfo, ImportKind, LoadError, LoadReport, LoadSource, sha256_hex,
 };
-pub use invoke::{HandlerSpec, LoadedHandler};
+pub use invoke::{Batch, HandlerSpec, LoadedHandler};
 pub use outcome::{FailureKind, HandlerFailure, Invocation, Outcome};
 
 use host::HostState;

@@ -115,8 +115,12 @@ pub struct Invocation {
     /// Wall time of the call, instantiation included.
     #[serde(serialize_with = "serialize_micros")]
     pub duration: Duration,
-    /// Whether the call ran on a reused instance.
+    /// Whether the call ran on a reused instance (one that served an earlier call).
     pub reused_instance: bool,
+    /// Inside a batch: the savepoint of the batch's SQL transaction that this call's writes
+    /// sit under, when it ended `ok` having written SQL (see `runtime::Batch::undo_from`).
+    #[serde(skip)]
+    pub savepoint: Option<u32>,
 }
 
 fn serialize_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
