@@ -1,7 +1,8 @@
 //! A small key-value store private to the handler: the `kv` capability.
 //!
 //! Keys live in the handler's own namespace, so two handlers never see each other's data.
-//! Values are opaque bytes. A failure of the store is [`HandlerError::Retryable`]: the host's
+//! Values are opaque bytes. Writes are kept only if the handler returns `Ok` (the host applies
+//! them with the call's batch); a call reads its own writes. A failure of the store is [`HandlerError::Retryable`]: the host's
 //! store being unavailable is the common cause, and the retry policy still dead-letters the
 //! record if it never recovers. Map it to [`HandlerError::fatal`] yourself where a retry
 //! cannot help.

@@ -2,8 +2,9 @@
 //!
 //! An SQLite file by default, PostgreSQL when the operator's grant says so; the handler's code
 //! is the same. Parameters are positional (`$1`, `$2`, …) and always bound, never spliced into
-//! the statement. Everything one call does runs in one transaction that the host commits only
-//! if the handler returns `Ok`, so a handler that fails half way leaves nothing behind.
+//! the statement. What one call does is kept only if the handler returns `Ok` (the host runs
+//! it under a savepoint of the batch's transaction), so a handler that fails half way leaves
+//! nothing behind.
 //!
 //! An event can still run twice (a crash between the commit and the ledger), so make writes
 //! idempotent by event id:

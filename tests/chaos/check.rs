@@ -127,7 +127,7 @@ pub struct Observation {
     /// Committed offsets after the round drained and every host stopped.
     pub final_committed: HashMap<i32, i64>,
     /// Records one host may have in flight at once (its partition workers, each up to its
-    /// `pending_ledger_writes`).
+    /// `max_batch`: the batch in hand).
     pub in_flight: usize,
 }
 

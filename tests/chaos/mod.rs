@@ -438,8 +438,8 @@ struct Round<'a> {
     dlq: String,
     group: String,
     partitions: i32,
-    /// The hosts' `pending_ledger_writes`: records a partition worker may have handled
-    /// before the first of them is recorded.
+    /// The hosts' `max_batch`: records a partition worker may have handled before the first
+    /// of them is recorded (its batch).
     pending: usize,
     configs: [PathBuf; 2],
     hosts: [Option<HostProcess>; 2],
@@ -490,7 +490,11 @@ impl<'a> Round<'a> {
             .expect("coordinator");
         let dir = tempfile::tempdir().expect("tempdir");
         let commit_interval = *["200ms", "200ms", "1s"].choose(&mut rng).expect("choice");
-        let pending: usize = *[1, 1, 8, 32].choose(&mut rng).expect("choice");
+        // The default batch most often, and one record at a time now and then.
+        let default_batch = kasm_host::config::defaults::max_batch();
+        let pending: usize = *[default_batch, default_batch, 32, 1]
+            .choose(&mut rng)
+            .expect("choice");
         let configs = HANDLERS.map(|h| {
             host_config(
                 dir.path(),
@@ -499,7 +503,7 @@ impl<'a> Round<'a> {
                 &out,
                 &group,
                 commit_interval,
-                &format!("pending_ledger_writes = {pending}"),
+                &format!("max_batch = {pending}"),
             )
         });
         let log = TopicLog::new(
@@ -511,7 +515,7 @@ impl<'a> Round<'a> {
         let producer = BurstProducer::start(rt.clone(), &bootstrap, &topic);
         eprintln!(
             "chaos: round {} seed {seed}: topic {topic}, commit_interval {commit_interval}, \
-             pending_ledger_writes {pending}",
+             max_batch {pending}",
             index + 1
         );
         Round {
@@ -624,8 +628,8 @@ impl<'a> Round<'a> {
             snapshots: std::mem::take(&mut self.snapshots),
             swaps: std::mem::take(&mut self.swaps),
             final_committed,
-            // Each partition worker: the record in hand, or with `pending_ledger_writes` N
-            // that many handled (outputs possibly still on their way) before one is recorded.
+            // Each partition worker: the batch in hand, `max_batch` records handled (outputs
+            // possibly acknowledged) before one of them is recorded.
             in_flight: usize::try_from(self.partitions).unwrap_or(1) * self.pending.max(1),
             ..Observation::default()
         };
