@@ -68,8 +68,9 @@ fmt:
 	$(CARGO) fmt --manifest-path handlers/Cargo.toml --all
 
 ## bench: handler call benchmarks, then the pipeline side by side on the embedded cluster:
-## throughput (baseline rdkafka, kasm variants, the aiokafka peer from PyPI), latency at
-## 1k/5k/20k records/s, the hot-swap pause, peak RSS; release build; numbers in BENCHMARKS.md
+## throughput (baseline rdkafka, kasm's defaults and one-key variants, the audit handler, two
+## aiokafka peers from PyPI: commit per batch and per message), latency at 10/1k/5k/50k
+## records/s, the hot-swap pause, peak RSS; release build; numbers in BENCHMARKS.md
 bench: handlers
 	$(CARGO) build --release -p kasm-host --bins
 	$(CARGO) bench -p kasm-host --bench invoke

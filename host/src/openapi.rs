@@ -136,8 +136,9 @@ pub fn document() -> Value {
                         "committed": { "type": ["integer", "null"] }, "high_watermark": { "type": ["integer", "null"] },
                         "lag": { "type": ["integer", "null"] }, "in_flight": { "type": "integer" }, "paused": { "type": "boolean" } } } },
                     "counters": { "type": "object", "properties": {
-                        "processed": { "type": "integer" }, "skipped": { "type": "integer" },
-                        "retried": { "type": "integer" }, "dead_lettered": { "type": "integer" } } } } },
+                        "received": { "type": "integer" }, "processed": { "type": "integer" },
+                        "skipped": { "type": "integer" }, "retried": { "type": "integer" },
+                        "dead_lettered": { "type": "integer" }, "published": { "type": "integer" } } } } },
                 "SwapReport": { "type": "object", "properties": {
                     "handler": { "type": "string" }, "previous": { "type": "string" }, "active": { "type": "string" },
                     "load": { "type": "string", "enum": ["compiled", "cache"] },

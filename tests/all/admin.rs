@@ -54,7 +54,16 @@ fn active_sha(addr: &str) -> String {
 async fn ten_swaps_under_load_lose_nothing_and_each_event_runs_on_one_version() {
     let s = Setup::new(TestBroker::from_env(), 4).await;
     let n = 20_000;
-    produce(&s.broker.producer(), &s.topic, &events("ev", 0..n, &s.out)).await;
+    // The events come in eleven parts, the first before the swaps and each next one right
+    // after a swap, so that every version gets records however fast the batches go.
+    let part = n / 11;
+    let parts = |k: usize| k * part..if k == 10 { n } else { (k + 1) * part };
+    produce(
+        &s.broker.producer(),
+        &s.topic,
+        &events("ev", parts(0), &s.out),
+    )
+    .await;
     let host = start(&s, Some(TOKEN)).await;
     let addr = host.admin_addr.to_string();
     let v1 = component_bytes("fixture-publisher");
@@ -63,10 +72,10 @@ async fn ten_swaps_under_load_lose_nothing_and_each_event_runs_on_one_version() 
     let deadline = Instant::now() + Duration::from_secs(120);
     while swaps < 10 {
         assert!(Instant::now() < deadline, "swaps did not finish");
-        // Swap while records flow.
+        // Swap while records flow: a quarter of this part handled.
         let processed = host.handlers[0].stats.snapshot().processed;
-        if processed < (swaps as u64 + 1) * (n as u64 / 12) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if processed < (swaps * part + part / 4) as u64 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
             continue;
         }
         let bytes = if swaps % 2 == 0 { &v2 } else { &v1 };
@@ -80,6 +89,12 @@ async fn ten_swaps_under_load_lose_nothing_and_each_event_runs_on_one_version() 
         assert_eq!(code, 200, "{body}");
         let r: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(r["active"], kasm_host::runtime::sha256_hex(bytes));
+        produce(
+            &s.broker.producer(),
+            &s.topic,
+            &events("ev", parts(swaps + 1), &s.out),
+        )
+        .await;
         swaps += 1;
     }
     let got = read_topic(&s.broker.bootstrap(), &s.out, n, Duration::from_secs(240));

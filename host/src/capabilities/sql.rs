@@ -138,6 +138,12 @@ pub trait SqlTx: Send {
     async fn query(&mut self, statement: &str, params: &[SqlValue]) -> Result<SqlRows, SqlError>;
     /// Run several statements without parameters (migrations).
     async fn batch(&mut self, statements: &str) -> Result<(), SqlError>;
+    /// Run `statements` (no parameters: `SAVEPOINT`, `RELEASE`) just before the next statement
+    /// or the commit, in the same trip to the database where the backend can. An error they
+    /// cause is that statement's.
+    fn defer(&mut self, statements: &str);
+    /// Bound each statement's run (where the backend can stop it itself).
+    fn bound_statements(&mut self, _limit: Duration) {}
     /// Commit.
     async fn commit(self: Box<Self>) -> Result<(), SqlError>;
 }
@@ -327,6 +333,8 @@ impl SqlDatabase for SqliteDb {
             conn: Some(conn),
             idle: self.idle.clone(),
             open: false,
+            deferred: String::new(),
+            limit: SQLITE_BUSY_TIMEOUT,
             _turn: turn,
         };
         // IMMEDIATE: take the write lock now, so two calls never deadlock upgrading a read.
@@ -351,6 +359,10 @@ struct SqliteTx {
     conn: Option<rusqlite::Connection>,
     idle: Arc<Mutex<Vec<rusqlite::Connection>>>,
     open: bool,
+    /// Statements to run before the next one ([`SqlTx::defer`]).
+    deferred: String,
+    /// How long one statement may run before SQLite interrupts it.
+    limit: Duration,
     /// This process's write turn; released after `Drop` has rolled back or pooled the
     /// connection (fields drop after it).
     _turn: tokio::sync::OwnedMutexGuard<()>,
@@ -376,6 +388,48 @@ impl SqliteTx {
         result.map_err(SqlError::from)
     }
 }
+
+impl SqliteTx {
+    /// Run `f` (after the deferred statements) on this thread. Inside an `IMMEDIATE`
+    /// transaction a statement waits for no lock — this connection holds the file's write lock
+    /// and WAL readers never block it — so it costs less here than the two thread hops of
+    /// [`SqliteTx::run`]; one that runs longer than `limit` is interrupted by SQLite's progress
+    /// handler (`unavailable`). `BEGIN`, which may wait for another process, and `COMMIT`,
+    /// which syncs, go through `run`.
+    fn run_here<T>(
+        &mut self,
+        f: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, SqlError> {
+        let limit = self.limit;
+        let deferred = std::mem::take(&mut self.deferred);
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or_else(|| SqlError::Unavailable("the transaction's connection was lost".into()))?;
+        let started = std::time::Instant::now();
+        conn.progress_handler(
+            SQLITE_PROGRESS_STEPS,
+            Some(move || started.elapsed() > limit),
+        )
+        .map_err(SqlError::from)?;
+        let result = (|| {
+            if !deferred.is_empty() {
+                conn.execute_batch(&deferred)?;
+            }
+            f(conn)
+        })();
+        let _ = conn.progress_handler(SQLITE_PROGRESS_STEPS, None::<fn() -> bool>);
+        result.map_err(|e| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::OperationInterrupted) => SqlError::Unavailable(format!(
+                "the statement ran longer than {limit:?} and was interrupted"
+            )),
+            _ => SqlError::from(e),
+        })
+    }
+}
+
+/// How many SQLite VM steps pass between two looks at a statement's clock.
+const SQLITE_PROGRESS_STEPS: std::os::raw::c_int = 10_000;
 
 impl Drop for SqliteTx {
     fn drop(&mut self) {
@@ -404,19 +458,18 @@ fn sqlite_params(params: &[SqlValue]) -> Vec<rusqlite::types::Value> {
 #[async_trait]
 impl SqlTx for SqliteTx {
     async fn execute(&mut self, statement: &str, params: &[SqlValue]) -> Result<u64, SqlError> {
-        let (statement, params) = (statement.to_owned(), sqlite_params(params));
-        self.run(move |c| {
-            let mut st = c.prepare_cached(&statement)?;
+        let params = sqlite_params(params);
+        self.run_here(|c| {
+            let mut st = c.prepare_cached(statement)?;
             let n = st.execute(rusqlite::params_from_iter(params))?;
             Ok(n as u64)
         })
-        .await
     }
 
     async fn query(&mut self, statement: &str, params: &[SqlValue]) -> Result<SqlRows, SqlError> {
-        let (statement, params) = (statement.to_owned(), sqlite_params(params));
-        self.run(move |c| {
-            let mut st = c.prepare_cached(&statement)?;
+        let params = sqlite_params(params);
+        self.run_here(|c| {
+            let mut st = c.prepare_cached(statement)?;
             let columns: Vec<String> = st.column_names().map(str::to_owned).collect();
             let width = columns.len();
             let mut rows = Vec::new();
@@ -438,16 +491,31 @@ impl SqlTx for SqliteTx {
             }
             Ok(SqlRows { columns, rows })
         })
-        .await
     }
 
     async fn batch(&mut self, statements: &str) -> Result<(), SqlError> {
-        let statements = statements.to_owned();
-        self.run(move |c| c.execute_batch(&statements)).await
+        self.run_here(|c| c.execute_batch(statements))
+    }
+
+    fn defer(&mut self, statements: &str) {
+        self.deferred.push_str(statements);
+        self.deferred.push(';');
+    }
+
+    fn bound_statements(&mut self, limit: Duration) {
+        self.limit = limit;
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), SqlError> {
-        self.run(|c| c.execute_batch("COMMIT")).await?;
+        // A deferred `RELEASE` is implied by the commit; anything else runs first.
+        let deferred = std::mem::take(&mut self.deferred);
+        self.run(move |c| {
+            if !deferred.is_empty() {
+                c.execute_batch(&deferred)?;
+            }
+            c.execute_batch("COMMIT")
+        })
+        .await?;
         self.open = false;
         Ok(())
     }
@@ -524,6 +592,7 @@ impl SqlDatabase for PostgresDb {
         client.batch_execute("BEGIN").await?;
         Ok(Box::new(PostgresTx {
             client: Some(client),
+            deferred: String::new(),
         }))
     }
 
@@ -532,6 +601,7 @@ impl SqlDatabase for PostgresDb {
             client: Some(self.pool.get().await.map_err(|e| {
                 SqlError::Unavailable(format!("connecting to {}: {e}", self.describe))
             })?),
+            deferred: String::new(),
         };
         // A transaction-scoped advisory lock, one key for every host and handler on this
         // database: the next migration transaction waits here until this one commits or rolls
@@ -550,13 +620,22 @@ impl SqlDatabase for PostgresDb {
 
 struct PostgresTx {
     client: Option<deadpool_postgres::Object>,
+    /// Statements to run before the next one ([`SqlTx::defer`]).
+    deferred: String,
 }
 
 impl PostgresTx {
-    fn client(&self) -> Result<&deadpool_postgres::Object, SqlError> {
-        self.client
+    /// The connection, after running the deferred statements on it.
+    async fn client(&mut self) -> Result<&deadpool_postgres::Object, SqlError> {
+        let client = self
+            .client
             .as_ref()
-            .ok_or_else(|| SqlError::Unavailable("the transaction's connection was lost".into()))
+            .ok_or_else(|| SqlError::Unavailable("the transaction's connection was lost".into()))?;
+        if !self.deferred.is_empty() {
+            let deferred = std::mem::take(&mut self.deferred);
+            client.batch_execute(&deferred).await?;
+        }
+        Ok(client)
     }
 }
 
@@ -581,14 +660,14 @@ impl Drop for PostgresTx {
 #[async_trait]
 impl SqlTx for PostgresTx {
     async fn execute(&mut self, statement: &str, params: &[SqlValue]) -> Result<u64, SqlError> {
-        let client = self.client()?;
+        let client = self.client().await?;
         let st = client.prepare_cached(statement).await?;
         let refs = pg_params(params);
         Ok(client.execute(&st, &refs).await?)
     }
 
     async fn query(&mut self, statement: &str, params: &[SqlValue]) -> Result<SqlRows, SqlError> {
-        let client = self.client()?;
+        let client = self.client().await?;
         let st = client.prepare_cached(statement).await?;
         let refs = pg_params(params);
         let rows = client.query(&st, &refs).await?;
@@ -605,7 +684,12 @@ impl SqlTx for PostgresTx {
     }
 
     async fn batch(&mut self, statements: &str) -> Result<(), SqlError> {
-        Ok(self.client()?.batch_execute(statements).await?)
+        Ok(self.client().await?.batch_execute(statements).await?)
+    }
+
+    fn defer(&mut self, statements: &str) {
+        self.deferred.push_str(statements);
+        self.deferred.push(';');
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), SqlError> {
@@ -613,7 +697,9 @@ impl SqlTx for PostgresTx {
             .client
             .take()
             .ok_or_else(|| SqlError::Unavailable("the transaction's connection was lost".into()))?;
-        match client.batch_execute("COMMIT").await {
+        // One trip: what was deferred (a `RELEASE` the commit implies anyway), then COMMIT.
+        let deferred = std::mem::take(&mut self.deferred);
+        match client.batch_execute(&format!("{deferred}COMMIT")).await {
             Ok(()) => Ok(()),
             Err(e) => {
                 drop(deadpool_postgres::Object::take(client));

@@ -64,6 +64,9 @@ impl Record {
 /// Counters per handler (for the live view and metrics).
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Records the partition workers took into a batch (a record that runs again counts
+    /// again).
+    pub received: AtomicU64,
     /// Records the handler finished with `ok`.
     pub processed: AtomicU64,
     /// Records skipped because the ledger already had their event id.
@@ -79,6 +82,8 @@ pub struct Stats {
 /// A snapshot of [`Stats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct StatsSnapshot {
+    /// See [`Stats::received`].
+    pub received: u64,
     /// See [`Stats::processed`].
     pub processed: u64,
     /// See [`Stats::skipped`].
@@ -95,6 +100,7 @@ impl Stats {
     /// Read all counters.
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
+            received: self.received.load(Ordering::Relaxed),
             processed: self.processed.load(Ordering::Relaxed),
             skipped: self.skipped.load(Ordering::Relaxed),
             retried: self.retried.load(Ordering::Relaxed),

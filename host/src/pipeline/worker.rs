@@ -37,8 +37,8 @@
 //! its attempts run out it is dead-lettered as `retries-exhausted`.
 //!
 //! A record whose SQL writes are lost before the commit — the transaction failed to commit, a
-//! statement did not answer in time, or a later record's publishes had to be dead-lettered and
-//! its savepoint undone — is not done: it goes back to the front of the partition's queue and
+//! statement did not answer in time, or a record of the batch that wrote SQL had its publishes
+//! dead-lettered (its writes cannot be taken out of the transaction alone) — is not done: it goes back to the front of the partition's queue and
 //! runs again (its publishes, already acknowledged, are sent again with the same event ids).
 //! A record that cut its batch's transaction off (a statement that never answered) runs again
 //! alone, so that it cannot take another batch's writes with it twice.
@@ -176,6 +176,9 @@ pub(crate) async fn run(
             }
         }
         let taken: Vec<Queued> = queue.drain(..n).collect();
+        ctx.stats
+            .received
+            .fetch_add(taken.len() as u64, Ordering::Relaxed);
         let t = telemetry.get_or_insert_with(|| Telemetry::new(&ctx, &taken[0].record.topic));
         let span = tracing::info_span!(
             "batch",
@@ -218,13 +221,19 @@ async fn fill(
     let max = config.max_batch.max(1);
     let linger_until =
         (!config.batch_linger.is_zero()).then(|| Instant::now() + config.batch_linger);
+    // What the queue already holds (records that run again), then each record taken counted
+    // as it comes: a fresh record neither waits for a backoff nor runs alone.
+    let (mut n, full) = batch_len(config, queue, max);
+    if full || n < queue.len() {
+        return n;
+    }
+    let mut bytes: usize = queue.iter().map(payload_len).sum();
     loop {
-        let (n, full) = batch_len(config, queue, max);
-        if full {
+        if n >= max || bytes >= config.max_batch_bytes {
             return n;
         }
-        match intake.try_recv() {
-            Ok(r) => queue.push_back(Queued::new(r)),
+        let r = match intake.try_recv() {
+            Ok(r) => r,
             Err(mpsc::error::TryRecvError::Disconnected) => return n,
             Err(mpsc::error::TryRecvError::Empty) => {
                 let Some(until) = linger_until else {
@@ -235,12 +244,24 @@ async fn fill(
                     return n;
                 }
                 match tokio::time::timeout(left, intake.recv()).await {
-                    Ok(Some(r)) => queue.push_back(Queued::new(r)),
+                    Ok(Some(r)) => r,
                     _ => return n,
                 }
             }
+        };
+        let size = r.payload.as_ref().map_or(0, Vec::len);
+        queue.push_back(Queued::new(r));
+        if n > 0 && bytes + size > config.max_batch_bytes {
+            // It leads the next batch.
+            return n;
         }
+        n += 1;
+        bytes += size;
     }
+}
+
+fn payload_len(q: &Queued) -> usize {
+    q.record.payload.as_ref().map_or(0, Vec::len)
 }
 
 /// How many of `queue`'s first records form the next batch, and whether that batch is full
@@ -254,7 +275,7 @@ fn batch_len(config: &HandlerConfig, queue: &VecDeque<Queued>, max: usize) -> (u
         if q.alone {
             return if i == 0 { (1, true) } else { (i, true) };
         }
-        let size = q.record.payload.as_ref().map_or(0, Vec::len);
+        let size = payload_len(q);
         if i > 0 && bytes + size > config.max_batch_bytes {
             return (i, true);
         }
@@ -595,18 +616,14 @@ async fn commit(
                 else {
                     continue;
                 };
-                let savepoint = h.savepoint;
+                let wrote = h.savepoint.is_some();
                 dead_letter(ctx, sha, slot, &failure, None, stop).await?;
                 slots[i].fate = Fate::Dead(failure, None);
-                // Its SQL writes go; those of the records after it (nested inside its
-                // savepoint) with it, and those records run again.
-                if let Some(sp) = savepoint {
-                    if let Err(e) = batch.undo_from(sp).await {
-                        tracing::warn!(error = %e, "the batch's sql is dropped");
-                        forget_sql_writes(&mut slots);
-                    } else {
-                        forget_sql_writes(&mut slots[i + 1..]);
-                    }
+                // Its SQL writes go: they are in the batch's transaction with the others',
+                // which is given up; the records that wrote in it run again.
+                if wrote {
+                    batch.abandon_sql();
+                    forget_sql_writes(&mut slots);
                 }
             }
             Fate::Skipped | Fate::Again => {}

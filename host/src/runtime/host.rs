@@ -596,17 +596,20 @@ impl HostState {
         let limit = self.env.sql_timeout;
         if self.call.sql.is_none() {
             let tx = bounded_sql(limit, db.begin()).await;
-            let tx = self.note_sql(tx)?;
+            let mut tx = self.note_sql(tx)?;
+            tx.bound_statements(limit);
             self.call.sql = Some(tx);
         }
+        let tx = self.call.sql.as_mut().ok_or_else(gone)?;
         if !self.call.savepoint_open {
-            let name = savepoint_name(self.call.savepoint);
-            let tx = self.call.sql.as_mut().ok_or_else(gone)?;
-            let r = bounded_sql(limit, tx.batch(&format!("SAVEPOINT {name}"))).await;
-            self.note_sql(r)?;
+            // Taken in the same trip as the call's first statement.
+            tx.defer(&format!(
+                "SAVEPOINT {}",
+                savepoint_name(self.call.savepoint)
+            ));
             self.call.savepoint_open = true;
         }
-        self.call.sql.as_mut().ok_or_else(gone)
+        Ok(tx)
     }
 
     /// Remember a failed statement: the call cannot commit (its savepoint is rolled back when

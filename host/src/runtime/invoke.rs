@@ -327,8 +327,8 @@ impl LoadedHandler {
 /// savepoint rolled back, so the records before it keep their writes. An instance that
 /// trapped, timed out or ran out of memory is dropped and the next record gets a fresh one.
 /// The caller commits ([`Batch::commit_sql`]) once the batch's publishes are acknowledged, or
-/// undoes a suffix first ([`Batch::undo_from`]). Dropping the batch rolls back what it did
-/// not commit.
+/// gives the transaction up ([`Batch::abandon_sql`]). Dropping the batch rolls back what it
+/// did not commit.
 pub struct Batch<'h> {
     handler: &'h LoadedHandler,
     warm: Option<Warm>,
@@ -456,6 +456,11 @@ impl Batch<'_> {
                 self.kv.insert(w.key.clone(), w.value.clone());
             }
             invocation.savepoint = wrote.then_some(savepoint);
+            // Its writes join the batch's transaction: the savepoint goes (in the next trip),
+            // so that savepoints never nest (SQLite journals every page again for each level).
+            if wrote && let Some(tx) = self.sql.as_mut() {
+                tx.defer(&format!("RELEASE SAVEPOINT {}", savepoint_name(savepoint)));
+            }
         } else if wrote && let Err(e) = self.rollback_to(savepoint).await {
             tracing::warn!(handler = %h.env.name, event_id = %event.id, error = %e,
                 "rolling back a failed call's savepoint failed; the batch's transaction is dropped");
@@ -497,7 +502,8 @@ impl Batch<'_> {
         let Some(tx) = self.sql.as_mut() else {
             return Ok(());
         };
-        let statement = format!("ROLLBACK TO SAVEPOINT {}", savepoint_name(savepoint));
+        let name = savepoint_name(savepoint);
+        let statement = format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}");
         match tokio::time::timeout(limit, tx.batch(&statement)).await {
             Ok(r) => r,
             Err(_) => Err(SqlError::Unavailable(format!(
@@ -512,18 +518,11 @@ impl Batch<'_> {
         self.sql_lost
     }
 
-    /// Undo the SQL writes of the call that took `savepoint` and of every call after it
-    /// (their savepoints nest inside it).
-    pub async fn undo_from(&mut self, savepoint: u32) -> Result<(), String> {
-        match self.rollback_to(savepoint).await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.lose_sql();
-                Err(format!(
-                    "rolling back the batch's sql to a record failed: {e}"
-                ))
-            }
-        }
+    /// Give up the batch's SQL transaction (rolled back): every record that wrote in it runs
+    /// again. For a record dead-lettered after it ran `ok` (its publishes could not be sent):
+    /// its savepoint was released into the batch's transaction, which cannot undo it alone.
+    pub fn abandon_sql(&mut self) {
+        self.lose_sql();
     }
 
     /// Commit the batch's SQL transaction, if its records wrote any. Afterwards the batch has

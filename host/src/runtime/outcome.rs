@@ -118,7 +118,8 @@ pub struct Invocation {
     /// Whether the call ran on a reused instance (one that served an earlier call).
     pub reused_instance: bool,
     /// Inside a batch: the savepoint of the batch's SQL transaction that this call's writes
-    /// sit under, when it ended `ok` having written SQL (see `runtime::Batch::undo_from`).
+    /// sat under, when it ended `ok` having written SQL: its writes are in the batch's
+    /// transaction.
     #[serde(skip)]
     pub savepoint: Option<u32>,
 }
