@@ -103,6 +103,21 @@ pub fn unique(prefix: &str) -> String {
 pub const KAFKA_TEST_PROPS: &str =
     "\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 500\n\"fetch.wait.max.ms\" = 100\n";
 
+/// The body of a config (for [`write_config`]) with one handler `pub` running the publisher
+/// fixture on `s`'s topics: `top` (top-level keys), the test `[kafka]` properties and `kafka`
+/// (more of them), then `handler` (more keys of the handler).
+pub fn publisher_body(s: &Setup, top: &str, kafka: &str, handler: &str) -> String {
+    format!(
+        "{top}\n[kafka]\n{KAFKA_TEST_PROPS}{kafka}\n\
+         [handlers.pub]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\ngroup_id = \"{g}\"\n\
+         grants = {{ producer = [\"{o}\"] }}\n{handler}\n",
+        c = component("fixture-publisher").display(),
+        t = s.topic,
+        g = s.group,
+        o = s.out,
+    )
+}
+
 /// Write `kasm.toml` in `dir` with `body` (handler tables etc.), the data folder inside `dir`,
 /// an admin server on a free port, and fast commits. Top-level keys in `body` must come
 /// before its first table; they override the defaults here.

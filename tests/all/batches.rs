@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use kasm_host::config::Config;
 use kasm_tests::broker::{Got, Rec, TestBroker, committed_offsets, produce, read_topic};
 use kasm_tests::hostproc::HostProcess;
-use kasm_tests::{KAFKA_TEST_PROPS, Setup, component, count_sources, events, write_config};
+use kasm_tests::{
+    KAFKA_TEST_PROPS, Setup, component, count_sources, events, publisher_body, write_config,
+};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 /// The partition every record of these tests is on.
@@ -178,16 +180,10 @@ async fn sigkill_during_batches_loses_nothing_and_repeats_at_most_a_batch_per_pa
     // Never commit periodically: at every kill everything done so far is only in the ledger.
     let dir = s.dir.path().join("host");
     std::fs::create_dir_all(&dir).unwrap();
-    let body = format!(
-        "commit_interval = \"1h\"\n[kafka]\n{KAFKA_TEST_PROPS}\n\
-         [handlers.pub]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\ngroup_id = \"{g}\"\n\
-         grants = {{ producer = [\"{o}\"] }}\n",
-        c = component("fixture-publisher").display(),
-        t = s.topic,
-        g = s.group,
-        o = s.out,
+    let cfg = write_config(
+        &dir,
+        &publisher_body(&s, "commit_interval = \"1h\"", "", ""),
     );
-    let cfg = write_config(&dir, &body);
     let outputs_so_far = || {
         read_topic(
             &s.broker.bootstrap(),
@@ -279,14 +275,11 @@ async fn publishes_refused_in_a_batch_hold_the_offset_before_the_first_unacknowl
     let s = Setup::new(TestBroker::embedded(), 1).await;
     let n = 3_000;
     produce(&s.broker.producer(), &s.topic, &events("ev", 0..n, &s.out)).await;
-    let body = format!(
-        "[kafka]\n{KAFKA_TEST_PROPS}\n[handlers.pub]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\n\
-         group_id = \"{g}\"\ngrants = {{ producer = [\"{o}\"] }}\n\
-         retry = {{ attempts = 30, initial_backoff = \"300ms\", max_backoff = \"300ms\", jitter = 0.0 }}\n",
-        c = component("fixture-publisher").display(),
-        t = s.topic,
-        g = s.group,
-        o = s.out,
+    let body = publisher_body(
+        &s,
+        "",
+        "",
+        "retry = { attempts = 30, initial_backoff = \"300ms\", max_backoff = \"300ms\", jitter = 0.0 }",
     );
     // The first produce requests of the host are refused for good (not retried by the
     // producer): publishes of its first batches fail and are sent again.

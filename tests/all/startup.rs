@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use kasm_tests::broker::{Rec, TestBroker, produce, read_topic};
 use kasm_tests::hostproc::HostProcess;
-use kasm_tests::{KAFKA_TEST_PROPS, Setup, component, count_sources, events, kasm_bin, root};
+use kasm_tests::{
+    KAFKA_TEST_PROPS, Setup, component, count_sources, events, kasm_bin, publisher_body, root,
+};
 use kasm_tests::{shared_cache_dir, write_config};
 
 /// Output lines that a clean run must not print.
@@ -61,15 +63,7 @@ fn kasm_dev_stops_on_ctrl_c_without_an_error() {
 async fn the_readme_kafka_example_starts_without_a_librdkafka_warning() {
     let s = Setup::new(TestBroker::from_env(), 1).await;
     // The README's example property is consumer-only; a producer-only one beside it.
-    let body = format!(
-        "[kafka]\n{KAFKA_TEST_PROPS}\"linger.ms\" = 1\n\
-         [handlers.pub]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\ngroup_id = \"{g}\"\n\
-         grants = {{ producer = [\"{o}\"] }}\n",
-        c = component("fixture-publisher").display(),
-        t = s.topic,
-        g = s.group,
-        o = s.out,
-    );
+    let body = publisher_body(&s, "", "\"linger.ms\" = 1\n", "");
     assert!(KAFKA_TEST_PROPS.contains("session.timeout.ms"));
     let cfg = write_config(s.dir.path(), &body);
     let mut host = HostProcess::start_logged(&cfg, &s.broker.bootstrap(), "warn");
@@ -223,15 +217,7 @@ async fn a_poison_record_redelivered_after_a_kill_is_not_dead_lettered_again() {
     // before it were delivered to the new host again.
     let s = Setup::new(TestBroker::from_env(), 1).await;
     let dlq = format!("{}.dlq", s.topic);
-    let body = format!(
-        "commit_interval = \"1h\"\n[kafka]\n{KAFKA_TEST_PROPS}\n\
-         [handlers.pub]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\ngroup_id = \"{g}\"\n\
-         payload = \"json\"\ngrants = {{ producer = [\"{o}\"] }}\n",
-        c = component("fixture-publisher").display(),
-        t = s.topic,
-        g = s.group,
-        o = s.out,
-    );
+    let body = publisher_body(&s, "commit_interval = \"1h\"", "", "payload = \"json\"");
     let cfg = write_config(s.dir.path(), &body);
     let poison = 12;
     let mut records = Vec::new();
