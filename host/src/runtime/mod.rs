@@ -2,7 +2,7 @@
 //!
 //! - One [`wasmtime::Engine`] per process, with the pooling instance allocator (instances,
 //!   memories and stacks come from pre-reserved slots and pages stay resident between uses,
-//!   so a fresh instance per record costs microseconds) and epoch interruption.
+//!   so a fresh instance per batch costs microseconds) and epoch interruption.
 //! - An epoch ticker thread advances the engine's epoch every [`RuntimeConfig::epoch_tick`].
 //!   Each call records its deadline and arms the epoch *before* instantiation (instantiation
 //!   runs guest code too); at every tick the running guest yields to the async executor (so a
