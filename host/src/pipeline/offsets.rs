@@ -5,8 +5,12 @@
 //! offsets 10, 11 and 13 are done but 12 is still running, only 12 may be committed, and a
 //! crash then redelivers 12 and 13 (13's redelivery is skipped by the ledger).
 //!
-//! Offsets are registered in the order they are dispatched (increasing, possibly with gaps —
-//! compacted topics and transaction markers leave holes) and marked done in any order.
+//! Offsets are registered as they are dispatched — increasing, possibly with gaps (compacted
+//! topics and transaction markers leave holes) — and marked done in any order. librdkafka can
+//! also deliver a partition's records again from an earlier offset (a fetch restarted after an
+//! error, records fetched before a rebalance): such a record is registered in its place (or
+//! not at all if the position is already past it), never by dropping what was registered
+//! after it, so the position can only pass offsets that were done.
 
 use std::collections::VecDeque;
 
@@ -24,10 +28,21 @@ pub struct OffsetTracker {
 }
 
 impl OffsetTracker {
-    /// A record at `offset` was handed to the worker. Offsets must increase.
+    /// A record at `offset` was handed to the worker.
     pub fn dispatched(&mut self, offset: i64) {
-        debug_assert!(self.pending.back().is_none_or(|(o, _)| *o < offset));
-        self.pending.push_back((offset, false));
+        if self.pending.back().is_none_or(|(o, _)| *o < offset) {
+            if self.position.is_none_or(|p| offset >= p) {
+                self.pending.push_back((offset, false));
+            }
+            return;
+        }
+        // Delivered again from an earlier offset: one entry per offset, in order.
+        if self.position.is_some_and(|p| offset < p) {
+            return;
+        }
+        if let Err(i) = self.pending.binary_search_by_key(&offset, |(o, _)| *o) {
+            self.pending.insert(i, (offset, false));
+        }
     }
 
     /// The record at `offset` is done (handled, skipped or dead-lettered).
@@ -88,6 +103,38 @@ impl OffsetTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_delivered_again_from_an_earlier_offset_never_let_the_position_pass_undone_work() {
+        let mut t = OffsetTracker::default();
+        for o in 10..=20 {
+            t.dispatched(o);
+        }
+        for o in 10..=14 {
+            t.done(o);
+        }
+        assert_eq!(t.position(), Some(15));
+        // librdkafka starts the partition again at 12: 12..14 are done already, 15.. come again.
+        for o in 12..=17 {
+            t.dispatched(o);
+        }
+        t.done(16);
+        t.done(17);
+        assert_eq!(t.position(), Some(15), "15 is not done");
+        t.done(15);
+        assert_eq!(t.position(), Some(18), "18..20 are not done");
+        for o in 18..=20 {
+            t.done(o);
+        }
+        assert_eq!(t.position(), Some(21));
+        // A record out of order in the middle is waited for too.
+        t.dispatched(25);
+        t.dispatched(23);
+        t.done(25);
+        assert_eq!(t.position(), Some(21));
+        t.done(23);
+        assert_eq!(t.position(), Some(26));
+    }
 
     #[test]
     fn only_the_contiguous_prefix_is_committable() {
