@@ -164,7 +164,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         ..KafkaEnv::default()
     };
 
-    // Live updates: the secret from KASM_WS_SECRET, else a random one for this session.
+    // Live updates: the secret from KASM_WS_SECRET, else a random one for this run.
     let ws_secret = std::env::var("KASM_WS_SECRET")
         .ok()
         .filter(|s| !s.is_empty())

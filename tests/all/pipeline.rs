@@ -229,9 +229,8 @@ async fn poison_records_are_dead_lettered_with_provenance_and_the_partition_move
 
 /// A partition whose backlog waits in librdkafka (more than the worker's intake, in the
 /// partition's own queue) when a rebalance takes it away must still be consumed when it comes
-/// back: its queue is split again after the assignment. (Before session 13 such a partition
-/// was paused at the broker, and librdkafka keeps an application pause through revoke and
-/// re-assign.)
+/// back: its queue is split again after the assignment (and it is never left paused:
+/// librdkafka keeps an application pause through revoke and re-assign).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_with_a_backlog_is_consumed_again_after_a_rebalance() {
     use rdkafka::consumer::{BaseConsumer, Consumer};

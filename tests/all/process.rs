@@ -110,7 +110,7 @@ async fn sigkill_at_random_moments_loses_nothing_and_repeats_only_in_flight_reco
         eprintln!("kill {}: {done_at_last_kill} outputs so far", k + 1);
     }
     // Logged at info: a shutdown that overruns says how far it got (draining, a rebalance, the
-    // commit) — once in a CI run of session 11 this host did not exit within 30 s of SIGTERM.
+    // commit) — once in a CI run this host did not exit within 30 s of SIGTERM.
     let mut host = HostProcess::start_logged(&cfg, &s.broker.bootstrap(), "warn,kasm_host=info");
     // The killed hosts may have handled every event between them (kasm is fast enough since
     // issue 6): the last host must still get its partitions, and so the redelivery the check

@@ -7,8 +7,8 @@
 //! librdkafka, which stops fetching the partition once `partition_buffer` records (or
 //! [`MAX_HELD_BYTES`]) are prefetched. Nothing is paused for backpressure: a paused
 //! partition makes librdkafka drop what it prefetched and fetch it again after the resume,
-//! which cost up to half the throughput when the loop paused at a full buffer (BENCHMARKS.md,
-//! session 13). The consumer's own queue is polled on every round (rebalances, commit
+//! which cost up to half the throughput when the loop paused at a full buffer. The consumer's
+//! own queue is polled on every round (rebalances, commit
 //! results, errors), so `max.poll.interval.ms` never trips because of a slow handler.
 //!
 //! Records that still come through the consumer's queue (a partition whose queue could not

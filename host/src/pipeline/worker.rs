@@ -479,20 +479,14 @@ async fn run_batch(
             fate,
         };
         if batch.sql_lost() {
-            // What the records before this one wrote is gone with the transaction: they run
-            // again, and so does everything after them, in order. This record runs alone next
-            // time if it took others with it (else what it became stands).
-            let lost = forget_sql_writes(&mut slots);
-            if lost {
+            // What the records before this one wrote is gone with the transaction: those run
+            // again (the others keep their fate), and so does everything after this one, in
+            // order. This record runs alone next time if it took others with it (else what it
+            // became stands).
+            if forget_sql_writes(&mut slots) {
                 slot.queued.alone = true;
                 slot.fate = Fate::Again;
                 split = true;
-                for s in &mut slots {
-                    if matches!(s.fate, Fate::Ok(_) | Fate::Skipped) {
-                        // Skipped copies of a record that runs again run again too.
-                        s.fate = again_if_after_lost(&s.fate);
-                    }
-                }
             }
             batch.reset();
         }
@@ -547,15 +541,6 @@ fn forget_sql_writes(slots: &mut [Slot]) -> bool {
         }
     }
     any
-}
-
-/// A record of the batch before the one that lost its transaction: kept as it is (a record
-/// without SQL writes is not affected).
-fn again_if_after_lost(fate: &Fate) -> Fate {
-    match fate {
-        Fate::Skipped => Fate::Skipped,
-        _ => Fate::Again,
-    }
 }
 
 /// Commit a batch whose records ran: publishes, dead letters, SQL, kv, ledger, then what is
