@@ -386,6 +386,39 @@ impl FileLedger {
         decode(value.value()).map(Some)
     }
 
+    /// Which of `event_ids` have an entry: the in-memory maps under one pair of read locks
+    /// (taken in the same order as a freeze takes them), then what they do not hold in one
+    /// snapshot table, in key order so the B-tree is walked forwards. The order of the three
+    /// reads is `read_entry`'s, so the same argument holds.
+    fn read_many(&self, handler: &str, event_ids: &[&str]) -> anyhow::Result<Vec<bool>> {
+        let mut found = vec![false; event_ids.len()];
+        let mut rest: Vec<usize> = Vec::new();
+        {
+            let recent = self.views.recent();
+            let frozen = self.views.frozen();
+            let (newer, older) = (recent.0.get(handler), frozen.0.get(handler));
+            for (i, id) in event_ids.iter().enumerate() {
+                if newer.is_some_and(|m| m.contains_key(*id))
+                    || older.is_some_and(|m| m.contains_key(*id))
+                {
+                    found[i] = true;
+                } else {
+                    rest.push(i);
+                }
+            }
+        }
+        if rest.is_empty() {
+            return Ok(found);
+        }
+        rest.sort_unstable_by_key(|&i| event_ids[i]);
+        let txn = self.reader()?;
+        let table = txn.open_table(ENTRIES)?;
+        for i in rest {
+            found[i] = table.get((handler, event_ids[i]))?.is_some();
+        }
+        Ok(found)
+    }
+
     /// redb's count plus the records in memory redb does not hold yet. `recent` and `frozen`
     /// are held while the snapshot is read: whichever side of a checkpoint the snapshot is
     /// from, a record already in it is not counted twice (nor one in both maps).
@@ -422,6 +455,16 @@ impl Ledger for FileLedger {
             format!(
                 "ledger get handler={handler} event_id={} ({})",
                 abbreviate(event_id),
+                self.path.display()
+            )
+        })
+    }
+
+    async fn contains_many(&self, handler: &str, event_ids: &[&str]) -> anyhow::Result<Vec<bool>> {
+        self.read_many(handler, event_ids).with_context(|| {
+            format!(
+                "ledger lookup of {} event ids handler={handler} ({})",
+                event_ids.len(),
                 self.path.display()
             )
         })

@@ -126,6 +126,17 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
     /// The entry for `(handler, event_id)`, if recorded and not yet removed by a sweep.
     async fn get(&self, handler: &str, event_id: &str) -> anyhow::Result<Option<LedgerEntry>>;
 
+    /// Whether each of `event_ids` has an entry for `handler`, in order: a batch's lookups in
+    /// one read. A backend that can answer a group at once overrides this; the default asks
+    /// one by one.
+    async fn contains_many(&self, handler: &str, event_ids: &[&str]) -> anyhow::Result<Vec<bool>> {
+        let mut found = Vec::with_capacity(event_ids.len());
+        for id in event_ids {
+            found.push(self.get(handler, id).await?.is_some());
+        }
+        Ok(found)
+    }
+
     /// Record `(handler, event_id)` → `entry`, replacing any existing entry.
     ///
     /// When this returns `Ok` the entry is durable: it survives the process being killed (or

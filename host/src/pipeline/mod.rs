@@ -30,7 +30,7 @@ use crate::ledger::Ledger;
 use crate::runtime::LoadedHandler;
 
 /// A consumed record, detached from the consumer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Record {
     /// Topic.
     pub topic: String,
@@ -179,15 +179,38 @@ pub struct HandlerCtx {
 }
 
 impl HandlerCtx {
-    /// Claim ledger key `key` for a record about to run; false when a batch of another
-    /// partition holds it. Two copies of one event on two partitions must not run at once: the
-    /// second waits until the first's batch is committed (then the ledger skips it) or gives
-    /// it back.
-    pub fn claim(&self, key: &str) -> bool {
-        match self.claims.lock() {
-            Ok(mut c) => c.insert(key.to_owned()),
-            Err(_) => true,
+    /// Claim the ledger keys of a batch's records, in order, under one lock, up to the first
+    /// key that another batch holds; how many records were claimed (a `None` — a record that
+    /// needs no claim — and a key repeated within the batch count as claimed). The keys this
+    /// call took go into `taken`, to be given back with [`HandlerCtx::release`]. Two copies of
+    /// one event on two partitions must not run at once: the second waits until the first's
+    /// batch is committed (then the ledger skips it) or gives it back.
+    pub fn claim<'k>(
+        &self,
+        keys: impl IntoIterator<Item = Option<&'k str>>,
+        taken: &mut Vec<String>,
+    ) -> usize {
+        let Ok(mut held) = self.claims.lock() else {
+            // A panic while the set was held: nothing is excluded any more (the ledger still
+            // skips what was recorded).
+            return usize::MAX;
+        };
+        let start = taken.len();
+        let mut n = 0;
+        for key in keys {
+            if let Some(key) = key
+                && !held.contains(key)
+            {
+                held.insert(key.to_owned());
+                taken.push(key.to_owned());
+            } else if let Some(key) = key
+                && !taken[start..].iter().any(|k| k == key)
+            {
+                return n;
+            }
+            n += 1;
         }
+        n
     }
 
     /// Give claimed keys back (their batch committed, or gave them up).

@@ -13,11 +13,11 @@
 //!
 //! Then the batch commits, in an order that can never lose an output:
 //! 1. its publishes and dead letters queued together, in record order, and every
-//!    acknowledgement awaited (a publish the producer gave up on is sent again by itself,
-//!    without running the handler again, each re-send an attempt of the retry policy; when
-//!    attempts run out its record is dead-lettered as `retries-exhausted`; a dead letter that
-//!    fails is written again for as long as it fails: the partition holds and readiness says
-//!    so);
+//!    acknowledgement awaited; what the producer gave up on is sent again together, after one
+//!    wait, without running the handler again (each re-send an attempt of the record's retry
+//!    policy; when attempts run out the record is dead-lettered as `retries-exhausted`; a dead
+//!    letter that fails is written again for as long as it fails: the partition holds and
+//!    readiness says so);
 //! 2. the SQL transaction committed (one fsync for the batch);
 //! 3. the kv writes of the records that ended `ok` applied in one store transaction;
 //! 4. one ledger write for every entry of the batch (one journal sync);
@@ -297,8 +297,8 @@ enum Fate {
     Skipped,
     /// Handled `ok`: its publishes queued.
     Ok(Box<Handled>),
-    /// Dead-lettered: its dead letter queued (or to be sent, when `None`).
-    Dead(Failure, Option<anyhow::Result<Pending>>),
+    /// To be dead-lettered (done once its dead letter is acknowledged).
+    Dead(Failure),
     /// Not finished in this batch: runs again (a split, or its SQL writes were lost).
     Again,
 }
@@ -306,10 +306,6 @@ enum Fate {
 /// A record handled `ok` whose effects are not committed yet.
 struct Handled {
     effects: Effects,
-    queued: Vec<Pending>,
-    /// The publish the producer refused at once, and why (it and those after it are sent
-    /// again in order).
-    refused: Option<(usize, anyhow::Error)>,
     /// Its SQL savepoint in the batch's transaction, if it wrote.
     savepoint: Option<u32>,
 }
@@ -349,71 +345,100 @@ async fn run_batch(
     }
     let mut batch = component.batch();
     let policy = ctx.config.retry;
-    let mut slots: Vec<Slot> = Vec::with_capacity(taken.len());
+    // Each record identified once: its event, ledger key, and whether it is a replay meant
+    // for another handler (skipped without a claim or a lookup).
+    let mut prepared: Vec<Prepared> = taken
+        .into_iter()
+        .map(|mut q| {
+            let tombstone = q.record.payload.is_none();
+            let event = into_event(std::mem::take(&mut q.record), q.attempt);
+            let key = stored_key(&event.id, &event.headers).into_owned();
+            let elsewhere = replay_for_another(&event, &ctx.name);
+            Prepared {
+                q,
+                event,
+                key,
+                tombstone,
+                elsewhere,
+            }
+        })
+        .collect();
+    // This batch's claims on its keys, given back when it ends however it ends; then the
+    // ledger asked about every claimed key at once. The claim comes first: a key another
+    // batch holds is looked up only after that batch has recorded it.
+    let mut claims = Claims {
+        ctx,
+        keys: Vec::new(),
+    };
+    let (claimed, known) = if ctx.config.ledger {
+        let claimed = ctx.claim(
+            prepared
+                .iter()
+                .map(|p| (!p.elsewhere).then_some(p.key.as_str())),
+            &mut claims.keys,
+        );
+        let ask: Vec<&str> = prepared
+            .iter()
+            .take(claimed)
+            .map(|p| p.key.as_str())
+            .collect();
+        let known = match ctx.ledger.contains_many(&ctx.name, &ask).await {
+            Ok(known) => known,
+            // Not knowing is not a reason to skip: run them (at-least-once) and say so.
+            Err(e) => {
+                tracing::warn!(records = ask.len(), error = %format!("{e:#}"), "ledger lookup failed; processing anyway");
+                vec![false; ask.len()]
+            }
+        };
+        (claimed, known)
+    } else {
+        (usize::MAX, Vec::new())
+    };
+    let mut slots: Vec<Slot> = Vec::with_capacity(prepared.len());
     // Keys finished (handled or dead-lettered) earlier in this batch: a second copy is
     // skipped, as the ledger will once the batch is written.
     let mut finished: HashSet<String> = HashSet::new();
     let mut split = false;
-    // This batch's claims on its keys, given back when it ends however it ends.
-    let mut claims = Claims {
-        ctx,
-        keys: HashSet::new(),
-    };
-    for mut q in taken {
+    for (i, p) in prepared.drain(..).enumerate() {
+        let Prepared {
+            mut q,
+            mut event,
+            key,
+            tombstone,
+            elsewhere,
+        } = p;
         // A hold (a commit refused for a rebalance, a pause) stops the batch where it is: what
         // ran commits, no new record starts.
         split |= *hold.borrow();
-        if split {
-            slots.push(Slot {
-                queued: q,
-                event_id: String::new(),
-                key: String::new(),
-                fate: Fate::Again,
-            });
-            continue;
-        }
-        let tombstone = q.record.payload.is_none();
-        let mut event = into_event(q.record, q.attempt);
-        let key = stored_key(&event.id, &event.headers).into_owned();
-        let mut fate = if replay_for_another(&event, &ctx.name)
-            || (ctx.config.ledger && finished.contains(&key))
-        {
+        let mut fate = if split {
+            Some(Fate::Again)
+        } else if elsewhere || (ctx.config.ledger && finished.contains(&key)) {
             Some(Fate::Skipped)
-        } else if ctx.config.ledger && !claims.claim(&key) {
-            // A copy of this event is in a batch not yet committed (another partition's, or
-            // an earlier record of this one that runs again): this record waits for it, and
-            // the ledger then tells.
+        } else if i >= claimed {
+            // A copy of this event is in a batch not yet committed (another partition's):
+            // this record and the ones after it wait for it, and the ledger then tells.
             q.not_before = Some(Instant::now() + CLAIM_WAIT);
             split = true;
             Some(Fate::Again)
-        } else {
+        } else if known.get(i).copied().unwrap_or(false) {
             // The ledger first, for every record, whatever it would otherwise become: a record
             // this handler finished — handled, or dead-lettered as undecodable — is skipped
             // when it comes again, so it is never dead-lettered twice.
-            match ctx.ledger.get(&ctx.name, &key).await {
-                Ok(Some(_)) => Some(Fate::Skipped),
-                Ok(None) => None,
-                // Not knowing is not a reason to skip: run it (at-least-once) and say so.
-                Err(e) => {
-                    tracing::warn!(event_id = %event.id, error = %format!("{e:#}"), "ledger lookup failed; processing anyway");
-                    None
-                }
-            }
+            Some(Fate::Skipped)
+        } else {
+            None
         };
         if fate.is_none()
             && let Some(reason) = undecodable(&ctx.config, &event)
         {
             let now = now_ms();
-            fate = Some(Fate::Dead(
-                Failure {
-                    kind: DlqKind::Failure(FailureKind::Undecodable),
-                    message: reason,
-                    attempts: 0,
-                    first_failure_ms: now,
-                    last_failure_ms: now,
-                },
-                None,
-            ));
+            fate = Some(Fate::Dead(Failure {
+                kind: DlqKind::Failure(FailureKind::Undecodable),
+                message: reason,
+                attempts: 0,
+                first_failure_ms: now,
+                last_failure_ms: now,
+            }));
         }
         let fate = match fate {
             Some(f) => f,
@@ -434,8 +459,6 @@ async fn run_batch(
                 match failed {
                     Ok(inv) => Fate::Ok(Box::new(Handled {
                         effects: inv.effects,
-                        queued: Vec::new(),
-                        refused: None,
                         savepoint: inv.savepoint,
                     })),
                     Err((kind, message)) => {
@@ -455,7 +478,7 @@ async fn run_batch(
                                 first_failure_ms: first,
                                 last_failure_ms: now,
                             };
-                            Fate::Dead(failure, None)
+                            Fate::Dead(failure)
                         } else {
                             q.attempt += 1;
                             let wait = policy.backoff(q.attempt, rand::random::<f64>());
@@ -508,24 +531,23 @@ const CLAIM_WAIT: Duration = Duration::from_millis(2);
 /// batch's ledger write or when it is abandoned.
 struct Claims<'a> {
     ctx: &'a HandlerCtx,
-    keys: HashSet<String>,
-}
-
-impl Claims<'_> {
-    /// Claim `key`; false if any batch, this one included, holds it.
-    fn claim(&mut self, key: &str) -> bool {
-        if self.keys.contains(key) || !self.ctx.claim(key) {
-            return false;
-        }
-        self.keys.insert(key.to_owned());
-        true
-    }
+    keys: Vec<String>,
 }
 
 impl Drop for Claims<'_> {
     fn drop(&mut self) {
         self.ctx.release(self.keys.iter());
     }
+}
+
+/// A record of a batch, identified, before it runs.
+struct Prepared {
+    q: Queued,
+    event: Event,
+    key: String,
+    tombstone: bool,
+    /// A replay meant for another handler.
+    elsewhere: bool,
 }
 
 /// After the batch's transaction was lost: every record whose SQL writes were in it is to run
@@ -554,66 +576,8 @@ async fn commit(
     stop: &CancellationToken,
 ) -> Result<Settled, Abandoned> {
     // 1. Publishes and dead letters, queued together in record order once the batch has run
-    //    (a crash while it runs leaves no output behind), then every acknowledgement awaited
-    //    in order: a publish the producer gave up on is sent again on its own (the handler
-    //    does not run again); a dead letter that fails is written again until it succeeds
-    //    (the partition holds at it).
-    for s in &mut slots {
-        let Slot {
-            queued,
-            event_id,
-            fate,
-            ..
-        } = s;
-        match fate {
-            Fate::Ok(h) => {
-                let (acks, refused) = enqueue_all(ctx, &h.effects.publishes).await;
-                h.queued = acks;
-                h.refused = refused;
-            }
-            Fate::Dead(failure, sent) => {
-                let (topic, headers) =
-                    dead_letter_parts(ctx, sha, &queued.record, event_id, failure);
-                let out = dlq_record(&queued.record, &topic, &headers);
-                *sent = Some(ctx.producer.enqueue(out).await);
-            }
-            Fate::Skipped | Fate::Again => {}
-        }
-    }
-    for i in 0..slots.len() {
-        match &mut slots[i].fate {
-            Fate::Dead(_, sent) => {
-                let sent = sent.take();
-                let slot = &slots[i];
-                if let Fate::Dead(failure, _) = &slot.fate {
-                    dead_letter(ctx, sha, slot, failure, sent, stop).await?;
-                }
-            }
-            Fate::Ok(h) => {
-                let queued = std::mem::take(&mut h.queued);
-                let refused = h.refused.take();
-                let slot = &slots[i];
-                let Fate::Ok(h) = &slot.fate else {
-                    continue;
-                };
-                let Some(failure) =
-                    settle(ctx, slot, &h.effects.publishes, queued, refused, stop).await?
-                else {
-                    continue;
-                };
-                let wrote = h.savepoint.is_some();
-                dead_letter(ctx, sha, slot, &failure, None, stop).await?;
-                slots[i].fate = Fate::Dead(failure, None);
-                // Its SQL writes go: they are in the batch's transaction with the others',
-                // which is given up; the records that wrote in it run again.
-                if wrote {
-                    batch.abandon_sql();
-                    forget_sql_writes(&mut slots);
-                }
-            }
-            Fate::Skipped | Fate::Again => {}
-        }
-    }
+    //    (a crash while it runs leaves no output behind), then every acknowledgement awaited.
+    deliver(ctx, t, batch, sha, &mut slots, stop).await?;
     // 2. The SQL transaction: one commit for the batch.
     if let Err(e) = batch.commit_sql().await {
         tracing::warn!(error = %e, "the batch's sql did not commit; its records run again");
@@ -692,7 +656,7 @@ async fn commit(
                 skipped += 1;
                 tracing::debug!(event_id = %s.event_id, "already done: skipped");
             }
-            Fate::Dead(f, _) => {
+            Fate::Dead(f) => {
                 ctx.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 ctx.metrics
                     .dead_letter(&ctx.name, &s.queued.record.topic, f.kind.as_str());
@@ -713,63 +677,192 @@ async fn commit(
     Ok(settled)
 }
 
-/// Await the acknowledgements of one record's queued publishes; send again, in order, what
-/// the producer gave up on, each re-send an attempt of the retry policy. `Some(failure)` when
-/// the attempts ran out: the record is to be dead-lettered.
-async fn settle(
+/// One output of a batch in flight: a publish of a record handled `ok`, or a record's dead
+/// letter.
+struct Out {
+    slot: usize,
+    /// The publish's index among its record's publishes; `None` for the dead letter.
+    publish: Option<usize>,
+    sent: anyhow::Result<Pending>,
+}
+
+/// What of one record's outputs failed in a round.
+struct Missed {
+    publishes: Vec<usize>,
+    dead_letter: bool,
+    error: anyhow::Error,
+}
+
+/// Deliver the batch's outputs: queue every publish and dead letter in record order, await
+/// every acknowledgement, then send again *together*, after one wait, whatever the producer
+/// gave up on, until nothing is missing. Each re-send of a record's publishes is an attempt of
+/// the retry policy (the handler does not run again); a record whose attempts run out is
+/// dead-lettered as `retries-exhausted` in the next round. A dead letter that fails is written
+/// again for as long as it fails (the partition holds at it, and readiness says so). One
+/// refused produce request costs the batch one wait, not one wait per record it held.
+async fn deliver(
     ctx: &HandlerCtx,
-    slot: &Slot,
-    publishes: &[Publish],
-    queued: Vec<Pending>,
-    refused: Option<(usize, anyhow::Error)>,
+    t: &Telemetry,
+    batch: &mut Batch<'_>,
+    sha: &str,
+    slots: &mut [Slot],
     stop: &CancellationToken,
-) -> Result<Option<Failure>, Abandoned> {
-    let mut failed = Vec::new();
-    let mut error = None;
-    for (i, ack) in queued.into_iter().enumerate() {
-        if let Err(e) = ack.acknowledged().await {
-            failed.push(i);
-            error.get_or_insert(e);
+) -> Result<(), Abandoned> {
+    let mut wanted: Vec<(usize, Option<usize>)> = Vec::new();
+    for (i, s) in slots.iter().enumerate() {
+        match &s.fate {
+            Fate::Ok(h) => wanted.extend((0..h.effects.publishes.len()).map(|j| (i, Some(j)))),
+            Fate::Dead(_) => wanted.push((i, None)),
+            Fate::Skipped | Fate::Again => {}
         }
-    }
-    if let Some((from, e)) = refused {
-        failed.extend(from..publishes.len());
-        error.get_or_insert(e);
     }
     let policy = ctx.config.retry;
-    let mut attempt = slot.queued.attempt;
-    let mut first_failure = slot.queued.first_failure;
-    while let Some(e) = error.take() {
-        let message = format!("publishing the handler's records failed: {e:#}");
-        let now = now_ms();
-        let first = *first_failure.get_or_insert(now);
-        if attempt >= policy.attempts {
-            return Ok(Some(Failure {
-                kind: DlqKind::RetriesExhausted,
-                message,
-                attempts: attempt,
-                first_failure_ms: first,
-                last_failure_ms: now,
-            }));
-        }
-        attempt += 1;
-        ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
-        ctx.metrics
-            .record(&ctx.name, &slot.queued.record.topic, "retried");
-        let wait = policy.backoff(attempt, rand::random::<f64>());
-        tracing::info!(event_id = %slot.event_id, attempt, ?wait, reason = %message, "sending the handler's records again");
-        sleep_or_stop(wait, stop).await?;
-        for i in std::mem::take(&mut failed) {
-            let Some(p) = publishes.get(i) else {
-                continue;
+    let mut attempts: Vec<u32> = slots.iter().map(|s| s.queued.attempt).collect();
+    let mut first_failure: Vec<Option<i64>> =
+        slots.iter().map(|s| s.queued.first_failure).collect();
+    let mut dead_letter_wait = Duration::from_millis(100);
+    loop {
+        let outs = send_all(ctx, sha, slots, &wanted).await;
+        // Every acknowledgement, in order; what failed, by record.
+        let mut missed: std::collections::BTreeMap<usize, Missed> = Default::default();
+        for out in outs {
+            let result = match out.sent {
+                Ok(pending) => pending.acknowledged().await,
+                Err(e) => Err(e),
             };
-            if let Err(e) = ctx.producer.send(out_record(p)).await {
-                failed.push(i);
-                error.get_or_insert(e);
+            match result {
+                Ok(d) => {
+                    if out.publish.is_none() {
+                        dead_lettered(ctx, &slots[out.slot], d.offset);
+                    }
+                }
+                Err(e) => {
+                    let m = missed.entry(out.slot).or_insert_with(|| Missed {
+                        publishes: Vec::new(),
+                        dead_letter: false,
+                        error: e,
+                    });
+                    match out.publish {
+                        Some(j) => m.publishes.push(j),
+                        None => m.dead_letter = true,
+                    }
+                }
             }
         }
+        if missed.is_empty() {
+            return Ok(());
+        }
+        wanted.clear();
+        let mut wait = Duration::ZERO;
+        let mut dead_letter_failed = false;
+        for (i, m) in missed {
+            if matches!(slots[i].fate, Fate::Again) {
+                // Its SQL writes were given up with another record's: it runs again, and
+                // its publishes go then.
+                continue;
+            }
+            let message = format!("{:#}", m.error);
+            let slot = &slots[i];
+            let r = &slot.queued.record;
+            if m.dead_letter {
+                tracing::error!(event_id = %slot.event_id, dlq_topic = %ctx.config.dlq_topic_for(&r.topic), error = %message, "dead-letter write failed; holding the partition and retrying");
+                ctx.health
+                    .stuck(&ctx.name, &r.topic, r.partition, Some(message));
+                dead_letter_failed = true;
+                wait = wait.max(dead_letter_wait);
+                wanted.push((i, None));
+                continue;
+            }
+            let message = format!("publishing the handler's records failed: {message}");
+            let now = now_ms();
+            let first = *first_failure[i].get_or_insert(now);
+            if attempts[i] >= policy.attempts {
+                let wrote = matches!(&slot.fate, Fate::Ok(h) if h.savepoint.is_some());
+                slots[i].fate = Fate::Dead(Failure {
+                    kind: DlqKind::RetriesExhausted,
+                    message,
+                    attempts: attempts[i],
+                    first_failure_ms: first,
+                    last_failure_ms: now,
+                });
+                // Its SQL writes go: they are in the batch's transaction with the others',
+                // which is given up; the records that wrote in it run again.
+                if wrote {
+                    batch.abandon_sql();
+                    forget_sql_writes(slots);
+                }
+                wanted.push((i, None));
+                continue;
+            }
+            attempts[i] += 1;
+            ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
+            t.retried.inc();
+            let backoff = policy.backoff(attempts[i], rand::random::<f64>());
+            tracing::info!(event_id = %slot.event_id, attempt = attempts[i], wait = ?backoff, reason = %message, "sending the handler's records again");
+            wait = wait.max(backoff);
+            wanted.extend(m.publishes.into_iter().map(|j| (i, Some(j))));
+        }
+        // A record turned `Again` after its re-sends were chosen sends nothing now.
+        wanted.retain(|(i, _)| !matches!(slots[*i].fate, Fate::Again));
+        sleep_or_stop(wait, stop).await?;
+        if dead_letter_failed {
+            dead_letter_wait = (dead_letter_wait * 2).min(Duration::from_secs(5));
+        }
     }
-    Ok(None)
+}
+
+/// Queue the chosen outputs in order without waiting for acknowledgements. A record's publish
+/// that the producer refuses at once holds back that record's later ones (they fail with it
+/// and go again in order next round).
+async fn send_all(
+    ctx: &HandlerCtx,
+    sha: &str,
+    slots: &[Slot],
+    wanted: &[(usize, Option<usize>)],
+) -> Vec<Out> {
+    let mut outs = Vec::with_capacity(wanted.len());
+    let mut refused: Option<usize> = None;
+    for &(i, publish) in wanted {
+        let slot = &slots[i];
+        let sent = match (&slot.fate, publish) {
+            (Fate::Ok(h), Some(j)) => match h.effects.publishes.get(j) {
+                Some(_) if refused == Some(i) => Err(anyhow::anyhow!(
+                    "held back: an earlier publish of this record was refused"
+                )),
+                Some(p) => ctx.producer.enqueue(out_record(p)).await,
+                None => continue,
+            },
+            (Fate::Dead(failure), None) => {
+                let r = &slot.queued.record;
+                let (topic, headers) = dead_letter_parts(ctx, sha, r, &slot.event_id, failure);
+                ctx.producer.enqueue(dlq_record(r, &topic, &headers)).await
+            }
+            _ => continue,
+        };
+        if sent.is_err() && publish.is_some() {
+            refused = Some(i);
+        }
+        outs.push(Out {
+            slot: i,
+            publish,
+            sent,
+        });
+    }
+    outs
+}
+
+/// A record's dead letter was acknowledged at `dlq_offset`: said once, and its partition is
+/// no longer held.
+fn dead_lettered(ctx: &HandlerCtx, slot: &Slot, dlq_offset: i64) {
+    let r = &slot.queued.record;
+    ctx.health.stuck(&ctx.name, &r.topic, r.partition, None);
+    if let Fate::Dead(failure) = &slot.fate {
+        tracing::warn!(
+            event_id = %slot.event_id, dlq_topic = %ctx.config.dlq_topic_for(&r.topic), dlq_offset,
+            kind = failure.kind.as_str(), attempts = failure.attempts, reason = %failure.message,
+            "dead-lettered"
+        );
+    }
 }
 
 /// The dead-letter topic and headers of `record`.
@@ -790,49 +883,6 @@ fn dead_letter_parts(
         ctx.config.dlq_topic_for(&record.topic),
         dlq::headers(record, p, failure),
     )
-}
-
-/// Await a record's dead letter (`sent`, or send it now); one that fails is written again
-/// until it succeeds or a shutdown (the partition holds at it meanwhile, and readiness says
-/// so).
-async fn dead_letter(
-    ctx: &HandlerCtx,
-    sha: &str,
-    slot: &Slot,
-    failure: &Failure,
-    sent: Option<anyhow::Result<Pending>>,
-    stop: &CancellationToken,
-) -> Result<(), Abandoned> {
-    let r = &slot.queued.record;
-    let (topic, headers) = dead_letter_parts(ctx, sha, r, &slot.event_id, failure);
-    let mut result = match sent {
-        Some(Ok(pending)) => pending.acknowledged().await,
-        Some(Err(e)) => Err(e),
-        None => ctx.producer.send(dlq_record(r, &topic, &headers)).await,
-    };
-    let mut wait = Duration::from_millis(100);
-    loop {
-        match result {
-            Ok(d) => {
-                ctx.health.stuck(&ctx.name, &r.topic, r.partition, None);
-                tracing::warn!(
-                    event_id = %slot.event_id, dlq_topic = %topic, dlq_offset = d.offset,
-                    kind = failure.kind.as_str(), attempts = failure.attempts, reason = %failure.message,
-                    "dead-lettered"
-                );
-                return Ok(());
-            }
-            Err(e) => {
-                let msg = format!("{e:#}");
-                tracing::error!(event_id = %slot.event_id, dlq_topic = %topic, error = %msg, "dead-letter write failed; holding the partition and retrying");
-                ctx.health
-                    .stuck(&ctx.name, &r.topic, r.partition, Some(msg));
-                sleep_or_stop(wait, stop).await?;
-                wait = (wait * 2).min(Duration::from_secs(5));
-                result = ctx.producer.send(dlq_record(r, &topic, &headers)).await;
-            }
-        }
-    }
 }
 
 fn dlq_record<'a>(
@@ -877,23 +927,6 @@ async fn sleep_or_stop(wait: Duration, stop: &CancellationToken) -> Result<(), A
         () = stop.cancelled() => Err(Abandoned),
         () = tokio::time::sleep(wait) => Ok(()),
     }
-}
-
-/// Queue every publish in order without waiting for acknowledgements. When one cannot be
-/// queued (the producer refuses it at once), it and the ones after it are left to be sent
-/// again, in order: `(acks, Some((index, why)))`.
-async fn enqueue_all(
-    ctx: &HandlerCtx,
-    publishes: &[Publish],
-) -> (Vec<Pending>, Option<(usize, anyhow::Error)>) {
-    let mut acks = Vec::with_capacity(publishes.len());
-    for (i, p) in publishes.iter().enumerate() {
-        match ctx.producer.enqueue(out_record(p)).await {
-            Ok(ack) => acks.push(ack),
-            Err(e) => return (acks, Some((i, e))),
-        }
-    }
-    (acks, None)
 }
 
 fn out_record(p: &Publish) -> OutRecord<'_> {
