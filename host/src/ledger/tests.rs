@@ -75,7 +75,23 @@ async fn round_trip(ledger: &dyn Ledger) {
 }
 
 async fn handlers_are_namespaces(ledger: &dyn Ledger) {
+    assert_eq!(
+        ledger.contains_many("audit", &[]).await.unwrap(),
+        Vec::<bool>::new()
+    );
     ledger.record("audit", "same", entry(1, 1)).await.unwrap();
+    assert_eq!(
+        ledger
+            .contains_many("audit", &["same", "other", "same"])
+            .await
+            .unwrap(),
+        [true, false, true]
+    );
+    assert_eq!(
+        ledger.contains_many("notification", &["same"]).await.unwrap(),
+        [false],
+        "another handler's entry is not this one's"
+    );
     ledger
         .record("notification", "same", entry(2, 2))
         .await
@@ -564,6 +580,14 @@ async fn file_lookups_find_every_entry_across_checkpoints() {
                 assert!(
                     ledger.get("h", &earlier).await.unwrap().is_some(),
                     "{earlier} lost"
+                );
+                // And asked as a batch: the new one, an earlier one, one never recorded.
+                let missing = format!("t{t}-never-{i}");
+                let batch = [missing.as_str(), id.as_str(), earlier.as_str()];
+                assert_eq!(
+                    ledger.contains_many("h", &batch).await.unwrap(),
+                    [false, true, true],
+                    "{batch:?} as a batch"
                 );
             }
         });
