@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import traceback
 from typing import Any, Callable, Optional
 
 from .errors import HandlerError, Retryable
@@ -49,8 +47,9 @@ def call(raw: Any, fatal: Callable[[str], Any], retryable: Callable[[str], Any],
 
     A :class:`~kasm_guest.HandlerError` is raised as the bindings' ``err`` carrying the WIT
     ``handler-error`` case (``fatal`` or ``retryable``), which is how componentize-py returns
-    the error side of ``handle``'s result. Any other exception is a bug: its traceback goes to
-    stderr, which the host keeps, and the exception goes on to trap the component.
+    the error side of ``handle``'s result. Any other exception is a bug and passes through:
+    componentize-py prints its traceback to stderr and traps (``unreachable``), and the host
+    puts the trap and the guest's stderr, traceback included, in the dead letter.
     """
     function = _registered
     if function is None:
@@ -60,7 +59,3 @@ def call(raw: Any, fatal: Callable[[str], Any], retryable: Callable[[str], Any],
     except HandlerError as error:
         case = retryable if isinstance(error, Retryable) else fatal
         raise err(case(error.message)) from None
-    except BaseException:
-        traceback.print_exc(file=sys.stderr)
-        sys.stderr.flush()
-        raise

@@ -4,9 +4,9 @@ Raise :class:`Retryable` or :class:`Fatal` from a handler (or let one propagate 
 capability call): the SDK turns it into the WIT ``handler-error`` the host decides on. Pick
 the class by asking "would trying again, unchanged, possibly succeed?".
 
-Any other exception that leaves the handler is a bug, not an outcome: the SDK prints its
-traceback to stderr and lets it trap the component, and the host dead-letters the record as
-``trap`` with that traceback in the message.
+Any other exception that leaves the handler is a bug, not an outcome: it traps the component
+(componentize-py prints its traceback to stderr first), and the host dead-letters the record
+as ``trap`` with that traceback in the message.
 """
 
 from __future__ import annotations
