@@ -5,7 +5,7 @@
 # The first run makes a virtualenv in target/python/ (Python 3.11 or later from PATH, or
 # $PYTHON) and installs componentize-py from PyPI into it, then the SDK (editable: SDK
 # changes need no reinstall). A component is rebuilt only when something it is made of is
-# newer than it: its own sources, the SDK, the WIT, this script. componentize-py takes
+# newer than it: its own sources (tests aside), the SDK, the WIT, this script. componentize-py takes
 # ~17 s per component; KASM_PY_JOBS (default 2) components build at once.
 #
 # Usage: handlers/build-python.sh        (from anywhere)
@@ -67,7 +67,7 @@ stale() {
     [[ ! -f "$out" ]] && return 0
     [[ -n "$(find "$src" "$sdk/src" "$sdk/pyproject.toml" "$root/wit" "${BASH_SOURCE[0]}" \
         -newer "$out" \( -name '*.py' -o -name '*.wit' -o -name '*.toml' -o -name '*.sh' \) \
-        -not -path '*/__pycache__/*' -print -quit)" ]]
+        -not -name 'test_*.py' -not -path '*/__pycache__/*' -print -quit)" ]]
 }
 
 build_one() {
