@@ -2,11 +2,12 @@
 
 import json
 import re
+import tempfile
 import unittest
 from pathlib import Path
 
 from kasm_guest import CapabilityError, Event, Fatal, HandlerError, Retryable, kv, log, publish
-from kasm_guest import world
+from kasm_guest import build, world
 from kasm_guest.taskapp import Instant, Reminder, TaskEvent
 
 REPO_WIT = Path(__file__).resolve().parents[2] / "wit"
@@ -96,6 +97,41 @@ class WorldTest(unittest.TestCase):
         for source in REPO_WIT.glob("*.wit"):
             shipped = world.shipped_wit() / "kasm" / source.name
             self.assertEqual(shipped.read_text(), source.read_text(), source.name)
+
+
+class ResolveTest(unittest.TestCase):
+    def project(self, toml: str) -> Path:
+        folder = Path(tempfile.mkdtemp()) / "my-handler"
+        folder.mkdir()
+        (folder / "handler.py").write_text("")
+        (folder / "other.py").write_text("")
+        (folder / "pyproject.toml").write_text(toml)
+        return folder
+
+    def test_a_folder_takes_tool_kasm(self):
+        folder = self.project('[tool.kasm]\nname = "mine"\ncapabilities = ["sql", "kv"]\n')
+        project = build.resolve(folder)
+        self.assertEqual((project.module, project.name), ("handler", "mine"))
+        self.assertEqual(project.capabilities, ["kv", "sql", "settings", "log"])
+        self.assertEqual(project.python_path[0], folder.resolve())
+
+    def test_flags_win_and_a_file_names_its_module(self):
+        folder = self.project('[tool.kasm]\nmodule = "handler"\ncapabilities = ["sql"]\n')
+        project = build.resolve(folder / "other.py", capabilities=["producer"])
+        self.assertEqual(project.module, "other")
+        self.assertEqual(project.capabilities, ["producer", "settings", "log"])
+
+    def test_unknown_keys_and_capabilities_are_refused(self):
+        with self.assertRaises(build.BuildError) as caught:
+            build.resolve(self.project('[tool.kasm]\ncapability = ["sql"]\n'))
+        self.assertIn("unknown key(s) in [tool.kasm]: capability", str(caught.exception))
+        with self.assertRaises(build.BuildError) as caught:
+            build.resolve(self.project('[tool.kasm]\ncapabilities = ["net"]\n'))
+        self.assertIn("unknown capability `net`", str(caught.exception))
+
+    def test_the_entry_module_imports_the_handler_first(self):
+        source = build.entry_source("handler")
+        self.assertLess(source.index("import handler"), source.index("KasmWorld"))
 
 
 class TaskAppTest(unittest.TestCase):

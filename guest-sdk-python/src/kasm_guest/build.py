@@ -73,7 +73,8 @@ def resolve(
     table, project_name = _config(root)
     if table.get("module") is not None and not isinstance(table["module"], str):
         raise BuildError(f"{root / 'pyproject.toml'}: [tool.kasm] module must be a string")
-    module = module or table.get("module") or default_module or _find_module(root)
+    # A file names its module; a folder's comes from [tool.kasm], else a conventional name.
+    module = module or default_module or table.get("module") or _find_module(root)
     if not _MODULE_NAME.match(module):
         raise BuildError(f"`{module}` is not a Python module name")
     declared = capabilities
