@@ -129,6 +129,22 @@ class ResolveTest(unittest.TestCase):
             build.resolve(self.project('[tool.kasm]\ncapabilities = ["net"]\n'))
         self.assertIn("unknown capability `net`", str(caught.exception))
 
+    def test_the_guest_section_is_a_custom_section_naming_python(self):
+        section = build.guest_section(build.Project("handler", "h", ["producer", "settings", "log"]))
+        self.assertEqual(section[0], 0, "custom section id")
+        size, at = 0, 1
+        for shift in range(0, 35, 7):
+            size |= (section[at] & 0x7F) << shift
+            at += 1
+            if not section[at - 1] & 0x80:
+                break
+        self.assertEqual(size, len(section) - at)
+        name_len = section[at]
+        self.assertEqual(section[at + 1 : at + 1 + name_len], b"kasm:guest")
+        meta = json.loads(section[at + 1 + name_len :])
+        self.assertEqual(meta["language"], "python")
+        self.assertEqual(meta["capabilities"], ["producer", "settings", "log"])
+
     def test_the_entry_module_imports_the_handler_first(self):
         source = build.entry_source("handler")
         self.assertLess(source.index("import handler"), source.index("KasmWorld"))

@@ -18,6 +18,7 @@ module top level.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -35,6 +36,14 @@ from ._bindings import WORLD_MODULE
 
 #: The app module componentize-py wraps; generated into the build folder.
 ENTRY_MODULE = "kasm_component_entry"
+
+#: The componentize-py this SDK is built and tested with (the package's pinned dependency).
+COMPONENTIZE_PY = "0.25.1"
+
+#: The custom section kasm-py appends to every component it builds: JSON saying what made it,
+#: so a host (or a person with wasm-tools) can tell an interpreted handler from a compiled one
+#: without running it.
+GUEST_SECTION = "kasm:guest"
 
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
@@ -166,7 +175,7 @@ def _componentize_py() -> str:
         return str(beside)
     found = shutil.which("componentize-py")
     if found is None:
-        raise BuildError("componentize-py is not installed (pip install componentize-py==0.25.1)")
+        raise BuildError(f"componentize-py is not installed (pip install componentize-py=={COMPONENTIZE_PY})")
     return found
 
 
@@ -192,8 +201,41 @@ def build(project: Project, output: Path, wit: Optional[Path] = None, quiet: boo
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
         raise BuildError(f"componentize-py failed (exit {result.returncode}); its output is above")
+    with partial.open("ab") as component:
+        component.write(guest_section(project))
     partial.replace(output)
     return took
+
+
+def guest_section(project: Project) -> bytes:
+    """The :data:`GUEST_SECTION` custom section for ``project``, encoded.
+
+    A custom section may appear between any two sections of a component, so appending one
+    leaves the component valid and its behaviour unchanged.
+    """
+    from . import __version__
+
+    payload = json.dumps(
+        {
+            "language": "python",
+            "sdk": f"kasm-guest {__version__}",
+            "toolchain": f"componentize-py {COMPONENTIZE_PY}",
+            "capabilities": project.capabilities,
+        },
+        separators=(",", ":"),
+    ).encode()
+    name = GUEST_SECTION.encode()
+    body = _leb128(len(name)) + name + payload
+    return b"\x00" + _leb128(len(body)) + body
+
+
+def _leb128(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
