@@ -48,6 +48,18 @@ if [[ ! -f "$stamp" ]]; then
     touch "$stamp"
 fi
 
+# The WASI 0.2 WIT that `wasi:http` needs (the notification handler declares `http`): the copy
+# in the wasmtime-wasi-http crate the host is built with, so the version is the host's.
+if [[ -z "${KASM_WASI_WIT:-}" ]]; then
+    manifest="$(cargo metadata --format-version 1 --manifest-path "$root/Cargo.toml" \
+        | "$python" -c 'import json, sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "wasmtime-wasi-http"))')"
+    export KASM_WASI_WIT="$(dirname "$manifest")/wit/deps"
+fi
+if [[ ! -f "$KASM_WASI_WIT/http.wit" ]]; then
+    echo "error: no wasi:http WIT in $KASM_WASI_WIT (KASM_WASI_WIT, or the wasmtime-wasi-http crate's wit/deps)" >&2
+    exit 1
+fi
+
 mkdir -p "$dist"
 
 # <source> <component in dist/> <capabilities, comma-separated; "-": those of [tool.kasm]>

@@ -11,6 +11,7 @@ contract as it evolves.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from importlib import resources
@@ -33,9 +34,34 @@ class WorldError(ValueError):
     """The declared capabilities or the WIT folder cannot make a world."""
 
 
+#: The environment variable naming a folder of the WASI 0.2 WIT packages (a handler that
+#: declares ``http`` needs them).
+WASI_WIT_ENV = "KASM_WASI_WIT"
+
+
 def shipped_wit() -> Path:
-    """The folder of the WIT shipped with this package (``kasm/`` and ``wasi/``)."""
+    """The folder of the WIT shipped with this package (``kasm/``: the contract)."""
     return Path(str(resources.files("kasm_guest") / "wit"))
+
+
+def wasi_wit() -> Path:
+    """The folder of the WASI 0.2 packages that ``wasi:http`` needs, from ``KASM_WASI_WIT``.
+
+    The WASI project publishes them; the kasm repository's build takes the copy in the
+    ``wasmtime-wasi-http`` crate the host is built with (its ``wit/deps``, found with
+    ``cargo metadata``), so a component's ``wasi:http`` is the version the host implements.
+    """
+    value = os.environ.get(WASI_WIT_ENV, "").strip()
+    if not value:
+        raise WorldError(
+            f"a handler that declares `http` needs the WASI 0.2 WIT packages: set "
+            f"{WASI_WIT_ENV} to a folder holding them (e.g. the `wit/deps` folder of the "
+            f"wasmtime-wasi-http crate of the kasm host's version)"
+        )
+    folder = Path(value)
+    if not (folder / "http.wit").is_file() and not (folder / "http").is_dir():
+        raise WorldError(f"{WASI_WIT_ENV}={folder} holds no wasi:http package (http.wit or http/)")
+    return folder
 
 
 def normalize(declared: Iterable[str]) -> list[str]:
@@ -96,7 +122,7 @@ def write(wit: Path, capabilities: list[str], into: Path) -> Path:
 
     ``wit`` is a folder holding the ``kasm:handler`` package (``types.wit``,
     ``capabilities.wit``, ``handler.wit``: the repository's ``wit/``, or ``kasm/`` of the
-    shipped copy); the WASI packages come from the shipped copy.
+    shipped copy); the WASI packages, for ``http``, from :func:`wasi_wit`.
     """
     package = into / "wit"
     package.mkdir(parents=True)
@@ -110,9 +136,12 @@ def write(wit: Path, capabilities: list[str], into: Path) -> Path:
         (package / source.name).write_text(text, encoding="utf-8")
     if "http" in capabilities:
         deps = package / "deps"
-        wasi = shipped_wit() / "wasi"
-        for folder in sorted(p for p in wasi.iterdir() if p.is_dir()):
-            shutil.copytree(folder, deps / folder.name)
+        deps.mkdir()
+        for source in sorted(wasi_wit().iterdir()):
+            if source.is_dir():
+                shutil.copytree(source, deps / source.name)
+            elif source.suffix == ".wit":
+                shutil.copyfile(source, deps / source.name)
     return package
 
 
