@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build every handler and test fixture for wasm32-wasip2 and copy the components to
-# handlers/dist/ under stable names (the host's tests and `make run` load them from there).
+# Build every Rust handler and test fixture for wasm32-wasip2, copy the components to
+# handlers/dist/ under stable names (the host's tests and `make run` load them from there),
+# then the Python ones (handlers/build-python.sh).
 #
 # Usage: handlers/build.sh        (from anywhere; honours CARGO_BUILD_JOBS and CARGO_TARGET_DIR)
 set -euo pipefail
@@ -49,3 +50,7 @@ cargo build --release --target "$target" --manifest-path "$here/Cargo.toml" -p f
 cp "$out/fixture_publisher.wasm" "$dist/fixture-publisher-v2.wasm.tmp"
 mv "$dist/fixture-publisher-v2.wasm.tmp" "$dist/fixture-publisher-v2.wasm"
 printf '%8d  %s\n' "$(wc -c <"$dist/fixture-publisher-v2.wasm")" "dist/fixture-publisher-v2.wasm"
+
+# The Python handlers and fixtures (py-*.wasm): componentize-py, installed from PyPI into
+# target/python/ on the first run; skipped when nothing changed.
+"$here/build-python.sh"
