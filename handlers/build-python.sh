@@ -73,6 +73,7 @@ components=(
     "python/fixtures/retryable.py py-retryable none"
     "python/fixtures/loops.py py-loops none"
     "python/fixtures/grows.py py-grows none"
+    "python/fixtures/ok.py py-ok none"
 )
 
 # Whether $1 (a component) is older than anything it is made of ($2: its source).

@@ -40,6 +40,8 @@ impl HostProcess {
             .arg(config)
             .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
             .env("RUST_LOG", log)
+            // One artifact cache for every host of the run: a component compiles once.
+            .env("KASM_CACHE_DIR", crate::shared_cache_dir())
             .envs(env.iter().copied());
         Self::spawn(command, "admin listening on http://")
     }

@@ -63,6 +63,13 @@ fn bench_calls(c: &mut Criterion) {
             "recurring",
             std::fs::read(root().join("handlers/recurring/demo/event.json")).unwrap(),
         ),
+        // The same handlers in Python: an interpreter's call, fresh and reused.
+        ("py-ok", "py-ok", br#"{"action":"ok"}"#.to_vec()),
+        (
+            "py-recurring-demo",
+            "py-recurring",
+            std::fs::read(root().join("handlers/recurring/demo/event.json")).unwrap(),
+        ),
     ];
     // The audit handler's SQLite database, schema from its migrations.
     let db_dir = tempfile::tempdir().unwrap();
@@ -85,7 +92,7 @@ fn bench_calls(c: &mut Criterion) {
         for (mode, reuse) in [("fresh", 0u32), ("reused", u32::MAX)] {
             let mut spec = HandlerSpec::new(name);
             spec.grants = Grants::all();
-            spec.instance_reuse = reuse;
+            spec.instance_reuse = Some(reuse);
             spec.sql = Some(db.clone());
             let handler = runtime.load(&bytes, spec).unwrap();
             // Warm up and check the call really succeeds.

@@ -81,7 +81,7 @@ pub async fn start_with_hub(
     ws: Arc<crate::websocket::Hub>,
 ) -> anyhow::Result<Host> {
     let runtime = Runtime::new(RuntimeConfig {
-        cache_dir: Some(config.data_dir.join("artifacts")),
+        cache_dir: config.artifact_dir(),
         max_component_bytes: config.max_component_bytes(),
         ..RuntimeConfig::default()
     })?;

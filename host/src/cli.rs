@@ -28,6 +28,8 @@ use crate::runtime::{
 #[command(name = "kasm", version, about, propagate_version = true)]
 pub struct Cli {
     /// Folder for precompiled component artifacts (keyed by component sha256 and engine).
+    /// `validate`/`invoke` default to the user's cache folder; `run` and `dev` to
+    /// `<data_dir>/artifacts`. Hosts may share one.
     #[arg(long, global = true, env = "KASM_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Do not read or write precompiled artifacts.
@@ -248,12 +250,13 @@ pub async fn run(cli: Cli) -> ExitCode {
     let result = match &cli.command {
         Command::Validate(args) => validate(&cli, args).await,
         Command::Invoke(args) => invoke(&cli, args).await,
-        Command::Run(args) => run_host(args).await,
+        Command::Run(args) => run_host(&cli, args).await,
         Command::Produce(args) => produce(args).await,
         Command::Dev(args) => crate::dev::run(crate::dev::DevOptions {
             handlers_dir: args.handlers_dir.clone(),
             rate: args.rate,
             admin: args.admin,
+            artifacts: artifacts(&cli),
         })
         .await
         .map(|()| ExitCode::SUCCESS),
@@ -268,8 +271,19 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-async fn run_host(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let config = match crate::config::Config::load(&args.config) {
+/// Where `run` and `dev` keep artifacts: the global `--cache-dir` / `KASM_CACHE_DIR` when given,
+/// else the data folder's `artifacts/`; none with `--no-cache`.
+fn artifacts(cli: &Cli) -> crate::config::Artifacts {
+    use crate::config::Artifacts;
+    match (&cli.cache_dir, cli.no_cache) {
+        (_, true) => Artifacts::Off,
+        (Some(dir), false) => Artifacts::At(dir.clone()),
+        (None, false) => Artifacts::InDataDir,
+    }
+}
+
+async fn run_host(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let mut config = match crate::config::Config::load(&args.config) {
         Ok(c) => c,
         Err(errors) => {
             for e in &errors.0 {
@@ -278,6 +292,7 @@ async fn run_host(args: &RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    config.artifacts = artifacts(cli);
     crate::app::run(config, crate::config::KafkaEnv::from_env()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -400,6 +415,12 @@ async fn validate(cli: &Cli, args: &ValidateArgs) -> anyhow::Result<ExitCode> {
     }
     println!("valid      {}", args.component.display());
     println!("world      {}", info.world);
+    if let Some(language) = &info.language {
+        let reuse = crate::runtime::default_instance_reuse(&info);
+        println!(
+            "language   {language} (an instance serves {reuse} records unless instance_reuse says otherwise)"
+        );
+    }
     println!("sha256     {}", info.sha256);
     println!(
         "size       {} bytes ({:.1} KiB)",

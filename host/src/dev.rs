@@ -30,6 +30,8 @@ pub struct DevOptions {
     pub rate: f64,
     /// Admin server address.
     pub admin: std::net::SocketAddr,
+    /// Where precompiled artifacts are kept.
+    pub artifacts: crate::config::Artifacts,
 }
 
 const SOURCE_TOPICS: [(&str, i32); 3] = [("task-events", 4), ("task-updates", 4), ("reminders", 2)];
@@ -61,7 +63,7 @@ fn handler(dir: &Path, name: &str, topic: &str, publish_to: &str) -> HandlerConf
         ledger_max_entries: 1_000_000,
         max_replays: 3,
         settings: BTreeMap::new(),
-        instance_reuse: 0,
+        instance_reuse: None,
         ledger: true,
         max_batch: crate::config::defaults::max_batch(),
         max_batch_bytes: crate::config::defaults::max_batch_bytes(),
@@ -133,6 +135,7 @@ pub fn dev_config(
         kafka: BTreeMap::new(),
         handlers,
         source: PathBuf::from("(kasm dev)"),
+        artifacts: crate::config::Artifacts::default(),
     }
 }
 
@@ -157,7 +160,8 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     }
     let data = tempfile::tempdir().context("creating the dev data folder")?;
     let (webhook, webhooks_received) = spawn_webhook_receiver().await?;
-    let config = dev_config(&opts.handlers_dir, data.path(), opts.admin, webhook);
+    let mut config = dev_config(&opts.handlers_dir, data.path(), opts.admin, webhook);
+    config.artifacts = opts.artifacts.clone();
     config.validate()?;
     let env = KafkaEnv {
         bootstrap_servers: Some(cluster.bootstrap_servers().to_owned()),

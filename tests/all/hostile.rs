@@ -101,7 +101,7 @@ async fn memory_leaking_call_after_call_hits_the_cap_and_the_instance_is_replace
     let cap = 16usize << 20;
     let h = hostile(|s| {
         s.memory_bytes = cap;
-        s.instance_reuse = 1000;
+        s.instance_reuse = Some(1000);
     });
     let before = rss_mib();
     let grow = serde_json::json!({"action": "grow", "kib": 1024});

@@ -18,6 +18,7 @@ mod hostile;
 mod loading;
 mod pipeline;
 mod process;
+mod python;
 mod sandbox;
 mod services;
 mod sql;

@@ -129,7 +129,9 @@ async fn guest_errors_keep_their_kind_and_message() {
 #[tokio::test]
 async fn a_failed_instance_is_never_reused() {
     let rt = runtime();
-    let h = load(&rt, "fixture", Grants::all(), |s| s.instance_reuse = 100);
+    let h = load(&rt, "fixture", Grants::all(), |s| {
+        s.instance_reuse = Some(100)
+    });
     let ok = serde_json::json!({"action": "ok"});
     let first = h.invoke(&event(ok.clone())).await.unwrap();
     assert!(!first.reused_instance);

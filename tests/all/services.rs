@@ -51,9 +51,11 @@ async fn audit_rows(target: &SqlTarget) -> i64 {
     }
 }
 
-/// A `kasm run` with the audit handler on `sql_grant`, reading `topic` as `group`.
+/// A `kasm run` with the audit handler (component `component` of `handlers/dist/`) on
+/// `sql_grant`, reading `topic` as `group`.
 fn audit_host(
     s: &Setup,
+    component: &str,
     data: &str,
     group: &str,
     sql_grant: &str,
@@ -66,7 +68,7 @@ fn audit_host(
          group_id = \"{group}\"\npayload = \"json\"\n\
          grants = {{ sql = {{ {sql_grant}, migrations = \"{m}\" }} }}\n",
         k = KAFKA_TEST_PROPS,
-        c = kasm_tests::component("audit").display(),
+        c = kasm_tests::component(component).display(),
         t = s.topic,
         m = root().join("handlers/audit/migrations").display(),
         sql_grant = sql_grant,
@@ -88,14 +90,19 @@ async fn wait_committed(s: &Setup, group: &str, records: usize) {
 /// Then a second host with a fresh ledger and its own group, which runs the handler on every
 /// event again (its ledger only skips the second copies) → still 1,000 rows: the event id is
 /// the table's key.
-async fn audit_writes_one_row_per_event(target: SqlTarget, sql_grant: &str, env: &[(&str, &str)]) {
+pub(super) async fn audit_writes_one_row_per_event(
+    component: &str,
+    target: SqlTarget,
+    sql_grant: &str,
+    env: &[(&str, &str)],
+) {
     let s = Setup::new(TestBroker::from_env(), 4).await;
     let n = 1_000;
     let events = task_events(&unique("task"), n);
     produce(&s.broker.producer(), &s.topic, &events).await;
 
     let first_group = unique("audit");
-    let mut host = audit_host(&s, "a", &first_group, sql_grant, env);
+    let mut host = audit_host(&s, component, "a", &first_group, sql_grant, env);
     let deadline = Instant::now() + Duration::from_secs(120);
     while audit_rows(&target).await < n as i64 {
         if Instant::now() >= deadline {
@@ -122,7 +129,7 @@ async fn audit_writes_one_row_per_event(target: SqlTarget, sql_grant: &str, env:
 
     // A host that remembers nothing runs every record through the handler again.
     let second_group = unique("audit-again");
-    let mut again = audit_host(&s, "b", &second_group, sql_grant, env);
+    let mut again = audit_host(&s, component, "b", &second_group, sql_grant, env);
     wait_committed(&s, &second_group, 2 * n).await;
     again.signal("TERM");
     assert!(again.wait_exit(Duration::from_secs(30)).success());
@@ -144,13 +151,14 @@ async fn audit_on_sqlite_writes_exactly_one_row_per_event() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("audit.sqlite");
     let grant = format!("sqlite = \"{}\"", file.display());
-    audit_writes_one_row_per_event(SqlTarget::Sqlite(file), &grant, &[]).await;
+    audit_writes_one_row_per_event("audit", SqlTarget::Sqlite(file), &grant, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_on_postgres_writes_exactly_one_row_per_event() {
     let url = super::sql::pg_schema().await;
     audit_writes_one_row_per_event(
+        "audit",
         SqlTarget::Postgres(url.clone()),
         "url_env = \"AUDIT_DATABASE_URL\"",
         &[("AUDIT_DATABASE_URL", &url)],
@@ -208,6 +216,13 @@ fn completion(task_id: &str, due: &str, until: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produced_task_events_are_audited_and_recurring_tasks_continue() {
+    audited_and_continued("audit", "recurring").await;
+}
+
+/// Task events produced with `kasm produce`, run through the audit and recurring handlers
+/// (components `audit` and `recurring` of `handlers/dist/`): one audit row per distinct event,
+/// one next occurrence per completion with a deterministic id, none after the series ends.
+pub(super) async fn audited_and_continued(audit: &str, recurring: &str) {
     let s = Setup::new(TestBroker::from_env(), 4).await;
     let db = s.dir.path().join("audit.sqlite");
     let body = format!(
@@ -217,8 +232,8 @@ async fn produced_task_events_are_audited_and_recurring_tasks_continue() {
          [handlers.recurring]\ncomponent = \"{rec}\"\ntopics = [\"{t}\"]\ngroup_id = \"{g}-rec\"\n\
          payload = \"json\"\ngrants = {{ producer = [\"{t}\"] }}\n",
         k = KAFKA_TEST_PROPS,
-        audit = kasm_tests::component("audit").display(),
-        rec = kasm_tests::component("recurring").display(),
+        audit = kasm_tests::component(audit).display(),
+        rec = kasm_tests::component(recurring).display(),
         t = s.topic,
         g = s.group,
         db = db.display(),
@@ -492,15 +507,19 @@ fn reminders(prefix: &str, n: usize) -> Vec<Rec> {
         .collect()
 }
 
-/// A `kasm run` with the notification handler posting to `receiver`.
-fn notification_host(s: &Setup, receiver: &kasm_tests::receiver::Receiver) -> HostProcess {
+/// A `kasm run` with the notification handler (component `component`) posting to `receiver`.
+fn notification_host(
+    s: &Setup,
+    component: &str,
+    receiver: &kasm_tests::receiver::Receiver,
+) -> HostProcess {
     let body = format!(
         "[kafka]\n{k}\n[handlers.notification]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\n\
          group_id = \"{g}\"\npayload = \"json\"\ngrants = {{ http = [\"{addr}\"] }}\n\
          settings = {{ webhook_url = \"{url}\" }}\n\
          retry = {{ attempts = 4, initial_backoff = \"50ms\", max_backoff = \"200ms\" }}\n",
         k = KAFKA_TEST_PROPS,
-        c = kasm_tests::component("notification").display(),
+        c = kasm_tests::component(component).display(),
         t = s.topic,
         g = s.group,
         addr = receiver.addr,
@@ -512,11 +531,16 @@ fn notification_host(s: &Setup, receiver: &kasm_tests::receiver::Receiver) -> Ho
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_reminder_is_posted_once_with_its_idempotency_key() {
+    posted_once("notification").await;
+}
+
+/// 20 reminders: one POST each, with the reminder's event id as its Idempotency-Key.
+pub(super) async fn posted_once(component: &str) {
     let s = Setup::new(TestBroker::from_env(), 4).await;
     let receiver = kasm_tests::receiver::Receiver::start(&[200]);
     let n = 20;
     produce(&s.broker.producer(), &s.topic, &reminders("rem", n)).await;
-    let mut host = notification_host(&s, &receiver);
+    let mut host = notification_host(&s, component, &receiver);
     wait_committed(&s, &s.group, n).await;
     host.signal("TERM");
     assert!(host.wait_exit(Duration::from_secs(30)).success());
@@ -539,10 +563,15 @@ async fn each_reminder_is_posted_once_with_its_idempotency_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_answering_503_twice_gets_the_reminder_on_the_third_try() {
+    delivered_on_the_third_try("notification").await;
+}
+
+/// A webhook answering 503, 503, 200: retried until delivered, nothing dead-lettered.
+pub(super) async fn delivered_on_the_third_try(component: &str) {
     let s = Setup::new(TestBroker::from_env(), 1).await;
     let receiver = kasm_tests::receiver::Receiver::start(&[503, 503, 200]);
     produce(&s.broker.producer(), &s.topic, &reminders("retry", 1)).await;
-    let mut host = notification_host(&s, &receiver);
+    let mut host = notification_host(&s, component, &receiver);
     wait_committed(&s, &s.group, 1).await;
     host.signal("TERM");
     assert!(host.wait_exit(Duration::from_secs(30)).success());
@@ -571,10 +600,16 @@ async fn a_webhook_answering_503_twice_gets_the_reminder_on_the_third_try() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_answering_400_dead_letters_the_reminder_as_fatal() {
+    dead_lettered_on_a_400("notification").await;
+}
+
+/// A webhook answering 400: the reminder is dead-lettered as `fatal` with its provenance, and
+/// not retried.
+pub(super) async fn dead_lettered_on_a_400(component: &str) {
     let s = Setup::new(TestBroker::from_env(), 1).await;
     let receiver = kasm_tests::receiver::Receiver::start(&[400]);
     produce(&s.broker.producer(), &s.topic, &reminders("bad", 1)).await;
-    let mut host = notification_host(&s, &receiver);
+    let mut host = notification_host(&s, component, &receiver);
     let dlq = kasm_tests::broker::read_topic(
         &s.broker.bootstrap(),
         &format!("{}.dlq", s.topic),

@@ -20,6 +20,9 @@
 //!     1000*: the defaults with that one key set;
 //!   - *kasm audit on SQLite (defaults)*: the audit handler writing one SQLite row per task
 //!     event, with the defaults;
+//!   - *kasm Python trivial handler (defaults)*: `py-ok` (`handlers/python/fixtures/ok.py`:
+//!     decode the JSON payload, return), the Python twin of `fixture`, with the defaults
+//!     (for a Python component: `instance_reuse = 1000`);
 //!   - *peer, commit per batch (aiokafka)*: `bench/peer.py`, manual commit after each batch
 //!     `getmany` returns, a set of seen ids, a DLQ;
 //!   - *peer, commit per message (aiokafka)*: `bench/peer_per_message.py`, the same work with
@@ -378,6 +381,8 @@ struct KasmOpts {
     ledger: Option<bool>,
     /// The audit handler on SQLite instead of the trivial fixture.
     audit: bool,
+    /// The trivial handler in Python (`py-ok`) instead of the Rust fixture.
+    python: bool,
 }
 
 const DEFAULTS: KasmOpts = KasmOpts {
@@ -385,6 +390,7 @@ const DEFAULTS: KasmOpts = KasmOpts {
     instance_reuse: None,
     ledger: None,
     audit: false,
+    python: false,
 };
 
 impl KasmOpts {
@@ -414,6 +420,8 @@ fn kasm_config(b: &Bench, dir: &Path, topic: &str, o: KasmOpts) -> PathBuf {
                 root().join("handlers/audit/migrations").display()
             ),
         )
+    } else if o.python {
+        (component("py-ok"), String::new())
     } else {
         (
             component("fixture"),
@@ -587,7 +595,7 @@ enum Contender {
 
 /// The throughput rows, in the order they run in each round and print. The kasm rows other
 /// than the defaults each set one key.
-const CONTENDERS: [(&str, Contender); 8] = [
+const CONTENDERS: [(&str, Contender); 9] = [
     (
         "baseline (rdkafka, no Wasm, no ledger)",
         Contender::Baseline,
@@ -618,6 +626,13 @@ const CONTENDERS: [(&str, Contender); 8] = [
         "kasm audit on SQLite (defaults)",
         Contender::Kasm(KasmOpts {
             audit: true,
+            ..DEFAULTS
+        }),
+    ),
+    (
+        "kasm Python trivial handler (defaults)",
+        Contender::Kasm(KasmOpts {
+            python: true,
             ..DEFAULTS
         }),
     ),

@@ -69,6 +69,33 @@ pub struct Config {
     /// Where this configuration was read from (set by [`Config::load`]).
     #[serde(skip)]
     pub source: PathBuf,
+    /// Where precompiled component artifacts are kept; set from the command line
+    /// (`--cache-dir` / `KASM_CACHE_DIR`, `--no-cache`), not from the file.
+    #[serde(skip)]
+    pub artifacts: Artifacts,
+}
+
+/// Where precompiled component artifacts (keyed by component sha256 and engine) are kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Artifacts {
+    /// `<data_dir>/artifacts`.
+    #[default]
+    InDataDir,
+    /// A folder of its own, which several hosts may share.
+    At(PathBuf),
+    /// None: every start compiles its components.
+    Off,
+}
+
+impl Config {
+    /// The artifact folder, if artifacts are kept.
+    pub fn artifact_dir(&self) -> Option<PathBuf> {
+        match &self.artifacts {
+            Artifacts::InDataDir => Some(self.data_dir.join("artifacts")),
+            Artifacts::At(dir) => Some(dir.clone()),
+            Artifacts::Off => None,
+        }
+    }
 }
 
 /// The admin/health HTTP server.
@@ -164,13 +191,14 @@ pub struct HandlerConfig {
     /// held back, and under load batches grow by themselves while the previous one commits.
     #[serde(default, with = "humantime_serde")]
     pub batch_linger: Duration,
-    /// 0 (default): a fresh instance per batch — records of one batch share an instance (its
-    /// module state), batches never do; an instance that trapped, timed out or ran out of
-    /// memory is dropped and the rest of the batch runs on a fresh one. N > 0: an instance
-    /// serves up to N records across batches (for handlers written for it, and interpreted
-    /// ones, whose instances are expensive to make).
+    /// 0: a fresh instance per batch — records of one batch share an instance (its module
+    /// state), batches never do; an instance that trapped, timed out or ran out of memory is
+    /// dropped and the rest of the batch runs on a fresh one. N > 0: an instance serves up to
+    /// N records across batches. Unset (default): 0 for a compiled component, 1000 for an
+    /// interpreted one (Python, JavaScript: its `kasm:guest` section says so), whose fresh
+    /// instance costs milliseconds.
     #[serde(default)]
-    pub instance_reuse: u32,
+    pub instance_reuse: Option<u32>,
     /// true (default): the dedup ledger skips event ids this handler already finished. false:
     /// no ledger at all — plain at-least-once, a redelivered or re-sent event runs again (for
     /// handlers whose effects are idempotent on their own); offsets still move only after

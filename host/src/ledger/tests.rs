@@ -88,7 +88,10 @@ async fn handlers_are_namespaces(ledger: &dyn Ledger) {
         [true, false, true]
     );
     assert_eq!(
-        ledger.contains_many("notification", &["same"]).await.unwrap(),
+        ledger
+            .contains_many("notification", &["same"])
+            .await
+            .unwrap(),
         [false],
         "another handler's entry is not this one's"
     );

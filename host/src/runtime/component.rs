@@ -157,6 +157,33 @@ pub struct ComponentInfo {
     pub exports: Vec<String>,
     /// The capabilities it needs (what its handler must be granted).
     pub capabilities: Vec<Capability>,
+    /// The language its `kasm:guest` custom section names (the Python SDK's build writes
+    /// one), if it has one: a hint for defaults such as instance reuse, never a check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+}
+
+/// The name of the custom section in which an SDK's build describes the component (JSON: its
+/// `language`, SDK and toolchain versions, capabilities).
+pub const GUEST_SECTION: &str = "kasm:guest";
+
+/// The `language` of the component's [`GUEST_SECTION`], if it has one that says.
+pub fn guest_language(bytes: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Guest {
+        language: String,
+    }
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let Ok(wasmparser::Payload::CustomSection(section)) = payload else {
+            continue;
+        };
+        if section.name() == GUEST_SECTION {
+            return serde_json::from_slice::<Guest>(section.data())
+                .ok()
+                .map(|g| g.language.to_ascii_lowercase());
+        }
+    }
+    None
 }
 
 /// How the compiled form was obtained.
@@ -346,12 +373,36 @@ pub(crate) fn check_world(
         imports,
         exports,
         capabilities: needed.into_iter().collect(),
+        language: None,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_guest_section_names_the_language_and_nothing_else_does() {
+        // A component preamble, then custom sections.
+        let mut bytes = b"\0asm\x0d\x00\x01\x00".to_vec();
+        let section = |bytes: &mut Vec<u8>, name: &str, data: &[u8]| {
+            let mut body = vec![u8::try_from(name.len()).unwrap()];
+            body.extend(name.as_bytes());
+            body.extend(data);
+            bytes.push(0);
+            bytes.push(u8::try_from(body.len()).unwrap());
+            bytes.extend(body);
+        };
+        assert_eq!(guest_language(&bytes), None);
+        section(&mut bytes, "producers", br#"{"language": "python"}"#);
+        assert_eq!(guest_language(&bytes), None, "another section's JSON");
+        section(
+            &mut bytes,
+            GUEST_SECTION,
+            br#"{"language": "Python", "sdk": "0.1.0"}"#,
+        );
+        assert_eq!(guest_language(&bytes).as_deref(), Some("python"));
+    }
 
     #[test]
     fn byte_checks_name_the_cause() {

@@ -47,8 +47,9 @@ pub struct HandlerSpec {
     pub max_call_output_bytes: usize,
     /// Guest stdout/stderr kept per call, in bytes (the tail).
     pub output_bytes: usize,
-    /// 0: a fresh instance per call. N > 0: an instance serves up to N calls.
-    pub instance_reuse: u32,
+    /// 0: a fresh instance per batch (per call outside a batch). N > 0: an instance serves
+    /// up to N calls. `None`: by what the component is ([`default_instance_reuse`]).
+    pub instance_reuse: Option<u32>,
     /// Idle reusable instances kept (with `instance_reuse` > 0).
     pub max_idle_instances: usize,
     /// Backend of the `kv` capability.
@@ -73,7 +74,7 @@ impl HandlerSpec {
             max_record_bytes: 1 << 20,
             max_call_output_bytes: 64 << 20,
             output_bytes: 16 << 10,
-            instance_reuse: 0,
+            instance_reuse: None,
             max_idle_instances: 8,
             kv: Arc::new(MemoryKv::default()),
             kv_timeout: Duration::from_secs(5),
@@ -88,6 +89,23 @@ struct Warm {
     bindings: Handler,
     calls: u32,
 }
+
+/// How many calls an instance serves when the handler's configuration does not say: 0 (a
+/// fresh instance per batch) for a compiled component; [`INTERPRETED_INSTANCE_REUSE`] for an
+/// interpreter (a component whose `kasm:guest` section names Python or JavaScript), whose
+/// fresh instance costs milliseconds (the interpreter's start) where a compiled one costs
+/// microseconds: at a low rate, where every record is a batch of its own, a fresh instance per
+/// batch would be one per record.
+pub fn default_instance_reuse(info: &ComponentInfo) -> u32 {
+    match info.language.as_deref() {
+        Some("python" | "javascript") => INTERPRETED_INSTANCE_REUSE,
+        _ => 0,
+    }
+}
+
+/// Calls an interpreted component's instance serves by default (see
+/// [`default_instance_reuse`]).
+pub const INTERPRETED_INSTANCE_REUSE: u32 = 1000;
 
 /// A component loaded for one handler, ready to be called.
 pub struct LoadedHandler {
@@ -138,6 +156,9 @@ impl LoadedHandler {
             // before the call's deadline stops it.
             http_timeout: spec.deadline,
         });
+        let instance_reuse = spec
+            .instance_reuse
+            .unwrap_or_else(|| default_instance_reuse(&info));
         Self {
             runtime,
             pre,
@@ -147,7 +168,7 @@ impl LoadedHandler {
             deadline: spec.deadline,
             memory_bytes: spec.memory_bytes,
             output_bytes: spec.output_bytes,
-            instance_reuse: spec.instance_reuse,
+            instance_reuse,
             max_idle: spec.max_idle_instances,
             warm: Mutex::new(Vec::new()),
         }

@@ -38,7 +38,9 @@ pub use cache::ArtifactCache;
 pub use component::{
     ComponentInfo, ImportInfo, ImportKind, LoadError, LoadReport, LoadSource, sha256_hex,
 };
-pub use invoke::{Batch, HandlerSpec, LoadedHandler};
+pub use invoke::{
+    Batch, HandlerSpec, INTERPRETED_INSTANCE_REUSE, LoadedHandler, default_instance_reuse,
+};
 pub use outcome::{FailureKind, HandlerFailure, Invocation, Outcome};
 
 use host::HostState;
@@ -210,7 +212,7 @@ impl Runtime {
         let sha256 = sha256_hex(bytes);
         let (component, report) =
             component::compile(&inner.engine, bytes, &sha256, inner.cache.as_ref())?;
-        let info = component::check_world(
+        let mut info = component::check_world(
             &inner.engine,
             &component,
             sha256,
@@ -218,6 +220,7 @@ impl Runtime {
             &spec.name,
             &spec.grants,
         )?;
+        info.language = component::guest_language(bytes);
         let pre = inner
             .linker
             .instantiate_pre(&component)
