@@ -416,7 +416,7 @@ async fn validate(cli: &Cli, args: &ValidateArgs) -> anyhow::Result<ExitCode> {
     println!("valid      {}", args.component.display());
     println!("world      {}", info.world);
     if let Some(language) = &info.language {
-        let reuse = crate::runtime::default_instance_reuse(&info);
+        let reuse = crate::runtime::default_instance_reuse(info);
         println!(
             "language   {language} (an instance serves {reuse} records unless instance_reuse says otherwise)"
         );

@@ -4,11 +4,12 @@
 //! handler can end in.
 //!
 //! Python components are ~18 MB and take seconds to compile; `kasm run` keeps the compiled
-//! artifact in `KASM_CACHE_DIR` (set by the Makefile), so each is compiled once per run. The
+//! artifact in `KASM_CACHE_DIR` (the hosts tests start share one), so each is compiled once per run. The
 //! tests here take turns (one lock), so that no two compile the same component at once.
 
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
+
+use tokio::sync::{Mutex, MutexGuard};
 
 use kasm_host::capabilities::sql::SqlTarget;
 use kasm_tests::broker::{Rec, TestBroker, produce, read_topic};
@@ -17,17 +18,16 @@ use kasm_tests::{KAFKA_TEST_PROPS, Setup, count_sources, events, unique, write_c
 
 use super::services;
 
-static TURN: Mutex<()> = Mutex::new(());
+static TURN: Mutex<()> = Mutex::const_new(());
 
-/// This test's turn among the Python tests.
-fn turn() -> MutexGuard<'static, ()> {
-    TURN.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+/// This test's turn among the Python tests (a test that fails passes the turn on).
+async fn turn() -> MutexGuard<'static, ()> {
+    TURN.lock().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_audit_on_sqlite_writes_exactly_one_row_per_event() {
-    let _turn = turn();
+    let _turn = turn().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("audit.sqlite");
     let grant = format!("sqlite = \"{}\"", file.display());
@@ -37,7 +37,7 @@ async fn python_audit_on_sqlite_writes_exactly_one_row_per_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_audit_on_postgres_writes_exactly_one_row_per_event() {
-    let _turn = turn();
+    let _turn = turn().await;
     let url = super::sql::pg_schema().await;
     services::audit_writes_one_row_per_event(
         "py-audit",
@@ -50,25 +50,25 @@ async fn python_audit_on_postgres_writes_exactly_one_row_per_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_task_events_are_audited_and_recurring_tasks_continue() {
-    let _turn = turn();
+    let _turn = turn().await;
     services::audited_and_continued("py-audit", "py-recurring").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_notification_posts_each_reminder_once_with_its_idempotency_key() {
-    let _turn = turn();
+    let _turn = turn().await;
     services::posted_once("py-notification").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_notification_retries_a_503_until_delivered() {
-    let _turn = turn();
+    let _turn = turn().await;
     services::delivered_on_the_third_try("py-notification").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_notification_dead_letters_a_400_as_fatal() {
-    let _turn = turn();
+    let _turn = turn().await;
     services::dead_lettered_on_a_400("py-notification").await;
 }
 
@@ -76,7 +76,7 @@ async fn python_notification_dead_letters_a_400_as_fatal() {
 /// where only `producer` is granted, and publishes one output per event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_handler_granted_only_producer_starts_and_publishes_every_event() {
-    let _turn = turn();
+    let _turn = turn().await;
     let s = Setup::new(TestBroker::from_env(), 4).await;
     let n = 500;
     produce(&s.broker.producer(), &s.topic, &events("ev", 0..n, &s.out)).await;
@@ -113,7 +113,7 @@ struct Failing {
 /// at its memory cap. Each dead letter carries its provenance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_failures_end_as_trap_retry_timeout_and_out_of_memory() {
-    let _turn = turn();
+    let _turn = turn().await;
     let broker = TestBroker::from_env();
     let dir = tempfile::tempdir().unwrap();
     let group = unique("py-failures");
@@ -247,7 +247,7 @@ async fn python_failures_end_as_trap_retry_timeout_and_out_of_memory() {
 /// its provenance and the reason; the good events around it are audited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_audit_dead_letters_a_poison_record_once_with_its_provenance() {
-    let _turn = turn();
+    let _turn = turn().await;
     let s = Setup::new(TestBroker::from_env(), 1).await;
     let db = s.dir.path().join("audit.sqlite");
     let body = format!(
@@ -308,7 +308,7 @@ async fn python_audit_dead_letters_a_poison_record_once_with_its_provenance() {
 /// handled, and every event produced after the deploy answered runs on the Python version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rust_handler_is_swapped_for_its_python_twin_while_records_flow() {
-    let _turn = turn();
+    let _turn = turn().await;
     const TOKEN: &str = "python-swap-token";
     let s = Setup::new(TestBroker::from_env(), 4).await;
     let n = 2_000;
