@@ -46,6 +46,16 @@ impl HostProcess {
         Self::spawn(command, "admin listening on http://")
     }
 
+    /// How many records handler `handler` has handled `ok`, by the host's own count (the admin
+    /// API answers at once; reading an output topic takes longer); 0 when it does not answer.
+    pub fn processed(&self, handler: &str) -> u64 {
+        let (_, body) = http_get(&self.admin, &format!("/v1/handlers/{handler}"));
+        serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default()["counters"]
+            ["processed"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
     /// Start `command` (a `kasm` subcommand), its stdout and stderr collected; wait for the
     /// line containing `admin_needle` (which ends in `http://`) and take the admin address
     /// that follows it.

@@ -206,15 +206,8 @@ async fn sigkill_during_batches_loses_nothing_and_repeats_at_most_a_batch_per_pa
         .await;
         let host = HostProcess::start(&cfg, &s.broker.bootstrap());
         // Its own count (the admin API answers at once): killed a few batches in.
-        let processed = || {
-            let (_, body) = kasm_tests::hostproc::http_get(&host.admin, "/v1/handlers/pub");
-            serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default()["counters"]
-                ["processed"]
-                .as_u64()
-                .unwrap_or(0)
-        };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while processed() == 0 && Instant::now() < deadline {
+        while host.processed("pub") == 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
         }
         std::thread::sleep(Duration::from_millis(rand::random::<u64>() % 100));

@@ -246,15 +246,8 @@ async fn sigterm_with_every_broker_down_exits_within_the_drain_timeouts_and_lose
     // The brokers go down moments after the host's first handled records, by its own count
     // (the admin API answers at once; reading the output topic takes longer than the host
     // needs for all of them).
-    let processed = || {
-        let (_, body) = kasm_tests::hostproc::http_get(&host.admin, "/v1/handlers/pub");
-        serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default()["counters"]
-            ["processed"]
-            .as_u64()
-            .unwrap_or(0)
-    };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while processed() == 0 && Instant::now() < deadline {
+    while host.processed("pub") == 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(2));
     }
 
