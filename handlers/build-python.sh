@@ -49,16 +49,21 @@ if [[ ! -f "$stamp" ]]; then
 fi
 
 # The WASI 0.2 WIT that `wasi:http` needs (the notification handler declares `http`): the copy
-# in the wasmtime-wasi-http crate the host is built with, so the version is the host's.
-if [[ -z "${KASM_WASI_WIT:-}" ]]; then
-    manifest="$(cargo metadata --format-version 1 --manifest-path "$root/Cargo.toml" \
-        | "$python" -c 'import json, sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "wasmtime-wasi-http"))')"
-    export KASM_WASI_WIT="$(dirname "$manifest")/wit/deps"
-fi
-if [[ ! -f "$KASM_WASI_WIT/http.wit" ]]; then
-    echo "error: no wasi:http WIT in $KASM_WASI_WIT (KASM_WASI_WIT, or the wasmtime-wasi-http crate's wit/deps)" >&2
-    exit 1
-fi
+# in the wasmtime-wasi-http crate the host is built with, so the version is the host's. Looked
+# up once, before the first component that is rebuilt (`cargo metadata` is most of the time a
+# build with nothing to do would take).
+wasi_wit() {
+    if [[ -z "${KASM_WASI_WIT:-}" ]]; then
+        local manifest
+        manifest="$(cargo metadata --format-version 1 --manifest-path "$root/Cargo.toml" \
+            | "$python" -c 'import json, sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "wasmtime-wasi-http"))')"
+        export KASM_WASI_WIT="$(dirname "$manifest")/wit/deps"
+    fi
+    if [[ ! -f "$KASM_WASI_WIT/http.wit" ]]; then
+        echo "error: no wasi:http WIT in $KASM_WASI_WIT (KASM_WASI_WIT, or the wasmtime-wasi-http crate's wit/deps)" >&2
+        exit 1
+    fi
+}
 
 mkdir -p "$dist"
 
@@ -112,6 +117,7 @@ for entry in "${components[@]}"; do
         printf '%8d  %s (up to date)\n' "$(wc -c <"$dist/$name.wasm")" "dist/$name.wasm"
         continue
     fi
+    wasi_wit
     build_one "$src" "$name" "$caps" &
     pids+=("$!")
     if (( ${#pids[@]} >= jobs )); then

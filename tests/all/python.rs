@@ -99,6 +99,46 @@ async fn a_python_handler_granted_only_producer_starts_and_publishes_every_event
         outputs.iter().all(|o| o.json()["version"] == "py"),
         "every output is the Python handler's"
     );
+    // The compiled artifact went to the shared cache the host was pointed at
+    // (`KASM_CACHE_DIR`), not to its data folder.
+    let bytes = std::fs::read(kasm_tests::component("py-producer-only")).unwrap();
+    let sha = kasm_host::runtime::sha256_hex(&bytes);
+    let cached = std::fs::read_dir(kasm_tests::shared_cache_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_string_lossy().starts_with(&sha));
+    assert!(cached, "no artifact for {sha} in the shared cache");
+    assert!(!s.dir.path().join("data/artifacts").exists());
+}
+
+/// `kasm validate` names a Python component's language and the instance policy it gets by
+/// default (the one the host applies when `instance_reuse` is not set); a Rust one has none.
+#[test]
+fn a_python_component_says_it_is_python_and_defaults_to_reused_instances() {
+    let validate = |name: &str| {
+        let out = std::process::Command::new(kasm_tests::kasm_bin())
+            .args(["validate", "--grant", "producer"])
+            .arg(kasm_tests::component(name))
+            .env("KASM_CACHE_DIR", kasm_tests::shared_cache_dir())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let py = validate("py-producer-only");
+    assert!(
+        py.contains(&format!(
+            "language   python (an instance serves {} records",
+            kasm_host::runtime::INTERPRETED_INSTANCE_REUSE
+        )),
+        "{py}"
+    );
+    let rust = validate("fixture-publisher");
+    assert!(!rust.contains("language"), "{rust}");
 }
 
 /// One topic per failing fixture, with its dead-letter topic.

@@ -188,24 +188,23 @@ impl HandlerCtx {
     pub fn claim<'k>(
         &self,
         keys: impl IntoIterator<Item = Option<&'k str>>,
-        taken: &mut Vec<String>,
+        taken: &mut std::collections::HashSet<String>,
     ) -> usize {
         let Ok(mut held) = self.claims.lock() else {
             // A panic while the set was held: nothing is excluded any more (the ledger still
             // skips what was recorded).
             return usize::MAX;
         };
-        let start = taken.len();
         let mut n = 0;
         for key in keys {
-            if let Some(key) = key
-                && !held.contains(key)
-            {
+            let Some(key) = key else {
+                n += 1;
+                continue;
+            };
+            if !held.contains(key) {
                 held.insert(key.to_owned());
-                taken.push(key.to_owned());
-            } else if let Some(key) = key
-                && !taken[start..].iter().any(|k| k == key)
-            {
+                taken.insert(key.to_owned());
+            } else if !taken.contains(key) {
                 return n;
             }
             n += 1;

@@ -368,7 +368,7 @@ async fn run_batch(
     // batch holds is looked up only after that batch has recorded it.
     let mut claims = Claims {
         ctx,
-        keys: Vec::new(),
+        keys: HashSet::new(),
     };
     let (claimed, known) = if ctx.config.ledger {
         let claimed = ctx.claim(
@@ -531,7 +531,7 @@ const CLAIM_WAIT: Duration = Duration::from_millis(2);
 /// batch's ledger write or when it is abandoned.
 struct Claims<'a> {
     ctx: &'a HandlerCtx,
-    keys: Vec<String>,
+    keys: HashSet<String>,
 }
 
 impl Drop for Claims<'_> {
