@@ -51,7 +51,7 @@ test-host:
 
 ## test-e2e: the broker end-to-end suites only; KASM_TEST_BOOTSTRAP=host:port picks an external broker
 test-e2e: build
-	KASM_TEST_BOOTSTRAP=$(KASM_TEST_BOOTSTRAP) $(CARGO) test -p kasm-tests --test all -- pipeline:: process:: admin services:: batches:: startup::
+	KASM_TEST_BOOTSTRAP=$(KASM_TEST_BOOTSTRAP) $(CARGO) test -p kasm-tests --test all -- pipeline:: process:: admin services:: batches:: startup:: ledger::
 
 test-handlers:
 	$(CARGO) test --manifest-path handlers/Cargo.toml

@@ -145,6 +145,24 @@ pub fn write_config(dir: &std::path::Path, body: &str) -> PathBuf {
     path
 }
 
+/// How many rows each id has in table `t` (column `id`) of the SQLite file at `path`: the
+/// fixture-sql tests insert one row per run of an event, so a count over 1 is a second run.
+pub fn sqlite_ids(path: &std::path::Path) -> std::collections::HashMap<String, usize> {
+    let mut m = std::collections::HashMap::new();
+    let Ok(db) = rusqlite::Connection::open(path) else {
+        return m;
+    };
+    let Ok(mut st) = db.prepare("SELECT id FROM t") else {
+        return m;
+    };
+    if let Ok(ids) = st.query_map([], |r| r.get::<_, String>(0)) {
+        for id in ids.flatten() {
+            *m.entry(id).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
 /// What most end-to-end tests start from: a broker with a source topic, an output topic and
 /// the source's dead-letter topic (random names), a temporary folder and a random group id.
 #[derive(Debug)]

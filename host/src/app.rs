@@ -17,11 +17,11 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, KafkaEnv, Secret};
+use crate::config::{Config, KafkaEnv, LedgerStore, Secret};
 use crate::deploy::Deployer;
 use crate::health::Health;
 use crate::kafka::producer::KafkaProducer;
-use crate::ledger::{FileLedger, Ledger};
+use crate::ledger::{FileLedger, KafkaLedger, Ledger};
 use crate::pipeline::{HandlerCtx, Pipeline};
 use crate::runtime::{Runtime, RuntimeConfig};
 
@@ -85,13 +85,9 @@ pub async fn start_with_hub(
         max_component_bytes: config.max_component_bytes(),
         ..RuntimeConfig::default()
     })?;
-    let ledger_path = config.data_dir.join("ledger.redb");
-    let ledger: Arc<dyn Ledger> = Arc::new(
-        FileLedger::open(&ledger_path)
-            .with_context(|| format!("opening the ledger {}", ledger_path.display()))?,
-    );
     let props = config.kafka_properties();
     let producer = KafkaProducer::new(env, &props)?;
+    let ledger = open_ledger(config, env, &props, &producer).await?;
     let health = Arc::new(Health::default());
     let metrics = Arc::new(crate::metrics::Metrics::new());
 
@@ -202,6 +198,40 @@ pub async fn start_with_hub(
     })
 }
 
+/// The dedup ledger `config.ledger_store` names; with Kafka, each handler's ledger topic
+/// checked (and created if absent).
+async fn open_ledger(
+    config: &Config,
+    env: &KafkaEnv,
+    props: &[(String, String)],
+    producer: &KafkaProducer,
+) -> anyhow::Result<Arc<dyn Ledger>> {
+    Ok(match config.ledger_store {
+        LedgerStore::File => {
+            let path = config.data_dir.join("ledger.redb");
+            Arc::new(
+                FileLedger::open(&path)
+                    .with_context(|| format!("opening the ledger {}", path.display()))?,
+            )
+        }
+        LedgerStore::Kafka => {
+            let ledger = KafkaLedger::new(producer.clone(), env, props);
+            // Every handler's topic at once: each check is a few broker round trips.
+            let topics: Vec<(&String, String, &crate::config::HandlerConfig)> = config
+                .handlers
+                .iter()
+                .filter(|(_, h)| h.ledger)
+                .map(|(name, h)| (name, h.ledger_topic_for(name), h))
+                .collect();
+            futures::future::try_join_all(topics.iter().map(|(name, topic, h)| {
+                ledger.register(name, topic, &h.topics, h.ledger_retention)
+            }))
+            .await?;
+            Arc::new(ledger)
+        }
+    })
+}
+
 /// Remove expired and excess ledger entries, every minute.
 async fn sweep_ledger(ledger: Arc<dyn Ledger>, handlers: Vec<Arc<HandlerCtx>>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -220,6 +250,16 @@ async fn sweep_ledger(ledger: Arc<dyn Ledger>, handlers: Vec<Arc<HandlerCtx>>) {
                 Ok(n) => tracing::info!(handler = %h.name, removed = n, "ledger swept"),
                 Err(e) => {
                     tracing::warn!(handler = %h.name, error = %format!("{e:#}"), "ledger sweep failed")
+                }
+            }
+            if let Some(db) = &h.resources.sql {
+                let cutoff = crate::pipeline::now_ms().saturating_sub(
+                    i64::try_from(h.config.ledger_retention.as_millis()).unwrap_or(i64::MAX),
+                );
+                if let Err(e) =
+                    crate::capabilities::sql::inbox_sweep(db.as_ref(), &h.group_id, cutoff).await
+                {
+                    tracing::warn!(handler = %h.name, error = %e, "inbox sweep failed");
                 }
             }
         }

@@ -129,7 +129,13 @@ impl HandlerResources {
 
     /// Apply the handler's pending migrations (before a version starts running).
     pub async fn migrate(&self, name: &str) -> anyhow::Result<()> {
-        let (Some(db), Some(dir)) = (&self.sql, &self.migrations) else {
+        let Some(db) = &self.sql else {
+            return Ok(());
+        };
+        crate::capabilities::sql::ensure_inbox(db.as_ref())
+            .await
+            .with_context(|| format!("handler={name}: preparing {}", db.describe()))?;
+        let Some(dir) = &self.migrations else {
             return Ok(());
         };
         let applied = crate::capabilities::sql::migrate(db.as_ref(), name, dir)

@@ -65,6 +65,7 @@ fn handler(dir: &Path, name: &str, topic: &str, publish_to: &str) -> HandlerConf
         settings: BTreeMap::new(),
         instance_reuse: None,
         ledger: true,
+        ledger_topic: None,
         max_batch: crate::config::defaults::max_batch(),
         max_batch_bytes: crate::config::defaults::max_batch_bytes(),
         batch_linger: Duration::ZERO,
@@ -128,6 +129,7 @@ pub fn dev_config(
     handlers.insert("live-updates".into(), live);
     Config {
         data_dir: data_dir.to_owned(),
+        ledger_store: crate::config::LedgerStore::default(),
         drain_timeout: Duration::from_secs(5),
         commit_interval: Duration::from_millis(500),
         max_component_mib: crate::runtime::DEFAULT_MAX_COMPONENT_BYTES >> 20,
@@ -163,6 +165,17 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     let mut config = dev_config(&opts.handlers_dir, data.path(), opts.admin, webhook);
     config.artifacts = opts.artifacts.clone();
     config.validate()?;
+    // The embedded cluster has no CreateTopics: each handler's ledger topic is made here,
+    // partitioned like its source.
+    for (name, h) in &config.handlers {
+        let partitions = h
+            .topics
+            .iter()
+            .filter_map(|t| SOURCE_TOPICS.iter().find(|(s, _)| s == t).map(|(_, n)| *n))
+            .max()
+            .unwrap_or(1);
+        cluster.create_topic(&h.ledger_topic_for(name), partitions)?;
+    }
     let env = KafkaEnv {
         bootstrap_servers: Some(cluster.bootstrap_servers().to_owned()),
         ..KafkaEnv::default()
@@ -454,6 +467,7 @@ async fn demo_stream(producer: KafkaProducer, rate: f64) {
                 key: Some(&key),
                 payload: &payload,
                 headers: &[],
+                partition: None,
             };
             if let Err(e) = producer.send(r).await {
                 tracing::warn!(error = %format!("{e:#}"), "demo producer");

@@ -4,8 +4,8 @@
 //!   (it has not exited and its heartbeat is recent).
 //! - **Ready** (`/readyz`): not shutting down, and for every handler: the consumer loop has
 //!   received its first assignment from the group (an empty one counts: more members than
-//!   partitions), the broker is reachable, and no partition is held on a failed dead-letter
-//!   write.
+//!   partitions), the broker is reachable, no partition is held on a failed dead-letter
+//!   write, and no partition is restoring its ledger.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -39,6 +39,8 @@ struct HandlerHealth {
     broker_error: Option<String>,
     assigned: usize,
     stuck: BTreeMap<String, String>,
+    /// Partitions restoring their ledger, since when.
+    restoring: BTreeMap<String, Instant>,
 }
 
 /// One handler's view in a health report.
@@ -101,6 +103,7 @@ impl Health {
                     broker_error: None,
                     assigned: 0,
                     stuck: BTreeMap::new(),
+                    restoring: BTreeMap::new(),
                 });
             f(h);
         }
@@ -150,6 +153,18 @@ impl Health {
         });
     }
 
+    /// A partition began restoring its ledger (`true`) or finished (`false`).
+    pub fn restoring(&self, handler: &str, topic: &str, partition: i32, under_way: bool) {
+        let key = format!("{topic}/{partition}");
+        self.with(handler, |h| {
+            if under_way {
+                h.restoring.entry(key).or_insert_with(Instant::now);
+            } else {
+                h.restoring.remove(&key);
+            }
+        });
+    }
+
     /// A shutdown began: not ready from now on.
     pub fn shutting_down(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
@@ -194,8 +209,17 @@ impl Health {
                         "partition {tp} held: dead-letter write failing: {e}"
                     ));
                 }
-                let ready =
-                    live && h.state == LoopState::Consuming && h.broker_ok && h.stuck.is_empty();
+                for (tp, since) in &h.restoring {
+                    problems.push(format!(
+                        "partition {tp}: restoring its ledger ({:.1}s so far)",
+                        since.elapsed().as_secs_f64()
+                    ));
+                }
+                let ready = live
+                    && h.state == LoopState::Consuming
+                    && h.broker_ok
+                    && h.stuck.is_empty()
+                    && h.restoring.is_empty();
                 all_live &= live;
                 all_ready &= ready;
                 handlers.insert(
@@ -251,6 +275,12 @@ mod tests {
         assert!(!ok);
         assert!(r.handlers["audit"].problems[0].contains("t/1"));
         h.stuck("audit", "t", 1, None);
+        assert!(h.report(true).0);
+        h.restoring("audit", "t", 0, true);
+        let (ok, r) = h.report(true);
+        assert!(!ok, "not ready while a partition restores its ledger");
+        assert!(r.handlers["audit"].problems[0].contains("t/0: restoring its ledger"));
+        h.restoring("audit", "t", 0, false);
         assert!(h.report(true).0);
         h.set_state("audit", LoopState::Failed("fenced".into()));
         assert!(!h.report(false).0, "a dead loop is not live");

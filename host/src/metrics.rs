@@ -86,6 +86,9 @@ pub struct Metrics {
     swaps: Family<HandlerLabels, Counter>,
     compile_seconds: Family<HandlerLabels, Histogram>,
     commits: Family<CommitLabels, Counter>,
+    restores: Family<HandlerLabels, Counter>,
+    restored_entries: Family<HandlerLabels, Counter>,
+    restore_seconds: Family<HandlerLabels, Histogram>,
 }
 
 fn call_buckets() -> Histogram {
@@ -160,6 +163,26 @@ impl Metrics {
             "Offset commit results reported by the broker, by result",
             commits.clone(),
         );
+        let restores = Family::<HandlerLabels, Counter>::default();
+        registry.register(
+            "ledger_restores",
+            "Ledger restores of assigned partitions (from the ledger topic)",
+            restores.clone(),
+        );
+        let restored_entries = Family::<HandlerLabels, Counter>::default();
+        registry.register(
+            "ledger_restored_entries",
+            "Ledger entries applied by restores",
+            restored_entries.clone(),
+        );
+        let restore_seconds = Family::<HandlerLabels, Histogram>::new_with_constructor(
+            compile_buckets as fn() -> Histogram,
+        );
+        registry.register(
+            "ledger_restore_seconds",
+            "Duration of one partition's ledger restore",
+            restore_seconds.clone(),
+        );
         Self {
             registry,
             records,
@@ -171,7 +194,20 @@ impl Metrics {
             swaps,
             compile_seconds,
             commits,
+            restores,
+            restored_entries,
+            restore_seconds,
         }
+    }
+
+    /// Count a partition's ledger restore: `entries` applied in `seconds`.
+    pub fn restored(&self, handler: &str, entries: u64, seconds: f64) {
+        let l = HandlerLabels {
+            handler: handler.into(),
+        };
+        self.restores.get_or_create(&l).inc();
+        self.restored_entries.get_or_create(&l).inc_by(entries);
+        self.restore_seconds.get_or_create(&l).observe(seconds);
     }
 
     /// Count an offset commit result: `ok`, `rebalancing` or `failed`.

@@ -74,6 +74,7 @@ pub async fn send(
             key: p.key.as_deref(),
             payload: &p.payload,
             headers: &p.headers,
+            partition: None,
         })
         .await
 }

@@ -8,7 +8,8 @@ use kasm_host::config::Config;
 use kasm_tests::broker::{Got, Rec, TestBroker, committed_offsets, produce, read_topic};
 use kasm_tests::hostproc::HostProcess;
 use kasm_tests::{
-    KAFKA_TEST_PROPS, Setup, component, count_sources, events, publisher_body, write_config,
+    KAFKA_TEST_PROPS, Setup, component, count_sources, events, publisher_body, sqlite_ids,
+    write_config,
 };
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
@@ -27,21 +28,6 @@ fn insert(i: usize, then: &str) -> Rec {
         partition: Some(P),
         ..Rec::default()
     }
-}
-
-/// How many rows each id has in `t` of the SQLite file at `path`.
-fn rows(path: &std::path::Path) -> HashMap<String, usize> {
-    let Ok(db) = rusqlite::Connection::open(path) else {
-        return HashMap::new();
-    };
-    let Ok(mut st) = db.prepare("SELECT id FROM t") else {
-        return HashMap::new();
-    };
-    let mut m = HashMap::new();
-    for id in st.query_map([], |r| r.get::<_, String>(0)).unwrap() {
-        *m.entry(id.unwrap()).or_insert(0) += 1;
-    }
-    m
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,7 +78,7 @@ async fn a_record_failing_mid_batch_is_rolled_back_alone_and_the_offset_waits_fo
             .get(&P)
             .copied()
             .unwrap_or(0);
-        let now_rows = rows(&db);
+        let now_rows = sqlite_ids(&db);
         if committed > retried as i64 {
             assert_eq!(
                 now_rows.get(&format!("r-{retried}")),
@@ -123,7 +109,7 @@ async fn a_record_failing_mid_batch_is_rolled_back_alone_and_the_offset_waits_fo
     eprintln!("{samples} samples of the committed position; stats {stats:?}");
 
     // The failed records' writes are rolled back, every other row is there exactly once.
-    let rows = rows(&db);
+    let rows = sqlite_ids(&db);
     for i in 0..n {
         let want = usize::from(i != fatal && i != trap);
         assert_eq!(

@@ -15,6 +15,7 @@ mod cli;
 mod faults;
 mod fuzz_regressions;
 mod hostile;
+mod ledger;
 mod loading;
 mod pipeline;
 mod process;

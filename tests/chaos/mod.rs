@@ -17,8 +17,10 @@
 //! the host must hold the partition and retry it. About 1 % of the events name an output topic
 //! the handler is not granted: they fail `fatal` and must be dead-lettered.
 //!
-//! The second host runs the same group and topics under another handler name (`b`, the first
-//! is `a`) with its own data folder and ledger: the name goes into the `event-id` the host
+//! The hosts keep their ledger in a file (`ledger_store = "file"`): the checker reads it
+//! after each stop. The second host runs the same group and topics under another handler name
+//! (`b`, the first is `a`) with its own data folder and ledger: the name goes into the
+//! `event-id` the host
 //! derives for each output, so every output tells which host ran it — that is what lets the
 //! checker hold each host to its own ledger.
 //!
@@ -1205,7 +1207,7 @@ fn host_config(
     let d = dir.join(handler);
     std::fs::create_dir_all(&d).expect("host dir");
     let body = format!(
-        "commit_interval = \"{commit_interval}\"\ndrain_timeout = \"3s\"\n\
+        "commit_interval = \"{commit_interval}\"\ndrain_timeout = \"3s\"\nledger_store = \"file\"\n\
          [kafka]\n{props}\"message.timeout.ms\" = 5000\n\
          [handlers.{handler}]\ncomponent = \"{c}\"\ntopics = [\"{topic}\"]\ngroup_id = \"{group}\"\n\
          {extra}\n\

@@ -6,7 +6,8 @@
 //! and [`Config::validate`] checks the rules that span fields, naming the key and the file.
 //!
 //! ```toml
-//! data_dir = ".kasm"            # ledger and other state
+//! data_dir = ".kasm"            # local state: kv, SQLite, the active versions, artifacts
+//! ledger_store = "kafka"        # the dedup ledger follows each partition through Kafka
 //! drain_timeout = "10s"
 //!
 //! [admin]
@@ -39,10 +40,19 @@ pub use kafka_env::{KafkaEnv, Secret};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Folder for kasm's state: the dedup ledger and the precompiled artifact cache.
-    /// Relative paths are resolved against the config file's folder.
+    /// Folder for kasm's local state: the kv store, SQLite databases, the active component
+    /// versions, the precompiled artifact cache, and the ledger when `ledger_store = "file"`.
+    /// Relative paths are resolved against the config file's folder. It may start empty (a
+    /// new pod): with the default ledger store nothing in it is needed for correct dedup.
     #[serde(default = "defaults::data_dir")]
     pub data_dir: PathBuf,
+    /// Where the dedup ledger is durable. `"kafka"` (default): each handler's entries go to a
+    /// compacted ledger topic partitioned like its sources (`ledger_topic`), and a host
+    /// restores a partition's entries when it is assigned the partition, so several hosts in
+    /// one group, and hosts whose data folder is lost, still skip what another one finished.
+    /// `"file"`: a redb file in `data_dir`, for one host per group on a persistent disk.
+    #[serde(default)]
+    pub ledger_store: LedgerStore,
     /// On SIGTERM/SIGINT, how long in-flight records may take to finish before kasm commits
     /// what is done and exits. Must be shorter than the consumer session timeout.
     #[serde(default = "defaults::drain_timeout", with = "humantime_serde")]
@@ -96,6 +106,17 @@ impl Config {
             Artifacts::Off => None,
         }
     }
+}
+
+/// Where the dedup ledger is durable (see [`Config::ledger_store`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LedgerStore {
+    /// A ledger topic per handler; the host keeps the entries of its partitions in memory.
+    #[default]
+    Kafka,
+    /// A redb file in the data folder.
+    File,
 }
 
 /// The admin/health HTTP server.
@@ -205,6 +226,11 @@ pub struct HandlerConfig {
     /// processing.
     #[serde(default = "defaults::ledger")]
     pub ledger: bool,
+    /// The ledger topic of this handler (`ledger_store = "kafka"`): default
+    /// `<group_id>.ledger`. Created at start if absent — compacted, with the handler's
+    /// `ledger_retention`, and as many partitions as its largest source topic; entry `k` of
+    /// source partition `p` is written to its partition `p`.
+    pub ledger_topic: Option<String>,
     /// Values the handler reads through the `settings` interface (a webhook URL, a channel
     /// prefix). Not for secrets: the file is not a secret store.
     #[serde(default)]
@@ -344,6 +370,13 @@ impl HandlerConfig {
         self.group_id
             .clone()
             .unwrap_or_else(|| format!("kasm.{name}"))
+    }
+
+    /// The ledger topic of handler `name` (see [`HandlerConfig::ledger_topic`]).
+    pub fn ledger_topic_for(&self, name: &str) -> String {
+        self.ledger_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.ledger", self.group_id(name)))
     }
 
     /// The dead-letter topic for records from `source_topic`.
@@ -503,6 +536,7 @@ impl Config {
             );
         }
         let mut groups: BTreeMap<String, &str> = BTreeMap::new();
+        let mut ledger_topics: BTreeMap<String, &str> = BTreeMap::new();
         for (name, h) in &self.handlers {
             let k = |field: &str| format!("handlers.{name}.{field}");
             if !valid_name(name) {
@@ -537,6 +571,40 @@ impl Config {
                     err(
                         k("dlq_topic"),
                         "the dead-letter topic cannot be a source topic".into(),
+                    );
+                }
+            }
+            if let Some(l) = &h.ledger_topic {
+                if !valid_topic(l) {
+                    err(
+                        k("ledger_topic"),
+                        format!("`{l}` is not a valid topic name"),
+                    );
+                }
+                if h.topics.contains(l) || h.dlq_topic.as_ref() == Some(l) {
+                    err(
+                        k("ledger_topic"),
+                        "the ledger topic must be a topic of its own, not a source or dead-letter topic"
+                            .into(),
+                    );
+                }
+            }
+            let ledger_topic = h.ledger_topic_for(name);
+            if h.ledger && self.ledger_store == LedgerStore::Kafka {
+                if h.ledger_topic.is_none() && !valid_topic(&ledger_topic) {
+                    err(
+                        k("ledger_topic"),
+                        format!(
+                            "the default ledger topic `{ledger_topic}` (from the group id) is not a valid topic name; set ledger_topic"
+                        ),
+                    );
+                }
+                if let Some(other) = ledger_topics.insert(ledger_topic.clone(), name) {
+                    err(
+                        k("ledger_topic"),
+                        format!(
+                            "ledger topic `{ledger_topic}` is also used by handler `{other}`; each handler needs its own"
+                        ),
                     );
                 }
             }

@@ -34,6 +34,8 @@ fn a_minimal_file_takes_the_defaults() {
     let h = &c.handlers["audit"];
     assert_eq!(h.group_id("audit"), "kasm.audit");
     assert_eq!(h.dlq_topic_for("task-events"), "task-events.dlq");
+    assert_eq!(h.ledger_topic_for("audit"), "kasm.audit.ledger");
+    assert_eq!(c.ledger_store, LedgerStore::Kafka);
     assert_eq!(h.retry, RetryPolicy::default());
     assert_eq!(h.component, dir.path().join("a.wasm"));
     assert_eq!(c.data_dir, dir.path().join(".kasm"));
@@ -154,4 +156,36 @@ fn backoff_doubles_up_to_the_cap_with_bounded_jitter() {
     assert_eq!(p.backoff(3, 0.0), Duration::from_millis(160));
     assert_eq!(p.backoff(3, 0.5), Duration::from_millis(200));
     assert!(p.backoff(3, 0.999) <= Duration::from_millis(240));
+}
+
+#[test]
+fn ledger_topics_are_valid_and_each_handler_has_its_own() {
+    let dir = setup();
+    let e = errors(
+        dir.path(),
+        "[handlers.a]\ncomponent = \"a.wasm\"\ntopics = [\"t\"]\nledger_topic = \"shared\"\n\
+         [handlers.b]\ncomponent = \"a.wasm\"\ntopics = [\"t\"]\nledger_topic = \"shared\"\n\
+         [handlers.c]\ncomponent = \"a.wasm\"\ntopics = [\"t\"]\nledger_topic = \"t\"\n\
+         [handlers.d]\ncomponent = \"a.wasm\"\ntopics = [\"t\"]\ngroup_id = \"a group\"\n",
+    );
+    assert!(
+        e.contains("handlers.b.ledger_topic: ledger topic `shared` is also used by handler `a`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("handlers.c.ledger_topic: the ledger topic must be a topic of its own"),
+        "{e}"
+    );
+    assert!(
+        e.contains("handlers.d.ledger_topic: the default ledger topic `a group.ledger`"),
+        "{e}"
+    );
+    // With the file store the topics are not used, and not checked for clashes.
+    let p = write(
+        dir.path(),
+        "kasm.toml",
+        "ledger_store = \"file\"\n[handlers.a]\ncomponent = \"a.wasm\"\ntopics = [\"t\"]\nledger_topic = \"shared\"\n\
+         [handlers.b]\ncomponent = \"a.wasm\"\ntopics = [\"t\"]\nledger_topic = \"shared\"\n",
+    );
+    assert_eq!(Config::load(&p).unwrap().ledger_store, LedgerStore::File);
 }

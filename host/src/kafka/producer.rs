@@ -37,6 +37,8 @@ pub struct OutRecord<'a> {
     pub payload: &'a [u8],
     /// Headers.
     pub headers: &'a [(String, Vec<u8>)],
+    /// The partition, or `None` for the partitioner's choice (by key).
+    pub partition: Option<i32>,
 }
 
 /// An idempotent, `acks=all` producer whose sends are awaited.
@@ -146,6 +148,9 @@ fn future_record<'a>(r: &OutRecord<'a>) -> FutureRecord<'a, [u8], [u8]> {
         .headers(headers);
     if let Some(k) = r.key {
         record = record.key(k);
+    }
+    if let Some(p) = r.partition {
+        record = record.partition(p);
     }
     record
 }

@@ -70,6 +70,7 @@
 
 mod file;
 mod journal;
+mod kafka;
 mod memory;
 mod off;
 
@@ -82,6 +83,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use file::{FileLedger, MAX_BATCH, WriterStats};
+pub use kafka::{KafkaLedger, decode_value, encode_value};
 pub use memory::MemoryLedger;
 pub use off::NoLedger;
 
@@ -172,6 +174,35 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
 
     /// Number of entries `handler` has (for metrics and tests).
     async fn len(&self, handler: &str) -> anyhow::Result<u64>;
+
+    /// Called when the host is assigned source partition `topic/partition` of `handler`, before
+    /// its first record is looked up: a ledger whose durable copy is elsewhere (the ledger
+    /// topic) reads the entries of that partition it does not have yet, and from then on takes
+    /// writes for the partition. `None`: nothing to restore (the ledger is all local).
+    async fn restore(
+        &self,
+        _handler: &str,
+        _topic: &str,
+        _partition: i32,
+    ) -> anyhow::Result<Option<Restored>> {
+        Ok(None)
+    }
+
+    /// The host no longer owns source partition `topic/partition` of `handler`: a ledger that
+    /// shares its entries with other hosts refuses further writes for it (a host that lost a
+    /// partition must not record what the new owner does not read).
+    fn release(&self, _handler: &str, _topic: &str, _partition: i32) {}
+}
+
+/// What a [`Ledger::restore`] read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    /// Entries applied (within the retention window).
+    pub entries: u64,
+    /// The ledger-topic offset the read started at.
+    pub from: i64,
+    /// The ledger-topic offset it read up to (exclusive).
+    pub to: i64,
 }
 
 /// Refuses a handler name or event id the ledger does not store (see [`MAX_KEY_PART_BYTES`]).

@@ -43,8 +43,10 @@ async fn round_trip(ledger: &dyn Ledger) {
         outcome: LedgerOutcome::DeadLettered,
         at_ms: now_ms() + 1,
         component_sha256: "cd".repeat(32),
-        topic: "reminders".into(),
-        partition: -1,
+        // The partition the Kafka backend's hosts own in these tests (it writes nothing for
+        // a partition it does not own).
+        topic: "task-events".into(),
+        partition: 3,
         offset: i64::MAX,
     };
     ledger.record("audit", "e1", second.clone()).await.unwrap();
@@ -787,4 +789,113 @@ async fn file_a_kill_during_a_checkpoint_replays_both_journals_oldest_first() {
             Some(entry(1_003, 3))
         );
     }
+}
+
+// ---- the Kafka backend (on an embedded cluster in this process) ----
+
+/// A cluster with the source topic of [`entry`] (`task-events`, 4 partitions).
+fn kafka_cluster() -> crate::kafka::mock::EmbeddedCluster {
+    let c = crate::kafka::mock::EmbeddedCluster::start(1).unwrap();
+    c.create_topic("task-events", 4).unwrap();
+    c
+}
+
+/// A host's ledger on `cluster`: every handler the contract uses registered, with a ledger
+/// topic of its own under `prefix`, and partition 3 of `task-events` (where [`entry`] comes
+/// from) restored, so that it takes writes for it.
+async fn kafka_ledger(cluster: &crate::kafka::mock::EmbeddedCluster, prefix: &str) -> KafkaLedger {
+    let env = crate::config::KafkaEnv {
+        bootstrap_servers: Some(cluster.bootstrap_servers().to_owned()),
+        ..Default::default()
+    };
+    let producer = crate::kafka::producer::KafkaProducer::new(&env, &[]).unwrap();
+    let ledger = KafkaLedger::new(producer, &env, &[]);
+    for h in [
+        "audit",
+        "notification",
+        "recurring",
+        "other",
+        "i",
+        "nobody",
+        "a",
+        "ab",
+        "h",
+        "t",
+    ] {
+        ledger
+            .register(
+                h,
+                &format!("{prefix}.{h}.ledger"),
+                &["task-events".to_owned()],
+                WEEK,
+            )
+            .await
+            .unwrap();
+        ledger.restore(h, "task-events", 3).await.unwrap();
+    }
+    ledger
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_contract() {
+    let cluster = kafka_cluster();
+    round_trip(&kafka_ledger(&cluster, "a").await).await;
+    handlers_are_namespaces(&kafka_ledger(&cluster, "b").await).await;
+    sweep_rules(&kafka_ledger(&cluster, "c").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_entries_follow_the_partition_to_another_host_and_a_released_one_writes_nothing() {
+    let cluster = kafka_cluster();
+    let first = kafka_ledger(&cluster, "g").await;
+    let entries: Vec<(String, LedgerEntry)> = (0..500)
+        .map(|i| (format!("e{i}"), entry(now_ms(), i)))
+        .collect();
+    first.record_many("audit", entries.clone()).await.unwrap();
+    // The partition moves: the first host lets it go, the next one restores it from the
+    // topic with nothing of its own.
+    first.release("audit", "task-events", 3);
+    let err = first
+        .record("audit", "late", entry(now_ms(), 999))
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("not assigned to this host"),
+        "{err:#}"
+    );
+    let next = kafka_ledger(&cluster, "g").await;
+    assert_eq!(next.len("audit").await.unwrap(), 500);
+    let ids: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(
+        next.contains_many("audit", &ids)
+            .await
+            .unwrap()
+            .iter()
+            .all(|k| *k)
+    );
+    assert_eq!(
+        next.get("audit", "e7").await.unwrap(),
+        Some(entries[7].1.clone())
+    );
+    assert_eq!(
+        next.get("audit", "late").await.unwrap(),
+        None,
+        "a released host wrote nothing"
+    );
+    // It writes on; a third restore from where the second left off reads only what is new.
+    next.record("audit", "e500", entry(now_ms(), 500))
+        .await
+        .unwrap();
+    let r = next
+        .restore("audit", "task-events", 3)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        r.entries, 0,
+        "its own writes were in its cache already: {r:?}"
+    );
+    // The first host, given the partition back, reads from where its own writes ended.
+    first.restore("audit", "task-events", 3).await.unwrap();
+    assert_eq!(first.len("audit").await.unwrap(), 501);
 }

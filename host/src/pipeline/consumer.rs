@@ -298,8 +298,13 @@ impl ConsumerContext for LoopContext {
                 .iter()
                 .map(|e| (e.topic().to_owned(), e.partition()))
                 .collect();
-            tracing::info!(handler = %self.ctx.name, partitions = ?tps, "partitions revoked: draining");
-            self.release(consumer, &tps);
+            if consumer.assignment_lost() {
+                tracing::warn!(handler = %self.ctx.name, partitions = ?tps, "partitions lost (the group gave them to another member): stopping them at once, committing nothing");
+                self.abandon(&tps);
+            } else {
+                tracing::info!(handler = %self.ctx.name, partitions = ?tps, "partitions revoked: draining");
+                self.release(consumer, &tps);
+            }
         }
     }
 
@@ -417,6 +422,7 @@ impl LoopContext {
             let stop = CancellationToken::new();
             let task = self.rt.spawn(worker::run(
                 self.ctx.clone(),
+                tp.clone(),
                 rx,
                 self.done_tx.clone(),
                 drain.clone(),
@@ -460,14 +466,36 @@ impl LoopContext {
 
     /// Stop the workers of `tps`, wait for them (bounded), commit their positions, forget them.
     fn release(&self, consumer: &BaseConsumer<Self>, tps: &[Tp]) {
+        // The workers finish the batch in hand and take no other.
+        self.stop_workers(tps, false);
+        self.commit(consumer, Some(tps), CommitMode::Sync, true);
+        self.forget(tps);
+    }
+
+    /// Partitions this member lost (another owns them already): no more ledger writes for
+    /// them, their workers stopped at once (the batch in hand runs no further record and
+    /// records nothing), nothing committed.
+    fn abandon(&self, tps: &[Tp]) {
+        for tp in tps {
+            self.ctx.ledger.release(&self.ctx.name, &tp.0, tp.1);
+        }
+        self.stop_workers(tps, true);
+        self.forget(tps);
+    }
+
+    /// End the workers of `tps` — after the batch in hand, or with `now` at once — and wait
+    /// for them (bounded); their completions are taken in.
+    fn stop_workers(&self, tps: &[Tp], now: bool) {
         let mut tasks = Vec::new();
         {
             let mut parts = self.lock();
             for tp in tps {
                 if let Some(st) = parts.get_mut(tp) {
-                    // The worker finishes the record in hand and takes no other.
                     st.intake = None;
                     st.drain.cancel();
+                    if now {
+                        st.stop.cancel();
+                    }
                     st.clear_held();
                     if let Some(t) = st.task.take() {
                         tasks.push((st.stop.clone(), t));
@@ -477,9 +505,14 @@ impl LoopContext {
         }
         self.wait_workers(tasks);
         self.drain_completions();
-        self.commit(consumer, Some(tps), CommitMode::Sync, true);
+    }
+
+    /// The partitions `tps` are no longer this loop's: their ledger takes no more writes
+    /// from here, their state and metrics go.
+    fn forget(&self, tps: &[Tp]) {
         let mut parts = self.lock();
         for tp in tps {
+            self.ctx.ledger.release(&self.ctx.name, &tp.0, tp.1);
             parts.remove(tp);
             self.ctx
                 .metrics

@@ -662,6 +662,7 @@ async fn replay_one(
         key: r.key.as_deref(),
         payload: r.payload.as_deref().unwrap_or_default(),
         headers: &headers,
+        partition: None,
     };
     match producer.send(out).await {
         Ok(d) => report.replayed.push(Replayed {

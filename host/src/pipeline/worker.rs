@@ -131,14 +131,23 @@ impl Telemetry {
 /// batch in hand is finished and no new one is taken). `stop` abandons even the batch in hand
 /// at its next wait. While `hold` is true (the group is rebalancing, or the handler paused) no
 /// new batch starts.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     ctx: Arc<HandlerCtx>,
+    (topic, partition): (String, i32),
     mut intake: mpsc::Receiver<Record>,
     done: std::sync::mpsc::Sender<Completion>,
     drain: CancellationToken,
     stop: CancellationToken,
     mut hold: tokio::sync::watch::Receiver<bool>,
 ) {
+    if ctx.config.ledger
+        && restore(&ctx, &topic, partition, &drain, &stop)
+            .await
+            .is_err()
+    {
+        return;
+    }
     let mut queue: VecDeque<Queued> = VecDeque::new();
     let mut telemetry: Option<Telemetry> = None;
     // The version this worker last handled a record with: the swap history wants the first
@@ -208,6 +217,53 @@ pub(crate) async fn run(
             Err(Abandoned) => return,
         }
     }
+}
+
+/// Restore the partition's ledger before its first record (see [`crate::ledger::Ledger::restore`]),
+/// trying again until it succeeds: readiness is false meanwhile. `Err` if the partition is
+/// given up first.
+async fn restore(
+    ctx: &HandlerCtx,
+    topic: &str,
+    partition: i32,
+    drain: &CancellationToken,
+    stop: &CancellationToken,
+) -> Result<(), Abandoned> {
+    let mut wait = Duration::from_millis(200);
+    ctx.health.restoring(&ctx.name, topic, partition, true);
+    let result = loop {
+        let started = Instant::now();
+        let attempt = tokio::select! {
+            () = drain.cancelled() => break Err(Abandoned),
+            () = stop.cancelled() => break Err(Abandoned),
+            r = ctx.ledger.restore(&ctx.name, topic, partition) => r,
+        };
+        match attempt {
+            Ok(None) => break Ok(()),
+            Ok(Some(r)) => {
+                let took = started.elapsed();
+                ctx.metrics
+                    .restored(&ctx.name, r.entries, took.as_secs_f64());
+                tracing::info!(
+                    handler = %ctx.name, topic, partition, entries = r.entries,
+                    ledger_from = r.from, ledger_to = r.to, ms = took.as_millis() as u64,
+                    "ledger restored"
+                );
+                break Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(handler = %ctx.name, topic, partition, error = %format!("{e:#}"), ?wait, "ledger restore failed; the partition waits and tries again");
+                tokio::select! {
+                    () = drain.cancelled() => break Err(Abandoned),
+                    () = stop.cancelled() => break Err(Abandoned),
+                    () = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    ctx.health.restoring(&ctx.name, topic, partition, false);
+    result
 }
 
 /// Take records from the intake into `queue` until the next batch is full or nothing more is
@@ -370,6 +426,7 @@ async fn run_batch(
         ctx,
         keys: HashSet::new(),
     };
+    let mut inbox_down = false;
     let (claimed, known) = if ctx.config.ledger {
         let claimed = ctx.claim(
             prepared
@@ -382,7 +439,7 @@ async fn run_batch(
             .take(claimed)
             .map(|p| p.key.as_str())
             .collect();
-        let known = match ctx.ledger.contains_many(&ctx.name, &ask).await {
+        let mut known = match ctx.ledger.contains_many(&ctx.name, &ask).await {
             Ok(known) => known,
             // Not knowing is not a reason to skip: run them (at-least-once) and say so.
             Err(e) => {
@@ -390,6 +447,32 @@ async fn run_batch(
                 vec![false; ask.len()]
             }
         };
+        // The handler's database has the last word on its own effects: an event whose
+        // transaction committed there (its inbox row) is done, even if its ledger entry was
+        // never written (a crash between the two, on this host or another one).
+        if let Some(db) = &ctx.resources.sql {
+            let unknown: Vec<&str> = ask
+                .iter()
+                .zip(&known)
+                .filter(|(_, k)| !**k)
+                .map(|(a, _)| *a)
+                .collect();
+            match crate::capabilities::sql::inbox_contains(db.as_ref(), &ctx.group_id, &unknown)
+                .await
+            {
+                Ok(found) if !found.is_empty() => {
+                    for (a, k) in ask.iter().zip(known.iter_mut()) {
+                        *k |= found.contains(*a);
+                    }
+                }
+                Ok(_) => {}
+                // Running them could apply their writes twice: they wait, and ask again.
+                Err(e) => {
+                    tracing::warn!(records = unknown.len(), error = %e, "inbox lookup failed; the batch waits and asks again");
+                    inbox_down = true;
+                }
+            }
+        }
         (claimed, known)
     } else {
         (usize::MAX, Vec::new())
@@ -409,11 +492,15 @@ async fn run_batch(
         } = p;
         // A hold (a commit refused for a rebalance, a pause) stops the batch where it is: what
         // ran commits, no new record starts.
-        split |= *hold.borrow();
+        split |= *hold.borrow() || stop.is_cancelled();
         let mut fate = if split {
             Some(Fate::Again)
         } else if elsewhere || (ctx.config.ledger && finished.contains(&key)) {
             Some(Fate::Skipped)
+        } else if inbox_down {
+            q.not_before = Some(Instant::now() + INBOX_WAIT);
+            split = true;
+            Some(Fate::Again)
         } else if i >= claimed {
             // A copy of this event is in a batch not yet committed (another partition's):
             // this record and the ones after it wait for it, and the ledger then tells.
@@ -524,6 +611,9 @@ async fn run_batch(
     settled
 }
 
+/// How long a batch waits when its handler's inbox could not be read.
+const INBOX_WAIT: Duration = Duration::from_millis(500);
+
 /// How long a record whose event is in another batch waits before it looks again.
 const CLAIM_WAIT: Duration = Duration::from_millis(2);
 
@@ -578,8 +668,24 @@ async fn commit(
     // 1. Publishes and dead letters, queued together in record order once the batch has run
     //    (a crash while it runs leaves no output behind), then every acknowledgement awaited.
     deliver(ctx, t, batch, sha, &mut slots, stop).await?;
-    // 2. The SQL transaction: one commit for the batch.
-    if let Err(e) = batch.commit_sql().await {
+    // 2. The SQL transaction: one commit for the batch, with the inbox rows of the records
+    //    that wrote in it (with the ledger on): an event whose writes committed is never run
+    //    again on this database.
+    let inbox: Vec<&str> = if ctx.config.ledger {
+        slots
+            .iter()
+            .filter(|s| matches!(&s.fate, Fate::Ok(h) if h.savepoint.is_some()))
+            .map(|s| s.key.as_str())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let sql = match batch.note_inbox(&ctx.group_id, &inbox, now_ms()).await {
+        Ok(()) => batch.commit_sql().await,
+        Err(e) => Err(e),
+    };
+    drop(inbox);
+    if let Err(e) = sql {
         tracing::warn!(error = %e, "the batch's sql did not commit; its records run again");
         if forget_sql_writes(&mut slots) {
             let wait = ctx.config.retry.backoff(2, rand::random::<f64>());
@@ -627,6 +733,11 @@ async fn commit(
             ))
         })
         .collect();
+    // A partition this host lost while the batch ran records nothing more: its new owner
+    // runs what is not recorded.
+    if stop.is_cancelled() {
+        return Err(Abandoned);
+    }
     if !entries.is_empty() {
         retry_until_stopped("ledger write", stop, || {
             ctx.ledger.record_many(&ctx.name, entries.clone())
@@ -895,6 +1006,7 @@ fn dlq_record<'a>(
         key: r.key.as_deref(),
         payload: r.payload.as_deref().unwrap_or_default(),
         headers,
+        partition: None,
     }
 }
 
@@ -935,6 +1047,7 @@ fn out_record(p: &Publish) -> OutRecord<'_> {
         key: p.key.as_deref(),
         payload: &p.payload,
         headers: &p.headers,
+        partition: None,
     }
 }
 

@@ -546,6 +546,36 @@ impl Batch<'_> {
         self.lose_sql();
     }
 
+    /// Add `keys` (the records that wrote) to consumer group `group`'s inbox rows inside the batch's SQL
+    /// transaction, so that they commit, or not, with the writes. Nothing without a
+    /// transaction (no record wrote).
+    pub async fn note_inbox(
+        &mut self,
+        group: &str,
+        keys: &[&str],
+        at_ms: i64,
+    ) -> Result<(), String> {
+        if self.sql_lost || keys.is_empty() {
+            return Ok(());
+        }
+        let limit = self.handler.env.sql_timeout;
+        let Some(tx) = self.sql.as_mut() else {
+            return Ok(());
+        };
+        let insert = crate::capabilities::sql::inbox_insert(tx.as_mut(), group, keys, at_ms);
+        match tokio::time::timeout(limit, insert).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                self.lose_sql();
+                Err(format!("writing the inbox rows failed: {e}"))
+            }
+            Err(_) => {
+                self.lose_sql();
+                Err(format!("writing the inbox rows took longer than {limit:?}"))
+            }
+        }
+    }
+
     /// Commit the batch's SQL transaction, if its records wrote any. Afterwards the batch has
     /// no transaction; a later record opens a new one.
     pub async fn commit_sql(&mut self) -> Result<(), String> {

@@ -1,0 +1,306 @@
+//! The ledger follows the partition: hosts in one group, hosts killed, hosts whose data folder
+//! is new, and still no event whose ledger entry was acknowledged runs again.
+
+use std::time::{Duration, Instant};
+
+use kasm_tests::broker::{TestBroker, committed_offsets, produce, read_topic};
+use kasm_tests::hostproc::{HostProcess, http_get};
+use kasm_tests::{
+    KAFKA_TEST_PROPS, Setup, assert_each_once, component, count_sources, events, publisher_body,
+    sqlite_ids, write_config,
+};
+
+/// A config for the publisher fixture in folder `data` (a data folder of its own, empty).
+fn config(s: &Setup, data: &str, extra_top: &str) -> std::path::PathBuf {
+    let dir = s.dir.path().join(data);
+    std::fs::create_dir_all(&dir).unwrap();
+    write_config(&dir, &publisher_body(s, extra_top, "", ""))
+}
+
+/// Counter `name` of handler `pub` by the host's admin API (0 when it does not answer).
+fn counter(h: &HostProcess, name: &str) -> u64 {
+    counter_of(h, "pub", name)
+}
+
+/// Counter `name` of `handler` by the host's admin API (0 when it does not answer).
+fn counter_of(h: &HostProcess, handler: &str, name: &str) -> u64 {
+    let (_, body) = http_get(&h.admin, &format!("/v1/handlers/{handler}"));
+    serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default()["counters"][name]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Wait (bounded) until the group's committed offsets of the source add up to `n`.
+fn wait_committed(s: &Setup, n: i64, timeout: Duration) -> i64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let c: i64 = committed_offsets(&s.broker.bootstrap(), &s.group, &s.topic)
+            .values()
+            .sum();
+        if c >= n || Instant::now() > deadline {
+            return c;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_sigkill_a_host_on_an_empty_data_folder_runs_nothing_the_killed_one_recorded() {
+    let s = Setup::new(TestBroker::from_env(), 4).await;
+    let n = 4_000;
+    let dups = 400;
+    produce(&s.broker.producer(), &s.topic, &events("ev", 0..n, &s.out)).await;
+    // Host a never commits on its own: when it is killed, everything it did is in the ledger
+    // topic and nothing is committed, so the next owner is redelivered all of it.
+    let a = HostProcess::start(
+        &config(&s, "a", "commit_interval = \"1h\""),
+        &s.broker.bootstrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while a.processed("pub") < n as u64 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        a.processed("pub"),
+        n as u64,
+        "host a did not handle every event in 90 s"
+    );
+    a.kill();
+    // Business duplicates: the same event ids again, at new offsets, after the kill.
+    produce(
+        &s.broker.producer(),
+        &s.topic,
+        &events("ev", 0..dups, &s.out),
+    )
+    .await;
+    // Host b: another data folder, empty — a new pod.
+    let mut b = HostProcess::start_logged(
+        &config(&s, "b", ""),
+        &s.broker.bootstrap(),
+        "warn,kasm_host=info",
+    );
+    let total = (n + dups) as i64;
+    let committed = wait_committed(&s, total, Duration::from_secs(120));
+    assert_eq!(
+        committed,
+        total,
+        "host b committed {committed} of {total}\n{}\nreadyz: {}",
+        b.printed(),
+        http_get(&b.admin, "/readyz").1
+    );
+    let (processed, skipped) = (counter(&b, "processed"), counter(&b, "skipped"));
+    for l in b.printed().lines().filter(|l| l.contains("ledger restore")) {
+        eprintln!("host b: {l}");
+    }
+    let outputs = read_topic(&s.broker.bootstrap(), &s.out, n, Duration::from_secs(30));
+    let counts = count_sources(&outputs);
+    eprintln!(
+        "after the kill: host b ran {processed}, skipped {skipped}; {} outputs for {} events",
+        outputs.len(),
+        counts.len()
+    );
+    assert_each_once(&counts, "ev", n);
+    assert_eq!(processed, 0, "host b ran events host a had recorded");
+    assert_eq!(skipped, total as u64);
+    let restored = b.find_line("ledger restored").unwrap_or_default();
+    assert!(
+        restored.contains("entries="),
+        "no restore logged: {restored}"
+    );
+    let (_, metrics) = http_get(&b.admin, "/metrics");
+    assert!(
+        metrics.contains("kasm_ledger_restores_total{handler=\"pub\"} 4"),
+        "four partitions restored:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("ledger_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    b.signal("TERM");
+    assert!(b.wait_exit(Duration::from_secs(30)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_moving_between_three_hosts_repeat_no_recorded_event() {
+    // The embedded cluster: on Tansu 0.6 the joins and leaves of three members take longer
+    // than this test waits.
+    let s = Setup::new(TestBroker::embedded(), 4).await;
+    let n = 9_000;
+    let log = "warn,kasm_host=info";
+    // A third of the events, then hosts join one by one while the rest arrive: every join
+    // moves partitions, each new owner restores what the last one recorded.
+    let all = events("ev", 0..n, &s.out);
+    produce(&s.broker.producer(), &s.topic, &all[..n / 3]).await;
+    let mut hosts = vec![HostProcess::start_logged(
+        &config(&s, "h0", ""),
+        &s.broker.bootstrap(),
+        log,
+    )];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while hosts[0].processed("pub") < 1_000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (i, part) in [(1, &all[n / 3..2 * n / 3]), (2, &all[2 * n / 3..])] {
+        hosts.push(HostProcess::start_logged(
+            &config(&s, &format!("h{i}"), ""),
+            &s.broker.bootstrap(),
+            log,
+        ));
+        produce(&s.broker.producer(), &s.topic, part).await;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Then the first one leaves (its partitions move again) and a duplicate of every tenth
+    // event arrives.
+    let mut first = hosts.remove(0);
+    first.signal("TERM");
+    assert!(first.wait_exit(Duration::from_secs(30)).success());
+    let dups: Vec<_> = all.iter().step_by(10).cloned().collect();
+    produce(&s.broker.producer(), &s.topic, &dups).await;
+    let total = (n + dups.len()) as i64;
+    let committed = wait_committed(&s, total, Duration::from_secs(180));
+    let logs = || {
+        hosts
+            .iter()
+            .chain(std::iter::once(&first))
+            .map(|h| h.output.join("\n"))
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    assert_eq!(
+        committed,
+        total,
+        "committed {committed} of {total}\n{}",
+        logs()
+    );
+    let outputs = read_topic(&s.broker.bootstrap(), &s.out, n, Duration::from_secs(30));
+    let counts = count_sources(&outputs);
+    let restores: usize = hosts
+        .iter_mut()
+        .chain(std::iter::once(&mut first))
+        .map(|h| h.printed().matches("ledger restored").count())
+        .sum();
+    eprintln!(
+        "three hosts: {} outputs for {} events, {restores} partition restores",
+        outputs.len(),
+        counts.len()
+    );
+    assert_each_once(&counts, "ev", n);
+    for mut h in hosts {
+        h.signal("TERM");
+        assert!(h.wait_exit(Duration::from_secs(30)).success());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_effects_committed_before_a_kill_that_lost_their_ledger_entries_apply_once() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let s = Setup::new(TestBroker::embedded(), 2).await;
+    let migrations = s.dir.path().join("migrations");
+    std::fs::create_dir_all(&migrations).unwrap();
+    // No key, no ON CONFLICT: a second run of an event shows as a second row.
+    std::fs::write(
+        migrations.join("001_t.sql"),
+        "CREATE TABLE t (id TEXT NOT NULL);",
+    )
+    .unwrap();
+    let db = s.dir.path().join("shared.sqlite");
+    let n = 400;
+    let recs: Vec<kasm_tests::broker::Rec> = (0..n)
+        .map(|i| kasm_tests::broker::Rec {
+            key: Some(format!("k{i}").into_bytes()),
+            payload: serde_json::json!({
+                "steps": [{"execute": "INSERT INTO t (id) VALUES ($1)", "params": [format!("r-{i}")]}],
+            })
+            .to_string()
+            .into_bytes(),
+            headers: vec![("event-id".into(), format!("sql-{i}").into_bytes())],
+            partition: None,
+        })
+        .collect();
+    produce(&s.broker.producer(), &s.topic, &recs).await;
+    // From now on every write to the broker is refused: the handler's transactions commit,
+    // their ledger entries never reach the ledger topic.
+    s.broker
+        .cluster()
+        .request_errors(
+            RDKafkaApiKey::Produce,
+            &vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 100_000],
+        )
+        .unwrap();
+    let host_config = |data: &str| {
+        let dir = s.dir.path().join(data);
+        std::fs::create_dir_all(&dir).unwrap();
+        let body = format!(
+            "[kafka]\n{KAFKA_TEST_PROPS}\n[handlers.sql]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\n\
+             group_id = \"{g}\"\npayload = \"json\"\n\
+             grants = {{ sql = {{ sqlite = \"{db}\", migrations = \"{m}\" }} }}\n",
+            c = component("fixture-sql").display(),
+            t = s.topic,
+            g = s.group,
+            db = db.display(),
+            m = migrations.display(),
+        );
+        write_config(&dir, &body)
+    };
+    let mut a = HostProcess::start_logged(
+        &host_config("a"),
+        &s.broker.bootstrap(),
+        "warn,kasm_host=info",
+    );
+    // Each partition commits its first batch's transaction, then waits on its ledger write
+    // for good: wait until the rows stop growing.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut before = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(1500));
+        let now = sqlite_ids(&db).len();
+        if (now > 0 && now == before) || Instant::now() > deadline {
+            break;
+        }
+        before = now;
+    }
+    assert!(
+        before > 0,
+        "host a committed no transaction\n{}",
+        a.printed()
+    );
+    a.kill();
+    s.broker
+        .cluster()
+        .clear_request_errors(RDKafkaApiKey::Produce)
+        .unwrap();
+    // Host b knows nothing: an empty data folder, and a ledger topic without these events.
+    let mut b = HostProcess::start_logged(
+        &host_config("b"),
+        &s.broker.bootstrap(),
+        "warn,kasm_host=info",
+    );
+    let committed = wait_committed(&s, n as i64, Duration::from_secs(90));
+    assert_eq!(
+        committed,
+        n as i64,
+        "host b committed {committed} of {n}\n{}",
+        b.printed()
+    );
+    let rows = sqlite_ids(&db);
+    let twice: Vec<_> = rows.iter().filter(|(_, c)| **c > 1).collect();
+    eprintln!(
+        "sql inbox: host a committed {before} rows; then {} rows for {n} events, {} written twice; host b skipped {}",
+        rows.values().sum::<usize>(),
+        twice.len(),
+        counter_of(&b, "sql", "skipped")
+    );
+    assert_eq!(rows.len(), n);
+    assert!(
+        twice.is_empty(),
+        "{} events' rows written twice, e.g. {:?}",
+        twice.len(),
+        twice.first()
+    );
+    // What host a's transactions committed, host b skipped through the inbox; the rest it ran.
+    assert_eq!(counter_of(&b, "sql", "skipped"), before as u64);
+    assert_eq!(counter_of(&b, "sql", "processed"), (n - before) as u64);
+    b.signal("TERM");
+    assert!(b.wait_exit(Duration::from_secs(30)).success());
+}
