@@ -95,7 +95,9 @@ impl HostProcess {
             lines,
             output: Vec::new(),
         };
-        let line = host.wait_line(admin_needle, Duration::from_secs(60));
+        // A host compiles its components before it serves (a Python one takes 7 s or more on
+        // a clean, busy 2-core machine, and some tests start four).
+        let line = host.wait_line(admin_needle, Duration::from_secs(180));
         host.admin = line
             .rsplit("http://")
             .next()
