@@ -602,6 +602,9 @@ impl Ledger for KafkaLedger {
         entries: Vec<(String, LedgerEntry)>,
     ) -> anyhow::Result<()> {
         let (topic, _) = self.topic_of(handler)?;
+        let owned_first = entries
+            .first()
+            .is_some_and(|(_, e)| self.is_owned(handler, &e.topic, e.partition));
         let mut pending = Vec::with_capacity(entries.len());
         for (key, entry) in &entries {
             check_key(handler, key).with_context(|| {
@@ -610,7 +613,13 @@ impl Ledger for KafkaLedger {
                     abbreviate(key)
                 )
             })?;
-            if !self.is_owned(handler, &entry.topic, entry.partition) {
+            // A batch's entries share one source partition: the owned set is asked once.
+            let known = entries
+                .first()
+                .is_some_and(|(_, f)| f.topic == entry.topic && f.partition == entry.partition);
+            let owned =
+                (known && owned_first) || self.is_owned(handler, &entry.topic, entry.partition);
+            if !owned {
                 bail!(
                     "handler={handler}: {}/{} is not assigned to this host (any more): its ledger entries are not written",
                     entry.topic,
