@@ -56,6 +56,7 @@ test-e2e: build
 test-handlers:
 	$(CARGO) test --manifest-path handlers/Cargo.toml
 	handlers/python/test.sh
+	handlers/js/test.sh
 
 ## lint: formatting and clippy with warnings denied, host and handlers
 lint:

@@ -65,8 +65,6 @@ wasi_wit() {
     fi
 }
 
-mkdir -p "$dist"
-
 # <source> <component in dist/> <capabilities, comma-separated; "-": those of [tool.kasm]>
 components=(
     "python/notification py-notification -"
@@ -85,47 +83,21 @@ components=(
 stale() {
     local out="$1" src="$2"
     [[ ! -f "$out" ]] && return 0
-    [[ -n "$(find "$src" "$sdk/src" "$sdk/pyproject.toml" "$root/wit" "${BASH_SOURCE[0]}" \
+    [[ -n "$(find "$src" "$sdk/src" "$sdk/pyproject.toml" "$root/wit" "${BASH_SOURCE[0]}" "$here/interpreted.sh" \
         -newer "$out" \( -name '*.py' -o -name '*.wit' -o -name '*.toml' -o -name '*.sh' \) \
         -not -name 'test_*.py' -not -path '*/__pycache__/*' -print -quit)" ]]
 }
 
-build_one() {
-    local src="$1" name="$2" caps="$3" flags=()
-    if [[ "$caps" == none ]]; then
-        flags=(--capability log)
-    elif [[ "$caps" != - ]]; then
-        IFS=, read -ra list <<<"$caps"
-        for c in "${list[@]}"; do flags+=(--capability "$c"); done
-    fi
-    local log="$venv/build-$name.log"
-    if "$venv/bin/kasm-py" build "$here/$src" "${flags[@]}" --name "$name" \
-        --output "$dist/$name.wasm" >"$log" 2>&1; then
-        printf '%8d  %s\n' "$(wc -c <"$dist/$name.wasm")" "dist/$name.wasm"
-    else
-        echo "error: building $src failed:" >&2
-        cat "$log" >&2
-        return 1
-    fi
+build_with() {
+    local src="$1" name="$2" out="$3"
+    shift 3
+    "$venv/bin/kasm-py" build "$src" "$@" --name "$name" --output "$out"
+}
+before_first_build() {
+    wasi_wit
 }
 
-pids=()
-failed=0
-for entry in "${components[@]}"; do
-    read -r src name caps <<<"$entry"
-    if ! stale "$dist/$name.wasm" "$here/$src"; then
-        printf '%8d  %s (up to date)\n' "$(wc -c <"$dist/$name.wasm")" "dist/$name.wasm"
-        continue
-    fi
-    wasi_wit
-    build_one "$src" "$name" "$caps" &
-    pids+=("$!")
-    if (( ${#pids[@]} >= jobs )); then
-        wait "${pids[0]}" || failed=1
-        pids=("${pids[@]:1}")
-    fi
-done
-for pid in "${pids[@]}"; do
-    wait "$pid" || failed=1
-done
-exit "$failed"
+logs="$venv"
+# shellcheck source=handlers/interpreted.sh
+source "$here/interpreted.sh"
+build_components

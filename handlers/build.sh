@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build every Rust handler and test fixture for wasm32-wasip2, copy the components to
 # handlers/dist/ under stable names (the host's tests and `make run` load them from there),
-# then the Python ones (handlers/build-python.sh).
+# then the Python ones (handlers/build-python.sh) and the JavaScript ones (handlers/build-js.sh).
 #
 # Usage: handlers/build.sh        (from anywhere; honours CARGO_BUILD_JOBS and CARGO_TARGET_DIR)
 set -euo pipefail
@@ -54,3 +54,7 @@ printf '%8d  %s\n' "$(wc -c <"$dist/fixture-publisher-v2.wasm")" "dist/fixture-p
 # The Python handlers and fixtures (py-*.wasm): componentize-py, installed from PyPI into
 # target/python/ on the first run; skipped when nothing changed.
 "$here/build-python.sh"
+
+# The JavaScript handlers and fixtures (js-*.wasm): componentize-js, installed from npm into
+# guest-sdk-js/node_modules on the first run; skipped when nothing changed.
+"$here/build-js.sh"

@@ -70,6 +70,13 @@ fn bench_calls(c: &mut Criterion) {
             "py-recurring",
             std::fs::read(root().join("handlers/recurring/demo/event.json")).unwrap(),
         ),
+        // And in JavaScript.
+        ("js-ok", "js-ok", br#"{"action":"ok"}"#.to_vec()),
+        (
+            "js-live-updates-demo",
+            "js-live-updates",
+            std::fs::read(root().join("handlers/live-updates/demo/event.json")).unwrap(),
+        ),
     ];
     // The audit handler's SQLite database, schema from its migrations.
     let db_dir = tempfile::tempdir().unwrap();

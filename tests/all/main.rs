@@ -15,6 +15,8 @@ mod cli;
 mod faults;
 mod fuzz_regressions;
 mod hostile;
+mod interpreted;
+mod javascript;
 mod ledger;
 mod loading;
 mod pipeline;

@@ -383,13 +383,19 @@ fn updates(user: &str, prefix: &str, range: std::ops::Range<usize>, pad: usize) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_updates_reach_only_their_user_and_a_stalled_client_is_dropped() {
+    live_updates_reach_only_their_user("live-updates").await;
+}
+
+/// Two users' updates reach each one's own clients only; a client that stops reading is
+/// dropped while the others keep receiving everything.
+pub(super) async fn live_updates_reach_only_their_user(component: &str) {
     let s = Setup::new(TestBroker::from_env(), 4).await;
     let secret = unique("ws-secret");
     let body = format!(
         "[kafka]\n{k}\n[handlers.live]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\n\
          group_id = \"{g}\"\npayload = \"json\"\ngrants = {{ websocket = true }}\n",
         k = KAFKA_TEST_PROPS,
-        c = kasm_tests::component("live-updates").display(),
+        c = kasm_tests::component(component).display(),
         t = s.topic,
         g = s.group,
     );

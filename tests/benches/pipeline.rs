@@ -23,6 +23,8 @@
 //!   - *kasm Python trivial handler (defaults)*: `py-ok` (`handlers/python/fixtures/ok.py`:
 //!     decode the JSON payload, return), the Python twin of `fixture`, with the defaults
 //!     (for a Python component: `instance_reuse = 1000`);
+//!   - *kasm JavaScript trivial handler (defaults)*: `js-ok` (`handlers/js/fixtures/ok.js`),
+//!     the same in JavaScript, with the same defaults;
 //!   - *peer, commit per batch (aiokafka)*: `bench/peer.py`, manual commit after each batch
 //!     `getmany` returns, a set of seen ids, a DLQ;
 //!   - *peer, commit per message (aiokafka)*: `bench/peer_per_message.py`, the same work with
@@ -381,8 +383,9 @@ struct KasmOpts {
     ledger: Option<bool>,
     /// The audit handler on SQLite instead of the trivial fixture.
     audit: bool,
-    /// The trivial handler in Python (`py-ok`) instead of the Rust fixture.
-    python: bool,
+    /// The trivial handler in an interpreted language (`py-ok`, `js-ok`) instead of the Rust
+    /// fixture.
+    interpreted: Option<&'static str>,
     /// `ledger_store = "file"` (the default is `"kafka"`).
     file_ledger: bool,
 }
@@ -392,7 +395,7 @@ const DEFAULTS: KasmOpts = KasmOpts {
     instance_reuse: None,
     ledger: None,
     audit: false,
-    python: false,
+    interpreted: None,
     file_ledger: false,
 };
 
@@ -423,8 +426,8 @@ fn kasm_config(b: &Bench, dir: &Path, topic: &str, o: KasmOpts) -> PathBuf {
                 root().join("handlers/audit/migrations").display()
             ),
         )
-    } else if o.python {
-        (component("py-ok"), String::new())
+    } else if let Some(name) = o.interpreted {
+        (component(name), String::new())
     } else {
         (
             component("fixture"),
@@ -603,7 +606,7 @@ enum Contender {
 
 /// The throughput rows, in the order they run in each round and print. The kasm rows other
 /// than the defaults each set one key.
-const CONTENDERS: [(&str, Contender); 10] = [
+const CONTENDERS: [(&str, Contender); 11] = [
     (
         "baseline (rdkafka, no Wasm, no ledger)",
         Contender::Baseline,
@@ -647,7 +650,14 @@ const CONTENDERS: [(&str, Contender); 10] = [
     (
         "kasm Python trivial handler (defaults)",
         Contender::Kasm(KasmOpts {
-            python: true,
+            interpreted: Some("py-ok"),
+            ..DEFAULTS
+        }),
+    ),
+    (
+        "kasm JavaScript trivial handler (defaults)",
+        Contender::Kasm(KasmOpts {
+            interpreted: Some("js-ok"),
             ..DEFAULTS
         }),
     ),

@@ -1,0 +1,134 @@
+// The record a handler receives.
+
+import { local } from './codec.js';
+import { Fatal } from './errors.js';
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+const encoder = new TextEncoder();
+
+function bytes(value) {
+  if (value === undefined || value === null) return value;
+  if (typeof value === 'string') return encoder.encode(value);
+  if (value instanceof Uint8Array) return value;
+  if (ArrayBuffer.isView(value)) return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
+  if (value instanceof ArrayBuffer) return new Uint8Array(value);
+  throw new TypeError(`expected bytes (Uint8Array) or a string, not ${typeof value}`);
+}
+
+function text(value) {
+  if (value === undefined) return undefined;
+  try {
+    return utf8.decode(value);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * One Kafka record, as the host hands it to a handler.
+ *
+ * The host has decided the record's identity (`id`) before the handler runs: the record
+ * header `event-id` when present, else the top-level JSON field `event_id` of the payload,
+ * else `<topic>/<partition>/<offset>`. The id is stable across redeliveries, so it is the
+ * idempotency key for anything the handler does.
+ *
+ * A test builds one with only what it needs: `new Event('e-1', 'orders', '{"n": 1}')`,
+ * partition 0, offset 0, no key, no headers, no timestamp, attempt 1 unless given.
+ */
+export class Event {
+  /**
+   * @param {string} id
+   * @param {string} topic
+   * @param {Uint8Array | string} [payload]
+   * @param {{partition?: number, offset?: bigint | number, key?: Uint8Array | string,
+   *   headers?: Array<[string, Uint8Array | string]>, timestampMs?: bigint | number,
+   *   attempt?: number}} [fields]
+   */
+  constructor(id, topic, payload = new Uint8Array(), fields = {}) {
+    /** The event id: stable across redeliveries of the same record, the idempotency key. */
+    this.id = id;
+    /** The topic the record was consumed from. */
+    this.topic = topic;
+    /** The partition the record was consumed from. */
+    this.partition = fields.partition ?? 0;
+    /** The record's offset within its partition (a BigInt: Kafka offsets are 64-bit). */
+    this.offset = BigInt(fields.offset ?? 0);
+    /** The record key, if the producer set one. */
+    this.key = bytes(fields.key) ?? undefined;
+    /** The record value, byte for byte as produced. Empty for a tombstone. */
+    this.payload = bytes(payload);
+    /** The record headers, in producer order. A name may repeat. */
+    this.headers = (fields.headers ?? []).map(([name, value]) => [name, bytes(value)]);
+    /** The record timestamp in milliseconds since the Unix epoch (a BigInt), if any. */
+    this.timestampMs = fields.timestampMs === undefined ? undefined : BigInt(fields.timestampMs);
+    /**
+     * Which attempt this is: 1 on first delivery, 2 on the first retry, ... Use it to degrade
+     * gracefully, never to decide whether an effect was already applied.
+     */
+    this.attempt = fields.attempt ?? 1;
+  }
+
+  /** The host's record, taken over without copying the payload. */
+  static fromWit(raw) {
+    const event = Object.create(Event.prototype);
+    event.id = raw.id;
+    event.topic = raw.topic;
+    event.partition = raw.partition;
+    event.offset = raw.offset;
+    event.key = local(raw.key ?? undefined);
+    event.payload = local(raw.payload);
+    event.headers = raw.headers.map(([name, value]) => [name, local(value)]);
+    event.timestampMs = raw.timestampMs ?? undefined;
+    event.attempt = raw.attempt;
+    return event;
+  }
+
+  /** The record key as text; `undefined` if there is no key or it is not UTF-8. */
+  get keyText() {
+    return text(this.key);
+  }
+
+  /**
+   * The value of header `name` (compared exactly, case-sensitive). Kafka allows a name to
+   * repeat; like Kafka's `lastHeader`, this returns the last one. `headers` has all of them.
+   * @returns {Uint8Array | undefined}
+   */
+  header(name) {
+    for (let i = this.headers.length - 1; i >= 0; i -= 1) {
+      if (this.headers[i][0] === name) return this.headers[i][1];
+    }
+    return undefined;
+  }
+
+  /** The value of header `name` as text; `undefined` if absent or not UTF-8. */
+  headerText(name) {
+    return text(this.header(name));
+  }
+
+  /** The record timestamp as a `Date`, if the broker has one. */
+  get timestamp() {
+    return this.timestampMs === undefined ? undefined : new Date(Number(this.timestampMs));
+  }
+
+  /** The payload as UTF-8 text; a payload that is not UTF-8 is `Fatal`. */
+  text() {
+    try {
+      return utf8.decode(this.payload);
+    } catch (error) {
+      throw new Fatal(`undecodable payload: not UTF-8: ${error.message}`);
+    }
+  }
+
+  /**
+   * The payload decoded as JSON. A payload that does not decode will not decode on a retry
+   * either, so the error is `Fatal`, with the message `undecodable payload: <reason>`.
+   */
+  json() {
+    const source = this.text();
+    try {
+      return JSON.parse(source);
+    } catch (error) {
+      throw new Fatal(`undecodable payload: ${error.message}`);
+    }
+  }
+}
