@@ -89,6 +89,7 @@ pub struct Metrics {
     restores: Family<HandlerLabels, Counter>,
     restored_entries: Family<HandlerLabels, Counter>,
     restore_seconds: Family<HandlerLabels, Histogram>,
+    ledger_write_errors: Family<HandlerLabels, Counter>,
 }
 
 fn call_buckets() -> Histogram {
@@ -183,6 +184,12 @@ impl Metrics {
             "Duration of one partition's ledger restore",
             restore_seconds.clone(),
         );
+        let ledger_write_errors = Family::<HandlerLabels, Counter>::default();
+        registry.register(
+            "ledger_write_errors",
+            "Ledger writes that failed and were sent again (the batch waits until one succeeds)",
+            ledger_write_errors.clone(),
+        );
         Self {
             registry,
             records,
@@ -197,6 +204,7 @@ impl Metrics {
             restores,
             restored_entries,
             restore_seconds,
+            ledger_write_errors,
         }
     }
 
@@ -208,6 +216,15 @@ impl Metrics {
         self.restores.get_or_create(&l).inc();
         self.restored_entries.get_or_create(&l).inc_by(entries);
         self.restore_seconds.get_or_create(&l).observe(seconds);
+    }
+
+    /// Count a failed ledger write of `handler` (it is sent again).
+    pub fn ledger_write_failed(&self, handler: &str) {
+        self.ledger_write_errors
+            .get_or_create(&HandlerLabels {
+                handler: handler.into(),
+            })
+            .inc();
     }
 
     /// Count an offset commit result: `ok`, `rebalancing` or `failed`.

@@ -291,6 +291,7 @@ async fn publishes_refused_in_flight(
     Vec<kasm_tests::broker::Got>,
     u64,
     kasm_host::pipeline::StatsSnapshot,
+    u64,
 ) {
     produce(&s.broker.producer(), &s.topic, &events("ev", 0..n, &s.out)).await;
     let extra = format!(
@@ -329,9 +330,10 @@ async fn publishes_refused_in_flight(
         Duration::from_secs(3),
     );
     let calls = calls(&admin);
+    let ledger_write_errors = metric(&admin, "kasm_ledger_write_errors_total", &["handler=\"h\""]);
     let stats = host.handlers[0].stats.snapshot();
     host.shutdown().await.unwrap();
-    (outputs, dead, calls, stats)
+    (outputs, dead, calls, stats, ledger_write_errors)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,7 +351,7 @@ async fn a_refused_ledger_write_is_sent_again_without_running_the_handler() {
 async fn refused_writes_are_sent_again_without_running_the_handler(ledger_store: &str) {
     let s = Setup::new(TestBroker::embedded(), 1).await;
     let n = 2_000;
-    let (outputs, dead, calls, stats) =
+    let (outputs, dead, calls, stats, ledger_write_errors) =
         publishes_refused_in_flight(&s, ledger_store, n, 20, 4).await;
     let missing: Vec<String> = (0..n)
         .map(|i| format!("ev-{i}"))
@@ -379,6 +381,20 @@ async fn refused_writes_are_sent_again_without_running_the_handler(ledger_store:
             "some publish was refused and sent again: {stats:?}"
         );
         assert_eq!(stats.processed, n as u64, "{stats:?}");
+        assert_eq!(
+            ledger_write_errors, 0,
+            "the file ledger writes no produce request"
+        );
+    } else {
+        // Each refusal hit a publish (sent again: `retried`) or a ledger write (counted).
+        eprintln!(
+            "publishes retried {}, ledger writes refused {ledger_write_errors}",
+            stats.retried
+        );
+        assert!(
+            stats.retried + ledger_write_errors > 0,
+            "the refusals hit nothing: {stats:?}"
+        );
     }
 }
 
@@ -388,7 +404,7 @@ async fn with_records_in_flight_a_publish_refused_past_the_attempts_is_dead_lett
     let n = 2_000;
     // The file ledger: every refused request is one of the handler's publishes, whose
     // attempts it uses up.
-    let (outputs, dead, calls, stats) = publishes_refused_in_flight(&s, "file", n, 1, 3).await;
+    let (outputs, dead, calls, stats, _) = publishes_refused_in_flight(&s, "file", n, 1, 3).await;
     assert!(
         !dead.is_empty(),
         "a refused publish with no attempt left is dead-lettered"

@@ -739,8 +739,12 @@ async fn commit(
         return Err(Abandoned);
     }
     if !entries.is_empty() {
-        retry_until_stopped("ledger write", stop, || {
-            ctx.ledger.record_many(&ctx.name, entries.clone())
+        retry_until_stopped("ledger write", stop, || async {
+            let written = ctx.ledger.record_many(&ctx.name, entries.clone()).await;
+            if written.is_err() {
+                ctx.metrics.ledger_write_failed(&ctx.name);
+            }
+            written
         })
         .await?;
     }
