@@ -59,6 +59,7 @@ components=(
     "js/fixtures/loops.js js-loops none"
     "js/fixtures/grows.js js-grows none"
     "js/fixtures/ok.js js-ok none"
+    "js/fixtures/echo.js js-echo producer"
 )
 
 # Whether $1 (a component) is older than anything it is made of ($2: its source).

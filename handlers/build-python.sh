@@ -77,6 +77,7 @@ components=(
     "python/fixtures/loops.py py-loops none"
     "python/fixtures/grows.py py-grows none"
     "python/fixtures/ok.py py-ok none"
+    "python/fixtures/echo.py py-echo producer"
 )
 
 # Whether $1 (a component) is older than anything it is made of ($2: its source).

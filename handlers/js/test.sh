@@ -7,6 +7,12 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 sdk="$(cd "$here/../../guest-sdk-js" && pwd)"
+for folder in "$sdk" "$here"; do
+    if [[ ! -d "$folder/node_modules" ]]; then
+        echo "error: $folder/node_modules is missing: run \`make handlers\` (handlers/build-js.sh installs it)" >&2
+        exit 1
+    fi
+done
 
 (cd "$sdk" && node --test --test-reporter=dot test/)
 (cd "$here" && node --test --test-reporter=dot live-updates/test/)
