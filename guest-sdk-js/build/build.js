@@ -20,6 +20,7 @@ import { mkdtemp, rm, writeFile, rename, appendFile, mkdir } from 'node:fs/promi
 import { tmpdir } from 'node:os';
 import { basename, dirname, extname, join, resolve as resolvePath } from 'node:path';
 
+import { INTERFACES } from '../src/capabilities.js';
 import * as world from './world.js';
 
 /** The componentize-js this SDK is built and tested with (its pinned dependency). */
@@ -127,7 +128,7 @@ export function capabilitiesModule(capabilities, standIns) {
     `import { unreachable } from ${JSON.stringify(standIns)};`,
   ];
   const [pkg, version] = world.PACKAGE.split('@');
-  for (const name of ['producer', 'kv', 'sql', 'websocket', 'settings', 'log']) {
+  for (const name of Object.keys(INTERFACES)) {
     if (capabilities.includes(name)) {
       lines.push(`export * as ${name} from '${pkg}/${name}@${version}';`);
     } else {

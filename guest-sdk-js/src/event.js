@@ -1,18 +1,12 @@
 // The record a handler receives.
 
-import { local } from './codec.js';
+import { local, toBytes } from './codec.js';
 import { Fatal } from './errors.js';
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
-const encoder = new TextEncoder();
 
-function bytes(value) {
-  if (value === undefined || value === null) return value;
-  if (typeof value === 'string') return encoder.encode(value);
-  if (value instanceof Uint8Array) return value;
-  if (ArrayBuffer.isView(value)) return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
-  if (value instanceof ArrayBuffer) return new Uint8Array(value);
-  throw new TypeError(`expected bytes (Uint8Array) or a string, not ${typeof value}`);
+function bytes(value, what) {
+  return value === undefined || value === null ? undefined : toBytes(value, what);
 }
 
 function text(value) {
@@ -62,9 +56,9 @@ export class Event {
     this.partition = fields.partition ?? 0;
     /** The record's offset within its partition (a BigInt: Kafka offsets are 64-bit). */
     this.offset = BigInt(fields.offset ?? 0);
-    this._key = bytes(fields.key) ?? undefined;
-    this._payload = bytes(payload);
-    this._headers = (fields.headers ?? []).map(([name, value]) => [name, bytes(value)]);
+    this._key = bytes(fields.key, 'the key');
+    this._payload = toBytes(payload, 'the payload');
+    this._headers = (fields.headers ?? []).map(([name, value]) => [name, toBytes(value, 'a header value')]);
     this._local = true;
     /** The record timestamp in milliseconds since the Unix epoch (a BigInt), if any. */
     this.timestampMs = fields.timestampMs === undefined ? undefined : BigInt(fields.timestampMs);

@@ -61,9 +61,9 @@ export function call(raw) {
 // then trap: the bindings trap on a thrown value that is not a `handler-error` case, and say
 // what they received, so the value's text says what happened.
 function trap(error) {
-  const text = error instanceof Error ? `${error}\n${error.stack ?? ''}` : `uncaught ${describe(error)}`;
+  const text = error instanceof Error ? `${error}\n${error.stack ?? ''}` : `uncaught ${shown(error)}`;
   console.error(text.trimEnd());
-  throw new Trap(error instanceof Error ? String(error) : describe(error));
+  throw new Trap(error instanceof Error ? String(error) : shown(error));
 }
 
 class Trap {
@@ -76,9 +76,10 @@ class Trap {
   }
 }
 
-function describe(value) {
+// `value` as text for the trap message (a thrown value need not be an Error).
+function shown(value) {
   try {
-    return typeof value === 'string' ? JSON.stringify(value) : String(JSON.stringify(value) ?? value);
+    return String(JSON.stringify(value) ?? value);
   } catch {
     return Object.prototype.toString.call(value);
   }

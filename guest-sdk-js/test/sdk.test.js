@@ -6,10 +6,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 
-import { CapabilityError, Event, Fatal, Retryable, handler, kv, log, publish, publishJson, sql } from '../src/index.js';
+import { CapabilityError, Event, Fatal, Retryable, VERSION, handler, kv, log, publish, publishJson, sql } from '../src/index.js';
 import { call } from '../src/handler.js';
 import { Instant, Recurrence, TaskData, TaskEvent } from '../src/taskapp.js';
-import { BuildError, bundle, capabilitiesModule, guestSection, resolveProject } from '../build/build.js';
+import { BuildError, SDK_VERSION, bundle, capabilitiesModule, guestSection, resolveProject } from '../build/build.js';
 import * as world from '../build/world.js';
 
 const contract = readFileSync(new URL('../wit/handler.wit', import.meta.url), 'utf8');
@@ -178,4 +178,8 @@ test('the guest section is a custom section naming JavaScript and the capabiliti
   assert.equal(bytes[0], 0);
   const text = bytes.toString('utf8');
   assert.match(text, /kasm:guest\{"language":"javascript","sdk":"kasm-guest 0\.1\.0","toolchain":"componentize-js 0\.23\.0","capabilities":\["producer","settings","log"\]\}$/);
+});
+
+test('the version the SDK reports is the package\'s', () => {
+  assert.equal(VERSION, SDK_VERSION);
 });
