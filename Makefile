@@ -7,7 +7,7 @@ CARGO        ?= cargo
 KASM         := target/debug/kasm
 export KASM_CACHE_DIR ?= $(CURDIR)/target/kasm-cache
 
-.PHONY: setup handlers build run demo test test-host test-e2e test-handlers lint fmt bench bench-tansu chaos soak fuzz attack clean
+.PHONY: setup handlers build run demo test test-host test-e2e test-handlers test-ui lint fmt bench bench-tansu chaos soak fuzz attack clean
 
 ## setup: add the wasm32-wasip2 target that handlers are built for
 setup:
@@ -57,6 +57,11 @@ test-handlers:
 	$(CARGO) test --manifest-path handlers/Cargo.toml
 	handlers/python/test.sh
 	handlers/js/test.sh
+
+## test-ui: the web console in headless Chromium (Debian's `chromium` package), driven by
+## Playwright for Python against `kasm dev`; screenshots in target/ui-screenshots/
+test-ui: build
+	tests/ui/run.sh
 
 ## lint: formatting and clippy with warnings denied, host and handlers
 lint:

@@ -103,6 +103,15 @@ pub fn unique(prefix: &str) -> String {
 pub const KAFKA_TEST_PROPS: &str =
     "\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 500\n\"fetch.wait.max.ms\" = 100\n";
 
+/// librdkafka settings for hosts on the embedded cluster while retriable errors are injected
+/// into produce requests: one request in flight per broker connection. The idempotent
+/// producer takes the success of a partition's later request as proof that its earlier ones
+/// were stored (a Kafka broker refuses a sequence with a gap), and so reports the records of
+/// an earlier, refused request as delivered. The embedded cluster checks the sequences of
+/// transactional producers only: it stores the later request, and the records reported
+/// delivered were never written. With one request in flight there is no later request.
+pub const MOCK_PRODUCE_FAULT_PROPS: &str = "\"max.in.flight.requests.per.connection\" = 1\n";
+
 /// The body of a config (for [`write_config`]) with one handler `pub` running the publisher
 /// fixture on `s`'s topics: `top` (top-level keys), the test `[kafka]` properties and `kafka`
 /// (more of them), then `handler` (more keys of the handler).

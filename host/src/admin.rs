@@ -1,9 +1,10 @@
-//! The admin HTTP server (axum): health, the handler API, hot swap, pause.
+//! The admin HTTP server (axum): health, the handler API, hot swap, pause, and the web console.
 //!
 //! - `GET /healthz`, `GET /readyz`: open (probes), JSON per handler (see [`crate::health`]).
 //! - `GET /metrics`: open, OpenMetrics text (which Prometheus scrapes; see [`crate::metrics`]).
 //! - `GET /openapi.json`: the OpenAPI 3.1 description of every route (see [`crate::openapi`]);
 //!   like `/v1`, it needs the token when one is configured.
+//! - `GET /`: the web console (see [`console`]), which works through `/v1` with the token.
 //! - `/v1/...`: JSON in and out, errors as `{"error": "..."}` with the status mapped in one
 //!   place ([`ApiError`]). Authentication: `Authorization: Bearer <token>` with the token from
 //!   `KASM_ADMIN_TOKEN`, compared in constant time and never logged. Without a configured
@@ -28,6 +29,8 @@ use serde::Serialize;
 use subtle::ConstantTimeEq as _;
 use tokio_util::sync::CancellationToken;
 
+pub mod activity;
+pub mod console;
 pub mod requests;
 
 use crate::capabilities::Capability;
@@ -57,6 +60,8 @@ pub struct AdminState {
     pub producer: crate::kafka::producer::KafkaProducer,
     /// The WebSocket clients of `GET /ws`.
     pub ws: Arc<crate::websocket::Hub>,
+    /// What each handler did lately (sampled while the server runs).
+    pub activity: Arc<activity::Activity>,
 }
 
 /// An error answer: status and message.
@@ -202,6 +207,10 @@ pub struct HandlerView {
     pub partitions: std::collections::BTreeMap<String, PartitionView>,
     /// Counters by outcome.
     pub counters: StatsSnapshot,
+    /// How much the counters grew in each of the last intervals.
+    pub activity: activity::ActivityView,
+    /// How many times one record may be replayed from the dead-letter topic (the loop guard).
+    pub max_replays: u32,
 }
 
 /// A component version.
@@ -215,7 +224,7 @@ pub struct VersionView {
     pub capabilities: Vec<Capability>,
 }
 
-fn view(h: &HandlerCtx) -> HandlerView {
+fn view(s: &AdminState, h: &HandlerCtx) -> HandlerView {
     let c = h.component.load();
     HandlerView {
         name: h.name.clone(),
@@ -234,6 +243,8 @@ fn view(h: &HandlerCtx) -> HandlerView {
         history: h.history.lock().map(|v| v.clone()).unwrap_or_default(),
         partitions: h.partitions.lock().map(|v| v.clone()).unwrap_or_default(),
         counters: h.stats.snapshot(),
+        activity: s.activity.view(&h.name),
+        max_replays: h.config.max_replays,
     }
 }
 
@@ -245,14 +256,14 @@ fn find<'a>(s: &'a AdminState, name: &str) -> Result<&'a Arc<HandlerCtx>, ApiErr
 }
 
 async fn list_handlers(State(s): State<AdminState>) -> ApiResult<Vec<HandlerView>> {
-    Ok(Json(s.handlers.iter().map(|h| view(h)).collect()))
+    Ok(Json(s.handlers.iter().map(|h| view(&s, h)).collect()))
 }
 
 async fn get_handler(
     State(s): State<AdminState>,
     Path(name): Path<String>,
 ) -> ApiResult<HandlerView> {
-    Ok(Json(view(find(&s, &name)?)))
+    Ok(Json(view(&s, find(&s, &name)?)))
 }
 
 /// How long an upload waits for the one before it (see [`put_component`]).
@@ -331,7 +342,7 @@ async fn rollback(
 async fn set_paused(s: &AdminState, name: &str, paused: bool) -> ApiResult<HandlerView> {
     let h = find(s, name)?;
     h.paused.store(paused, Ordering::SeqCst);
-    Ok(Json(view(h)))
+    Ok(Json(view(s, h)))
 }
 
 async fn pause(State(s): State<AdminState>, Path(name): Path<String>) -> ApiResult<HandlerView> {
@@ -399,7 +410,13 @@ fn build(state: AdminState) -> (Router, Vec<(&'static str, String)>) {
     let v1 = v1
         .router
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
-    (open.router.nest("/v1", v1).with_state(state), list)
+    // The console (not API routes: not in the list the OpenAPI document is checked against).
+    let app = open
+        .router
+        .nest("/v1", v1)
+        .merge(console::routes())
+        .with_state(state);
+    (app, list)
 }
 
 fn dlq_topic(h: &HandlerCtx, topic: Option<&str>) -> Result<String, ApiError> {
@@ -591,6 +608,7 @@ pub async fn serve(
     let bound = listener
         .local_addr()
         .context("reading the admin server address")?;
+    let sampler = activity::spawn(state.activity.clone(), state.handlers.clone(), stop.clone());
     let (app, routes) = build(state);
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
@@ -599,6 +617,7 @@ pub async fn serve(
         if let Err(e) = served {
             tracing::error!(error = %e, "admin server failed");
         }
+        sampler.abort();
     });
     Ok(Served {
         addr: bound,

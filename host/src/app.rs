@@ -170,6 +170,7 @@ pub async fn start_with_hub(
         kafka: Arc::new((env.clone(), props.clone())),
         producer: producer.clone(),
         ws: ws.clone(),
+        activity: Arc::default(),
     };
     let admin_stop = CancellationToken::new();
     let served = crate::admin::serve(config.admin.listen, state, admin_stop.clone()).await?;

@@ -102,9 +102,13 @@ pub struct DevArgs {
     /// Demo task events per second (0 for none).
     #[arg(long, default_value_t = 5.0)]
     pub rate: f64,
-    /// Admin (health) server address.
+    /// Admin server address (the API, health, metrics and the web console at `/`).
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub admin: std::net::SocketAddr,
+    /// Post the notification handler's webhooks to `http://<host:port>/hook` (a receiver of
+    /// yours) instead of the one `kasm dev` runs.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub webhook: Option<std::net::SocketAddr>,
 }
 
 /// Grant options shared by `validate` and `invoke`.
@@ -256,6 +260,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             handlers_dir: args.handlers_dir.clone(),
             rate: args.rate,
             admin: args.admin,
+            webhook: args.webhook,
             artifacts: artifacts(&cli),
         })
         .await

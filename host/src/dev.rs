@@ -30,6 +30,8 @@ pub struct DevOptions {
     pub rate: f64,
     /// Admin server address.
     pub admin: std::net::SocketAddr,
+    /// Where the notification handler posts (`None`: a receiver `kasm dev` runs).
+    pub webhook: Option<std::net::SocketAddr>,
     /// Where precompiled artifacts are kept.
     pub artifacts: crate::config::Artifacts,
 }
@@ -161,7 +163,13 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         cluster.create_topic(t, 4)?;
     }
     let data = tempfile::tempdir().context("creating the dev data folder")?;
-    let (webhook, webhooks_received) = spawn_webhook_receiver().await?;
+    let (webhook, webhooks_received) = match opts.webhook {
+        Some(addr) => (addr, None),
+        None => {
+            let (addr, count) = spawn_webhook_receiver().await?;
+            (addr, Some(count))
+        }
+    };
     let mut config = dev_config(&opts.handlers_dir, data.path(), opts.admin, webhook);
     config.artifacts = opts.artifacts.clone();
     config.validate()?;
@@ -201,7 +209,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         cluster.bootstrap_servers()
     );
     println!(
-        "kasm dev: admin at http://{}  (/healthz, /readyz)",
+        "kasm dev: admin at http://{}  (the console at /; /healthz, /readyz, /metrics)",
         host.admin_addr
     );
     println!(
@@ -226,9 +234,13 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         webhooks: webhooks_received.clone(),
         ws: host.ws.clone(),
     };
-    println!(
-        "kasm dev: webhook receiver at http://{webhook}/hook (the notification handler posts there)\n"
-    );
+    if app.webhooks.is_some() {
+        println!(
+            "kasm dev: webhook receiver at http://{webhook}/hook (the notification handler posts there)\n"
+        );
+    } else {
+        println!("kasm dev: the notification handler posts to http://{webhook}/hook (--webhook)\n");
+    }
     let view = tokio::spawn(live_view(app.clone()));
     crate::app::wait_for_signal().await?;
     demo.abort();
@@ -313,7 +325,8 @@ fn watch_handlers(
 #[derive(Clone)]
 struct AppView {
     handlers: Vec<Arc<crate::pipeline::HandlerCtx>>,
-    webhooks: Arc<std::sync::atomic::AtomicU64>,
+    /// Webhooks the receiver `kasm dev` runs got (`None` with `--webhook`).
+    webhooks: Option<Arc<std::sync::atomic::AtomicU64>>,
     ws: Arc<crate::websocket::Hub>,
 }
 
@@ -376,7 +389,10 @@ async fn print_lines(app: &AppView) {
         .map_or_else(|| "-".to_owned(), |n| n.to_string());
     println!(
         "  app           audit rows {rows:>6}   next occurrences {next:>4}   webhooks received {:>4}   pushes {:>5} ({} clients)     ",
-        app.webhooks.load(std::sync::atomic::Ordering::Relaxed),
+        app.webhooks.as_ref().map_or_else(
+            || "-".to_owned(),
+            |w| w.load(std::sync::atomic::Ordering::Relaxed).to_string()
+        ),
         app.ws
             .stats
             .delivered

@@ -138,7 +138,13 @@ pub fn document() -> Value {
                     "counters": { "type": "object", "properties": {
                         "received": { "type": "integer" }, "processed": { "type": "integer" },
                         "skipped": { "type": "integer" }, "retried": { "type": "integer" },
-                        "dead_lettered": { "type": "integer" }, "published": { "type": "integer" } } } } },
+                        "dead_lettered": { "type": "integer" }, "published": { "type": "integer" } } },
+                    "activity": { "type": "object", "description": "how much the counters grew in each of the last intervals (sampled every interval_ms while the server runs, ten minutes kept)", "properties": {
+                        "interval_ms": { "type": "integer" },
+                        "samples": { "type": "array", "items": { "type": "object", "properties": {
+                            "at_ms": { "type": "integer" }, "processed": { "type": "integer" }, "skipped": { "type": "integer" },
+                            "retried": { "type": "integer" }, "dead_lettered": { "type": "integer" } } } } } },
+                    "max_replays": { "type": "integer", "description": "how many times one record may be replayed from the dead-letter topic (the loop guard)" } } },
                 "SwapReport": { "type": "object", "properties": {
                     "handler": { "type": "string" }, "previous": { "type": "string" }, "active": { "type": "string" },
                     "load": { "type": "string", "enum": ["compiled", "cache"] },

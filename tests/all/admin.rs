@@ -242,6 +242,16 @@ async fn every_v1_route_needs_the_token_and_health_does_not() {
             assert_eq!(code, 401, "{method} {path} with {token:?}: {body}");
         }
     }
+    // The console's own routes are open and hold no data: its script reads and acts through
+    // /v1 with the token the operator types (the browser tests in tests/ui drive it).
+    for path in ["/", "/console.js", "/console.css"] {
+        let (code, body) = http_get(&addr, path);
+        assert_eq!(code, 200, "{path}: {body}");
+        assert!(
+            !body.contains(&s.group) && !body.contains(&s.topic),
+            "{path} shows nothing of the handlers"
+        );
+    }
     assert_eq!(http_get(&addr, "/healthz").0, 200);
     assert!(matches!(http_get(&addr, "/readyz").0, 200 | 503));
     assert!(
@@ -314,6 +324,30 @@ async fn pause_holds_offsets_while_events_arrive_and_resume_catches_up() {
     while committed_offsets(&s.broker.bootstrap(), &s.group, &s.topic) != end {
         assert!(Instant::now() < deadline, "offsets did not catch up");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The recent activity (the console's chart) adds up to what was handled: the sampler's
+    // first reading, before any record, starts the ring.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = http_request(&addr, "GET", "/v1/handlers/pub", Some(TOKEN), b"");
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let samples = v["activity"]["samples"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let handled: u64 = samples.iter().filter_map(|x| x["processed"].as_u64()).sum();
+        assert!(
+            handled <= 1000,
+            "more in the samples than was handled: {body}"
+        );
+        assert_eq!(v["activity"]["interval_ms"], 5000);
+        assert_eq!(v["max_replays"], 3, "{body}");
+        if handled == 1000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "activity never added up: {body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     host.shutdown().await.unwrap();
 }

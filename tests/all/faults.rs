@@ -53,7 +53,12 @@ async fn brokers_down_and_injected_errors_lose_nothing() {
     let s = Setup::new(TestBroker::embedded(), 4).await;
     let n = 3_000;
     produce(&s.broker.producer(), &s.topic, &events("ev", 0..n, &s.out)).await;
-    let config = load(&s, "fixture-publisher", "", "");
+    let config = load(
+        &s,
+        "fixture-publisher",
+        "",
+        kasm_tests::MOCK_PRODUCE_FAULT_PROPS,
+    );
     let host = kasm_host::app::start(&config, &s.env()).await.unwrap();
     let admin = host.admin_addr.to_string();
     kasm_tests::wait_processed(&host, 300).await;

@@ -1208,12 +1208,13 @@ fn host_config(
     std::fs::create_dir_all(&d).expect("host dir");
     let body = format!(
         "commit_interval = \"{commit_interval}\"\ndrain_timeout = \"3s\"\nledger_store = \"file\"\n\
-         [kafka]\n{props}\"message.timeout.ms\" = 5000\n\
+         [kafka]\n{props}{faults}\"message.timeout.ms\" = 5000\n\
          [handlers.{handler}]\ncomponent = \"{c}\"\ntopics = [\"{topic}\"]\ngroup_id = \"{group}\"\n\
          {extra}\n\
          retry = {{ attempts = 8, initial_backoff = \"100ms\", max_backoff = \"2s\", jitter = 0.2 }}\n\
          grants = {{ producer = [\"{out}\"] }}\n",
         props = HOST_KAFKA_PROPS,
+        faults = crate::MOCK_PRODUCE_FAULT_PROPS,
         c = crate::component("fixture-publisher").display(),
     );
     crate::write_config(&d, &body)
