@@ -51,6 +51,12 @@ cp "$out/fixture_publisher.wasm" "$dist/fixture-publisher-v2.wasm.tmp"
 mv "$dist/fixture-publisher-v2.wasm.tmp" "$dist/fixture-publisher-v2.wasm"
 printf '%8d  %s\n' "$(wc -c <"$dist/fixture-publisher-v2.wasm")" "dist/fixture-publisher-v2.wasm"
 
+# The fixture with its `post` action (it imports `http` too), for the trace tests.
+cargo build --release --target "$target" --manifest-path "$here/Cargo.toml" -p fixture --features http
+cp "$out/fixture.wasm" "$dist/fixture-http.wasm.tmp"
+mv "$dist/fixture-http.wasm.tmp" "$dist/fixture-http.wasm"
+printf '%8d  %s\n' "$(wc -c <"$dist/fixture-http.wasm")" "dist/fixture-http.wasm"
+
 # The Python handlers and fixtures (py-*.wasm): componentize-py, installed from PyPI into
 # target/python/ on the first run; skipped when nothing changed.
 "$here/build-python.sh"

@@ -24,6 +24,7 @@ use crate::kafka::producer::KafkaProducer;
 use crate::ledger::{FileLedger, KafkaLedger, Ledger};
 use crate::pipeline::{HandlerCtx, Pipeline};
 use crate::runtime::{Runtime, RuntimeConfig};
+use crate::trace::{TraceConfig, Tracing};
 
 /// A started host: what [`start`] returns and [`Host::shutdown`] stops.
 #[derive(Debug)]
@@ -47,6 +48,8 @@ pub struct Host {
     drain_timeout: Duration,
     /// The WebSocket clients (`GET /ws`).
     pub ws: Arc<crate::websocket::Hub>,
+    /// The trace exporter, when tracing is on (shut down last, after the spans ended).
+    pub tracing: Option<Tracing>,
 }
 
 /// Load everything and start consuming; the admin token comes from `KASM_ADMIN_TOKEN`.
@@ -73,13 +76,34 @@ pub async fn start_with(
     .await
 }
 
-/// Load everything and start consuming, with the admin token and the WebSocket hub given.
+/// Load everything and start consuming, with the admin token and the WebSocket hub given
+/// (traces as the `OTEL_*` environment says: see [`crate::trace`]).
 pub async fn start_with_hub(
     config: &Config,
     env: &KafkaEnv,
     admin_token: Option<Secret>,
     ws: Arc<crate::websocket::Hub>,
 ) -> anyhow::Result<Host> {
+    start_traced(config, env, admin_token, ws, TraceConfig::from_env()).await
+}
+
+/// [`start_with_hub`] with traces exported as `trace` says (`None`: off).
+pub async fn start_traced(
+    config: &Config,
+    env: &KafkaEnv,
+    admin_token: Option<Secret>,
+    ws: Arc<crate::websocket::Hub>,
+    trace: Option<TraceConfig>,
+) -> anyhow::Result<Host> {
+    let tracing = match trace {
+        Some(t) => Some(
+            tokio::task::spawn_blocking(move || Tracing::start(&t))
+                .await
+                .context("starting the trace exporter")??,
+        ),
+        None => None,
+    };
+    let tracer = tracing.as_ref().map(Tracing::tracer);
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: config.artifact_dir(),
         max_component_bytes: config.max_component_bytes(),
@@ -138,6 +162,7 @@ pub async fn start_with_hub(
             partitions: Default::default(),
             claims: Default::default(),
             resources,
+            tracer: tracer.clone(),
         }));
     }
 
@@ -196,6 +221,7 @@ pub async fn start_with_hub(
         sweeper,
         drain_timeout: config.drain_timeout,
         ws,
+        tracing,
     })
 }
 
@@ -296,6 +322,10 @@ impl Host {
         {
             tracing::warn!(timeout = ?self.drain_timeout, "admin connections still open at the drain timeout: closing them");
             admin.abort();
+        }
+        // The spans of what was handled, exported before the process goes.
+        if let Some(t) = self.tracing {
+            let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
         }
         stopped.and(flushed)
     }

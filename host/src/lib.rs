@@ -27,6 +27,7 @@ pub mod openapi;
 pub mod pipeline;
 pub mod produce;
 pub mod runtime;
+pub mod trace;
 pub mod websocket;
 
 pub use event::{Event, identify_event_id};

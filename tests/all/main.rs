@@ -26,6 +26,7 @@ mod sandbox;
 mod services;
 mod sql;
 mod startup;
+mod traces;
 
 /// The fuzz targets' checks (`fuzz/src/checks.rs`), replayed by [`fuzz_regressions`].
 #[path = "../../fuzz/src/checks.rs"]

@@ -16,6 +16,10 @@
 //!     (`{"action":"ok"}`: decode, return ok) and no `max_batch`, `max_batch_bytes`,
 //!     `batch_linger`, `instance_reuse` or `ledger` key in its config, so the host's defaults
 //!     decide;
+//!   - *kasm defaults, traced (OTLP to a local receiver)*: the same with traces on, every
+//!     span exported over OTLP/HTTP to a receiver in the bench process: beside *kasm defaults*
+//!     (traces off, the default) it is what tracing costs, and *kasm defaults* against the
+//!     earlier runs is what being able to trace costs when it is off;
 //!   - *kasm max_batch = 1 (one at a time)*, *kasm ledger = false*, *kasm instance_reuse =
 //!     1000*: the defaults with that one key set;
 //!   - *kasm audit on SQLite (defaults)*: the audit handler writing one SQLite row per task
@@ -390,6 +394,8 @@ struct KasmOpts {
     interpreted: Option<&'static str>,
     /// `ledger_store = "file"` (the default is `"kafka"`).
     file_ledger: bool,
+    /// Traces on, exported over OTLP to a receiver in the bench process (off by default).
+    traced: bool,
 }
 
 const DEFAULTS: KasmOpts = KasmOpts {
@@ -399,6 +405,7 @@ const DEFAULTS: KasmOpts = KasmOpts {
     audit: false,
     interpreted: None,
     file_ledger: false,
+    traced: false,
 };
 
 impl KasmOpts {
@@ -479,8 +486,23 @@ fn extra_handler_settings() -> String {
 fn kasm(b: &Bench, topic: &str, n: usize, o: KasmOpts) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let config = kasm_host::config::Config::load(&kasm_config(b, dir.path(), topic, o)).unwrap();
+    // Traced: every span goes to a collector of this process's (a receiver answering 200).
+    let collector = o
+        .traced
+        .then(|| kasm_tests::receiver::Receiver::start(&[200]));
+    let trace = collector.as_ref().map(|c| kasm_host::trace::TraceConfig {
+        endpoint: Some(format!("http://{}/v1/traces", c.addr)),
+    });
     b.rt.block_on(async {
-        let host = kasm_host::app::start(&config, &kasm_env(b)).await.unwrap();
+        let host = kasm_host::app::start_traced(
+            &config,
+            &kasm_env(b),
+            None,
+            std::sync::Arc::new(kasm_host::websocket::Hub::from_env()),
+            trace,
+        )
+        .await
+        .unwrap();
         let stats = &host.handlers[0].stats;
         let deadline = Instant::now() + Duration::from_secs(600);
         let done = || {
@@ -608,12 +630,19 @@ enum Contender {
 
 /// The throughput rows, in the order they run in each round and print. The kasm rows other
 /// than the defaults each set one key.
-const CONTENDERS: [(&str, Contender); 11] = [
+const CONTENDERS: [(&str, Contender); 12] = [
     (
         "baseline (rdkafka, no Wasm, no ledger)",
         Contender::Baseline,
     ),
     ("kasm defaults", Contender::Kasm(DEFAULTS)),
+    (
+        "kasm defaults, traced (OTLP to a local receiver)",
+        Contender::Kasm(KasmOpts {
+            traced: true,
+            ..DEFAULTS
+        }),
+    ),
     (
         "kasm max_batch = 1 (one at a time)",
         Contender::Kasm(KasmOpts {

@@ -176,6 +176,8 @@ pub struct HandlerCtx {
     /// Ledger keys of the records in a batch of this handler that is not committed yet
     /// (see [`HandlerCtx::claim`]).
     pub claims: Mutex<std::collections::HashSet<String>>,
+    /// Makes the records' spans when tracing is on (see [`crate::trace`]).
+    pub tracer: Option<crate::trace::Tracer>,
 }
 
 impl HandlerCtx {

@@ -65,6 +65,7 @@ use crate::event::Event;
 use crate::kafka::producer::{OutRecord, Pending};
 use crate::ledger::{LedgerEntry, LedgerOutcome};
 use crate::runtime::{Batch, FailureKind, Outcome};
+use crate::trace::{ChildSpan, RecordFacts, RecordSpan};
 
 use super::dlq::{self, DlqKind, Failure, Provenance};
 use super::{HandlerCtx, Record, now_ms};
@@ -373,6 +374,8 @@ struct Slot {
     /// Its ledger key (see [`stored_key`]).
     key: String,
     fate: Fate,
+    /// Its span, when tracing is on: ended when the batch settles (see [`end_spans`]).
+    span: Option<RecordSpan>,
 }
 
 /// The outcome of a batch: what is done, and what goes back to the front of the queue.
@@ -490,6 +493,19 @@ async fn run_batch(
             tombstone,
             elsewhere,
         } = p;
+        let span = ctx.tracer.as_ref().map(|t| {
+            t.record(
+                RecordFacts {
+                    handler: &ctx.name,
+                    group: &ctx.group_id,
+                    topic: &event.topic,
+                    partition: event.partition,
+                    offset: event.offset,
+                    event_id: &event.id,
+                },
+                &event.headers,
+            )
+        });
         // A hold (a commit refused for a rebalance, a pause) stops the batch where it is: what
         // ran commits, no new record starts.
         split |= *hold.borrow() || stop.is_cancelled();
@@ -530,6 +546,7 @@ async fn run_batch(
         let fate = match fate {
             Some(f) => f,
             None => {
+                batch.set_trace(span.clone());
                 let failed = match batch.invoke(&event).await {
                     Err(e) => Err((
                         FailureKind::Retryable,
@@ -573,6 +590,9 @@ async fn run_batch(
                             ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
                             t.retried.inc();
                             tracing::info!(event_id = %event.id, attempt = q.attempt, ?wait, reason = %message, "retrying");
+                            if let Some(s) = &span {
+                                s.note_retry(q.attempt, &message);
+                            }
                             split = true;
                             Fate::Again
                         }
@@ -587,6 +607,7 @@ async fn run_batch(
             event_id,
             key,
             fate,
+            span,
         };
         if batch.sql_lost() {
             // What the records before this one wrote is gone with the transaction: those run
@@ -755,6 +776,14 @@ async fn commit(
     };
     let (mut ok, mut skipped, mut published) = (0u64, 0u64, 0u64);
     for s in slots {
+        if let Some(span) = s.span {
+            match &s.fate {
+                Fate::Ok(_) => span.end("ok", None),
+                Fate::Skipped => span.end("skipped", None),
+                Fate::Dead(f) => span.end("dead-lettered", Some(&f.message)),
+                Fate::Again => span.end("again", None),
+            }
+        }
         match s.fate {
             Fate::Again => {
                 settled.again.push(s.queued);
@@ -799,6 +828,8 @@ struct Out {
     /// The publish's index among its record's publishes; `None` for the dead letter.
     publish: Option<usize>,
     sent: anyhow::Result<Pending>,
+    /// The publish's `send` span, when tracing is on.
+    span: Option<ChildSpan>,
 }
 
 /// What of one record's outputs failed in a round.
@@ -845,6 +876,19 @@ async fn deliver(
                 Ok(pending) => pending.acknowledged().await,
                 Err(e) => Err(e),
             };
+            if let Some(span) = out.span {
+                match &result {
+                    Ok(d) => {
+                        span.set(
+                            "messaging.destination.partition.id",
+                            d.partition.to_string(),
+                        );
+                        span.set("messaging.kafka.offset", d.offset);
+                        span.end(None);
+                    }
+                    Err(e) => span.end(Some(&format!("{e:#}"))),
+                }
+            }
             match result {
                 Ok(d) => {
                     if out.publish.is_none() {
@@ -939,17 +983,36 @@ async fn send_all(
     let mut refused: Option<usize> = None;
     for &(i, publish) in wanted {
         let slot = &slots[i];
+        let mut span = None;
         let sent = match (&slot.fate, publish) {
             (Fate::Ok(h), Some(j)) => match h.effects.publishes.get(j) {
                 Some(_) if refused == Some(i) => Err(anyhow::anyhow!(
                     "held back: an earlier publish of this record was refused"
                 )),
-                Some(p) => ctx.producer.enqueue(out_record(p)).await,
+                Some(p) => match &slot.span {
+                    // The record's trace goes on with the record it publishes.
+                    Some(record_span) => {
+                        let send = record_span.send(&p.topic);
+                        let headers =
+                            crate::trace::with_traceparent(&p.headers, &send.traceparent());
+                        span = Some(send);
+                        ctx.producer
+                            .enqueue(OutRecord {
+                                headers: &headers,
+                                ..out_record(p)
+                            })
+                            .await
+                    }
+                    None => ctx.producer.enqueue(out_record(p)).await,
+                },
                 None => continue,
             },
             (Fate::Dead(failure), None) => {
                 let r = &slot.queued.record;
-                let (topic, headers) = dead_letter_parts(ctx, sha, r, &slot.event_id, failure);
+                let (topic, mut headers) = dead_letter_parts(ctx, sha, r, &slot.event_id, failure);
+                if let Some(record_span) = &slot.span {
+                    headers = crate::trace::with_traceparent(&headers, &record_span.traceparent());
+                }
                 ctx.producer.enqueue(dlq_record(r, &topic, &headers)).await
             }
             _ => continue,
@@ -961,6 +1024,7 @@ async fn send_all(
             slot: i,
             publish,
             sent,
+            span,
         });
     }
     outs

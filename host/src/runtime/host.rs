@@ -98,6 +98,8 @@ pub(crate) struct CallState {
     /// The batch's transaction is unusable (a statement did not answer in time): the batch
     /// cannot commit, and what it wrote is gone.
     pub sql_lost: bool,
+    /// The record's span and its (trace id, span id) in hex, when tracing is on.
+    pub trace: Option<(crate::trace::RecordSpan, (String, String))>,
 }
 
 impl std::fmt::Debug for CallState {
@@ -204,6 +206,7 @@ impl HostState {
             handler: env.name.clone(),
             grant: env.grants.http.clone(),
             timeout: env.http_timeout,
+            trace: None,
         };
         Self {
             wasi: None,
@@ -218,6 +221,15 @@ impl HostState {
     }
 
     /// Prepare for a new call: forget the previous call's effects and output.
+    /// The span of the record this call handles (after [`Self::begin_call`]).
+    pub fn set_trace(&mut self, span: Option<crate::trace::RecordSpan>) {
+        self.http_hooks.trace.clone_from(&span);
+        self.call.trace = span.map(|s| {
+            let ids = s.ids();
+            (s, ids)
+        });
+    }
+
     pub fn begin_call(&mut self, event_id: &str, topic: &str, partition: i32, offset: i64) {
         self.call = CallState {
             event_id: event_id.to_owned(),
@@ -233,7 +245,9 @@ impl HostState {
             savepoint: 0,
             savepoint_open: false,
             sql_lost: false,
+            trace: None,
         };
+        self.http_hooks.trace = None;
         self.limiter.memory_denied = false;
         self.output.clear();
     }
@@ -290,6 +304,9 @@ struct HttpHooks {
     handler: String,
     grant: Option<crate::capabilities::HostGrant>,
     timeout: Duration,
+    /// The span of the record being handled: each request gets a client span under it and
+    /// its `traceparent`.
+    trace: Option<crate::trace::RecordSpan>,
 }
 
 type SendResult = Result<
@@ -308,6 +325,7 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpHooks {
         fut: Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
     ) -> Box<dyn std::future::Future<Output = SendResult> + Send> {
         drop(fut);
+        let mut request = request;
         let uri = request.uri();
         let https = uri.scheme() == Some(&axum::http::uri::Scheme::HTTPS);
         let host = uri.host().unwrap_or_default().to_owned();
@@ -326,9 +344,37 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpHooks {
             first_byte_timeout: bound(options.and_then(|o| o.first_byte_timeout)),
             between_bytes_timeout: bound(options.and_then(|o| o.between_bytes_timeout)),
         };
+        let span = self.trace.as_ref().map(|t| {
+            let url = request.uri().to_string();
+            let span = t.http(request.method().as_str(), &url, &host, port);
+            if let Ok(v) = axum::http::HeaderValue::from_str(&span.traceparent()) {
+                request.headers_mut().insert(crate::trace::TRACEPARENT, v);
+            }
+            span
+        });
         Box::new(async move {
-            let (res, io) =
-                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            let sent = wasmtime_wasi_http::default_send_request(request, Some(options)).await;
+            let (res, io) = match (sent, span) {
+                (Ok(r), Some(span)) => {
+                    span.set(
+                        "http.response.status_code",
+                        i64::from(r.0.status().as_u16()),
+                    );
+                    let failed =
+                        r.0.status()
+                            .is_server_error()
+                            .then(|| r.0.status().to_string());
+                    span.end(failed.as_deref());
+                    r
+                }
+                (Ok(r), None) => r,
+                (Err(e), span) => {
+                    if let Some(span) = span {
+                        span.end(Some(&format!("{e:?}")));
+                    }
+                    return Err(e);
+                }
+            };
             Ok((
                 res.map(http_body_util::BodyExt::boxed_unsync),
                 Box::new(io)
@@ -740,12 +786,15 @@ impl kasm::handler::log::Host for HostState {
         let message = truncate_utf8(message, MAX_LOG_LINE);
         let c = &self.call;
         let h = self.env.name.as_str();
+        let (trace_id, span_id) = c.trace.as_ref().map_or((None, None), |(_, (t, s))| {
+            (Some(t.as_str()), Some(s.as_str()))
+        });
         macro_rules! emit {
             ($lvl:ident) => {
                 tracing::$lvl!(
                     target: "kasm::guest",
                     handler = h, topic = %c.topic, partition = c.partition,
-                    offset = c.offset, event_id = %c.event_id, "{message}"
+                    offset = c.offset, event_id = %c.event_id, trace_id, span_id, "{message}"
                 )
             };
         }

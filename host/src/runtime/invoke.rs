@@ -247,6 +247,7 @@ impl LoadedHandler {
             sql_lost: false,
             kv: HashMap::new(),
             calls: 0,
+            trace: None,
         }
     }
 
@@ -357,6 +358,8 @@ pub struct Batch<'h> {
     sql_lost: bool,
     kv: HashMap<String, Option<Vec<u8>>>,
     calls: u32,
+    /// The span of the next record, when tracing is on (see [`Batch::set_trace`]).
+    trace: Option<crate::trace::RecordSpan>,
 }
 
 impl std::fmt::Debug for Batch<'_> {
@@ -371,6 +374,12 @@ impl std::fmt::Debug for Batch<'_> {
 }
 
 impl Batch<'_> {
+    /// The span the next [`Batch::invoke`] runs under: its HTTP requests and log lines carry
+    /// its trace.
+    pub fn set_trace(&mut self, span: Option<crate::trace::RecordSpan>) {
+        self.trace = span;
+    }
+
     /// Run `event` as the batch's next record. See [`LoadedHandler::invoke`] for what `Ok`
     /// and `Err` mean; on `Ok(ok)` the call's kv writes are visible to the records after it.
     pub async fn invoke(&mut self, event: &Event) -> anyhow::Result<Invocation> {
@@ -386,6 +395,7 @@ impl Batch<'_> {
         {
             let state = store.data_mut();
             state.begin_call(&event.id, &event.topic, event.partition, event.offset);
+            state.set_trace(self.trace.take());
             // The batch's transaction and staged kv, lent to the call and taken back after.
             state.call.sql = self.sql.take();
             state.call.kv_batch = std::mem::take(&mut self.kv);
