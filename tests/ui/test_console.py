@@ -178,6 +178,17 @@ def sign_in(page: Page, dev: Dev, token=None):
     page.click("button[type=submit]")
 
 
+def fits_a_phone(page: Page, name: str):
+    """At 390 px wide the page does not scroll sideways (wide tables scroll in their box)."""
+    size = page.viewport_size
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(200)
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"{name}: the page is {overflow} px wider than a 390 px screen"
+    shot(page, f"{name}-390", full_page=False)
+    page.set_viewport_size(size)
+
+
 def card(page: Page, name: str):
     return page.locator(f"article.handler[data-handler='{name}']")
 
@@ -252,6 +263,7 @@ def test_deploy_a_new_version_see_it_in_the_history_and_roll_back(page, dev):
     expect(newest).to_have_attribute("data-to", after)
     expect(newest).to_contain_text("deploy")
     shot(page, "05-deployed")
+    fits_a_phone(page, "05-deployed")
     page.click("#rollback")
     expect(page.locator("#confirm")).to_contain_text("Roll live-updates back")
     page.click("#confirm-ok")
@@ -304,6 +316,7 @@ def test_replay_a_dead_letter_and_see_it_handled(page, dev, webhook):
     row.locator("input[type=checkbox]").check()
     expect(page.locator("#selected-count")).to_have_text("1 selected")
     shot(page, "07-dead-letters", full_page=False)
+    fits_a_phone(page, "07-dead-letters")
     page.click("#replay")
     dialog = page.locator("#confirm")
     expect(dialog).to_contain_text("Replay 1 dead letter of notification to reminders")
@@ -329,3 +342,4 @@ def test_health_in_words(page, dev):
         expect(words).to_contain_text(f"{name} is live and ready: consumer loop consuming")
         expect(words).to_contain_text("broker reachable")
     shot(page, "10-health")
+    fits_a_phone(page, "10-health")
