@@ -37,6 +37,57 @@ fn attr(span: &Span, key: &str) -> Option<String> {
         })
 }
 
+/// A host with config `body`, traces as `trace` says.
+async fn start(s: &Setup, body: &str, trace: Option<TraceConfig>) -> kasm_host::app::Host {
+    let config = Config::load(&write_config(s.dir.path(), body)).unwrap();
+    kasm_host::app::start_traced(
+        &config,
+        &s.env(),
+        None,
+        std::sync::Arc::new(kasm_host::websocket::Hub::from_env()),
+        trace,
+    )
+    .await
+    .unwrap()
+}
+
+/// A record with `event_id` and a `traceparent` of [`TRACE_ID`] under [`PARENT_ID`].
+fn traced(payload: Vec<u8>, event_id: &str) -> Rec {
+    Rec {
+        payload,
+        headers: vec![
+            ("event-id".into(), event_id.as_bytes().to_vec()),
+            (
+                "traceparent".into(),
+                format!("00-{TRACE_ID}-{PARENT_ID}-01").into_bytes(),
+            ),
+        ],
+        ..Rec::default()
+    }
+}
+
+/// The exported span `id` (the parent named by a header): of `kind` and `name`, under `parent`.
+fn child<'a>(
+    by_id: &HashMap<String, &'a Span>,
+    id: &str,
+    kind: SpanKind,
+    name: &str,
+    parent: &str,
+    names: &[&str],
+) -> &'a Span {
+    let span = by_id
+        .get(id)
+        .unwrap_or_else(|| panic!("{name}: the header names an exported span; got {names:?}"));
+    assert_eq!(span.kind, kind as i32, "{name}");
+    assert_eq!(span.name, name);
+    assert_eq!(
+        hex(&span.parent_span_id),
+        parent,
+        "{name} is under the record's span"
+    );
+    span
+}
+
 /// `traceparent` → (trace id, parent span id).
 fn parse_traceparent(v: &str) -> (String, String) {
     let parts: Vec<&str> = v.split('-').collect();
@@ -59,18 +110,14 @@ async fn a_traced_record_is_one_trace_through_its_span_its_publish_and_its_http_
         o = s.out,
         w = webhook.addr,
     );
-    let config = Config::load(&write_config(s.dir.path(), &body)).unwrap();
-    let host = kasm_host::app::start_traced(
-        &config,
-        &s.env(),
-        None,
-        std::sync::Arc::new(kasm_host::websocket::Hub::from_env()),
+    let host = start(
+        &s,
+        &body,
         Some(TraceConfig {
             endpoint: Some(format!("http://{}/v1/traces", collector.addr)),
         }),
     )
-    .await
-    .unwrap();
+    .await;
     let payload = serde_json::json!({
         "action": "post",
         "url": format!("http://{}/hook", webhook.addr),
@@ -79,17 +126,7 @@ async fn a_traced_record_is_one_trace_through_its_span_its_publish_and_its_http_
     produce(
         &s.broker.producer(),
         &s.topic,
-        &[Rec {
-            payload: payload.to_string().into_bytes(),
-            headers: vec![
-                ("event-id".into(), b"traced-1".to_vec()),
-                (
-                    "traceparent".into(),
-                    format!("00-{TRACE_ID}-{PARENT_ID}-01").into_bytes(),
-                ),
-            ],
-            ..Rec::default()
-        }],
+        &[traced(payload.to_string().into_bytes(), "traced-1")],
     )
     .await;
 
@@ -124,17 +161,10 @@ async fn a_traced_record_is_one_trace_through_its_span_its_publish_and_its_http_
     produce(
         &s.broker.producer(),
         &s.topic,
-        &[Rec {
-            payload: br#"{"action":"fatal","message":"no"}"#.to_vec(),
-            headers: vec![
-                ("event-id".into(), b"traced-2".to_vec()),
-                (
-                    "traceparent".into(),
-                    format!("00-{TRACE_ID}-{PARENT_ID}-01").into_bytes(),
-                ),
-            ],
-            ..Rec::default()
-        }],
+        &[traced(
+            br#"{"action":"fatal","message":"no"}"#.to_vec(),
+            "traced-2",
+        )],
     )
     .await;
     let dead = read_topic(
@@ -232,15 +262,13 @@ async fn a_traced_record_is_one_trace_through_its_span_its_publish_and_its_http_
     }
     let process_id = hex(&process.span_id);
 
-    let send = by_id.get(&send_id).unwrap_or_else(|| {
-        panic!("the downstream record's parent is an exported span; got {names:?}")
-    });
-    assert_eq!(send.kind, SpanKind::Producer as i32);
-    assert_eq!(send.name, format!("send {}", s.out));
-    assert_eq!(
-        hex(&send.parent_span_id),
-        process_id,
-        "the publish is under the record's span"
+    let send = child(
+        &by_id,
+        &send_id,
+        SpanKind::Producer,
+        &format!("send {}", s.out),
+        &process_id,
+        &names,
     );
     assert_eq!(
         attr(send, "messaging.destination.name").as_deref(),
@@ -251,15 +279,13 @@ async fn a_traced_record_is_one_trace_through_its_span_its_publish_and_its_http_
         "where it landed: {send:?}"
     );
 
-    let http = by_id
-        .get(&http_id)
-        .unwrap_or_else(|| panic!("the request's parent is an exported span; got {names:?}"));
-    assert_eq!(http.kind, SpanKind::Client as i32);
-    assert_eq!(http.name, "POST");
-    assert_eq!(
-        hex(&http.parent_span_id),
-        process_id,
-        "the HTTP call is under the record's span"
+    let http = child(
+        &by_id,
+        &http_id,
+        SpanKind::Client,
+        "POST",
+        &process_id,
+        &names,
     );
     assert_eq!(
         attr(http, "http.response.status_code").as_deref(),
@@ -275,16 +301,7 @@ async fn a_traced_record_is_one_trace_through_its_span_its_publish_and_its_http_
 async fn with_tracing_off_nothing_is_added_to_what_the_handler_publishes() {
     let s = Setup::new(TestBroker::embedded(), 1).await;
     let body = kasm_tests::publisher_body(&s, "", "", "");
-    let config = Config::load(&write_config(s.dir.path(), &body)).unwrap();
-    let host = kasm_host::app::start_traced(
-        &config,
-        &s.env(),
-        None,
-        std::sync::Arc::new(kasm_host::websocket::Hub::from_env()),
-        None,
-    )
-    .await
-    .unwrap();
+    let host = start(&s, &body, None).await;
     produce(
         &s.broker.producer(),
         &s.topic,
