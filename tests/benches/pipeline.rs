@@ -528,8 +528,36 @@ fn kasm(b: &Bench, topic: &str, n: usize, o: KasmOpts) -> Run {
             s.skipped, s.dead_lettered
         );
         host.shutdown().await.unwrap();
+        if let Some(c) = &collector {
+            eprintln!(
+                "traced: the collector got {} spans for {n} records (the SDK drops what its \
+                 bounded queue cannot take)",
+                exported_spans(c)
+            );
+        }
         r
     })
+}
+
+/// Spans in every OTLP request `c` received.
+fn exported_spans(c: &kasm_tests::receiver::Receiver) -> usize {
+    use prost::Message as _;
+    c.received
+        .lock()
+        .map(|got| {
+            got.iter()
+                .filter_map(|r| {
+                    opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(
+                        r.body.as_slice(),
+                    )
+                    .ok()
+                })
+                .flat_map(|req| req.resource_spans)
+                .flat_map(|rs| rs.scope_spans)
+                .map(|ss| ss.spans.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// `target/bench/venv` with aiokafka, or why not.
