@@ -493,19 +493,6 @@ async fn run_batch(
             tombstone,
             elsewhere,
         } = p;
-        let span = ctx.tracer.as_ref().map(|t| {
-            t.record(
-                RecordFacts {
-                    handler: &ctx.name,
-                    group: &ctx.group_id,
-                    topic: &event.topic,
-                    partition: event.partition,
-                    offset: event.offset,
-                    event_id: &event.id,
-                },
-                &event.headers,
-            )
-        });
         // A hold (a commit refused for a rebalance, a pause) stops the batch where it is: what
         // ran commits, no new record starts.
         split |= *hold.borrow() || stop.is_cancelled();
@@ -543,6 +530,25 @@ async fn run_batch(
                 last_failure_ms: now,
             }));
         }
+        // A span for what this batch does with the record; none for one it only puts back
+        // (a split, a claim or inbox wait): its next batch gives it one.
+        let span = if matches!(fate, Some(Fate::Again)) {
+            None
+        } else {
+            ctx.tracer.as_ref().map(|t| {
+                t.record(
+                    RecordFacts {
+                        handler: &ctx.name,
+                        group: &ctx.group_id,
+                        topic: &event.topic,
+                        partition: event.partition,
+                        offset: event.offset,
+                        event_id: &event.id,
+                    },
+                    &event.headers,
+                )
+            })
+        };
         let fate = match fate {
             Some(f) => f,
             None => {
