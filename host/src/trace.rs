@@ -32,8 +32,6 @@ use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
 /// The W3C trace-context header.
 pub const TRACEPARENT: &str = "traceparent";
-/// Its companion, vendor state.
-pub const TRACESTATE: &str = "tracestate";
 
 /// How traces leave the process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,8 +234,9 @@ impl RecordSpan {
         );
     }
 
-    /// End the span with the record's outcome (`ok`, `skipped`, `dead-lettered`, `retried`,
-    /// `abandoned`); a failure's reason becomes the span's error status.
+    /// End the span with the record's outcome (`ok`, `skipped`, `dead-lettered`, `again`); a
+    /// failure's reason becomes the span's error status. (A span dropped unended, with a batch
+    /// abandoned for a lost partition, is ended by the SDK without an outcome.)
     pub fn end(self, outcome: &str, error: Option<&str>) {
         let span = self.cx.span();
         span.set_attribute(KeyValue::new("kasm.outcome", outcome.to_owned()));

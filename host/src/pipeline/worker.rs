@@ -374,7 +374,8 @@ struct Slot {
     /// Its ledger key (see [`stored_key`]).
     key: String,
     fate: Fate,
-    /// Its span, when tracing is on: ended when the batch settles (see [`end_spans`]).
+    /// Its span, when tracing is on: ended with its fate when the batch settles (in
+    /// [`commit`]).
     span: Option<RecordSpan>,
 }
 

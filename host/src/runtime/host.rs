@@ -98,8 +98,6 @@ pub(crate) struct CallState {
     /// The batch's transaction is unusable (a statement did not answer in time): the batch
     /// cannot commit, and what it wrote is gone.
     pub sql_lost: bool,
-    /// The record's span and its (trace id, span id) in hex, when tracing is on.
-    pub trace: Option<(crate::trace::RecordSpan, (String, String))>,
 }
 
 impl std::fmt::Debug for CallState {
@@ -220,16 +218,12 @@ impl HostState {
         }
     }
 
-    /// Prepare for a new call: forget the previous call's effects and output.
     /// The span of the record this call handles (after [`Self::begin_call`]).
     pub fn set_trace(&mut self, span: Option<crate::trace::RecordSpan>) {
-        self.http_hooks.trace.clone_from(&span);
-        self.call.trace = span.map(|s| {
-            let ids = s.ids();
-            (s, ids)
-        });
+        self.http_hooks.trace = span;
     }
 
+    /// Prepare for a new call: forget the previous call's effects and output.
     pub fn begin_call(&mut self, event_id: &str, topic: &str, partition: i32, offset: i64) {
         self.call = CallState {
             event_id: event_id.to_owned(),
@@ -245,7 +239,6 @@ impl HostState {
             savepoint: 0,
             savepoint_open: false,
             sql_lost: false,
-            trace: None,
         };
         self.http_hooks.trace = None;
         self.limiter.memory_denied = false;
@@ -305,7 +298,7 @@ struct HttpHooks {
     grant: Option<crate::capabilities::HostGrant>,
     timeout: Duration,
     /// The span of the record being handled: each request gets a client span under it and
-    /// its `traceparent`.
+    /// its `traceparent`, and the call's log lines its ids.
     trace: Option<crate::trace::RecordSpan>,
 }
 
@@ -786,9 +779,15 @@ impl kasm::handler::log::Host for HostState {
         let message = truncate_utf8(message, MAX_LOG_LINE);
         let c = &self.call;
         let h = self.env.name.as_str();
-        let (trace_id, span_id) = c.trace.as_ref().map_or((None, None), |(_, (t, s))| {
-            (Some(t.as_str()), Some(s.as_str()))
-        });
+        // The ids only when a line is written: a call that logs nothing pays nothing.
+        let ids = self
+            .http_hooks
+            .trace
+            .as_ref()
+            .map(crate::trace::RecordSpan::ids);
+        let (trace_id, span_id) = ids
+            .as_ref()
+            .map_or((None, None), |(t, s)| (Some(t.as_str()), Some(s.as_str())));
         macro_rules! emit {
             ($lvl:ident) => {
                 tracing::$lvl!(
