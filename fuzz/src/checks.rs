@@ -10,10 +10,11 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use kasm_host::config::{Config, HandlerConfig, PayloadFormat};
+use kasm_host::dlq::decode::{self, PREVIEW_LIMIT};
+use kasm_host::dlq::letter::{self as dlq, DlqKind, Failure, MAX_ERROR_MESSAGE};
+use kasm_host::dlq::{DLQ_HEADER_PREFIX, REPLAY_COUNT_HEADER};
 use kasm_host::event::{EVENT_ID_HEADER, Event, identify_event_id};
-use kasm_host::pipeline::Record;
-use kasm_host::pipeline::dlq::{self, DlqKind, Failure, MAX_ERROR_MESSAGE};
-use kasm_host::pipeline::replay::{self, DLQ_HEADER_PREFIX, PREVIEW_LIMIT, RawRecord};
+use kasm_host::kafka::Record;
 use kasm_host::runtime::FailureKind;
 
 /// Reads structured values off the front of a fuzz input; past its end everything is zero or
@@ -81,7 +82,7 @@ impl<'a> Input<'a> {
 /// Header names worth hitting often: the ones kasm reads.
 const KNOWN_HEADERS: [&str; 16] = [
     EVENT_ID_HEADER,
-    replay::REPLAY_COUNT_HEADER,
+    REPLAY_COUNT_HEADER,
     "kasm-replay-id",
     "kasm-replay-handler",
     "kasm-dlq-source-topic",
@@ -234,7 +235,8 @@ pub fn dlq_headers(data: &[u8]) {
 
     // 1. Any record read from a dead-letter topic decodes, keeping every header it did not
     // take, with a bounded preview.
-    let raw = RawRecord {
+    let raw = Record {
+        topic: "dlq".to_owned(),
         partition: u.i32(),
         offset: u.i64(),
         timestamp_ms: (flags & 1 == 1).then(|| u.i64()),
@@ -242,7 +244,7 @@ pub fn dlq_headers(data: &[u8]) {
         headers: headers(&mut u),
         payload: (flags & 4 == 4).then(|| u.bytes().repeat(usize::from(u.u8()))),
     };
-    let d = replay::decode(&raw);
+    let d = decode::decode(&raw);
     let payload = raw.payload.clone().unwrap_or_default();
     assert_eq!(d.payload_bytes, payload.len());
     assert!(d.payload.len() <= 2 * PREVIEW_LIMIT, "preview is bounded");
@@ -282,7 +284,8 @@ pub fn dlq_headers(data: &[u8]) {
         },
         &failure,
     );
-    let back = replay::decode(&RawRecord {
+    let back = decode::decode(&Record {
+        topic: "dlq".to_owned(),
         partition: 0,
         offset: 0,
         timestamp_ms: None,
@@ -360,7 +363,7 @@ pub fn config(data: &[u8]) {
         for t in &h.topics {
             assert!(kasm_host::config::valid_topic(&h.dlq_topic_for(t)) || h.dlq_topic.is_none());
         }
-        let _ = h.grants.to_grants();
+        let _ = kasm_host::capabilities::Grants::of_config(&h.grants);
         let r = &h.retry;
         for attempt in [1, 2, 3, r.attempts, r.attempts.saturating_add(1), u32::MAX] {
             for unit in [0.0, 0.5, 0.999_999] {
@@ -441,16 +444,16 @@ pub fn admin_bodies(data: &[u8]) {
                 && let Ok(Some(c)) = q.cursor()
             {
                 // The cursor's text form reads back as the same cursor.
-                let again: kasm_host::pipeline::replay::Cursor =
+                let again: kasm_host::dlq::list::Cursor =
                     c.to_string().parse().expect("a cursor's text parses");
                 assert_eq!(again, c);
             }
         }
         _ => {
             let text = String::from_utf8_lossy(rest);
-            if let Ok(events) = kasm_host::produce::parse_events(&text) {
+            if let Ok(events) = kasm_host::kafka::produce::parse_events(&text) {
                 for e in events {
-                    let _ = kasm_host::produce::prepare(e, None, BTreeMap::new());
+                    let _ = kasm_host::kafka::produce::prepare(e, None, BTreeMap::new());
                 }
             }
         }

@@ -17,14 +17,15 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::deploy::Deployer;
 use crate::config::{Config, KafkaEnv, LedgerStore, Secret};
-use crate::deploy::Deployer;
-use crate::health::Health;
+use crate::handler::HandlerCtx;
 use crate::kafka::producer::KafkaProducer;
 use crate::ledger::{FileLedger, KafkaLedger, Ledger};
-use crate::pipeline::{HandlerCtx, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::trace::{TraceConfig, Tracing};
+use crate::telemetry::health::Health;
+use crate::telemetry::trace::{TraceConfig, Tracing};
 
 /// A started host: what [`start`] returns and [`Host::shutdown`] stops.
 #[derive(Debug)]
@@ -47,7 +48,7 @@ pub struct Host {
     /// Bounds each step of the shutdown that waits on others (see [`Host::shutdown`]).
     drain_timeout: Duration,
     /// The WebSocket clients (`GET /ws`).
-    pub ws: Arc<crate::websocket::Hub>,
+    pub ws: Arc<crate::capabilities::websocket::Hub>,
     /// The trace exporter, when tracing is on (shut down last, after the spans ended).
     pub tracing: Option<Tracing>,
 }
@@ -71,18 +72,18 @@ pub async fn start_with(
         config,
         env,
         admin_token,
-        Arc::new(crate::websocket::Hub::from_env()),
+        Arc::new(crate::capabilities::websocket::Hub::from_env()),
     )
     .await
 }
 
 /// Load everything and start consuming, with the admin token and the WebSocket hub given
-/// (traces as the `OTEL_*` environment says: see [`crate::trace`]).
+/// (traces as the `OTEL_*` environment says: see [`crate::telemetry::trace`]).
 pub async fn start_with_hub(
     config: &Config,
     env: &KafkaEnv,
     admin_token: Option<Secret>,
-    ws: Arc<crate::websocket::Hub>,
+    ws: Arc<crate::capabilities::websocket::Hub>,
 ) -> anyhow::Result<Host> {
     start_traced(config, env, admin_token, ws, TraceConfig::from_env()).await
 }
@@ -92,7 +93,7 @@ pub async fn start_traced(
     config: &Config,
     env: &KafkaEnv,
     admin_token: Option<Secret>,
-    ws: Arc<crate::websocket::Hub>,
+    ws: Arc<crate::capabilities::websocket::Hub>,
     trace: Option<TraceConfig>,
 ) -> anyhow::Result<Host> {
     let tracing = match trace {
@@ -113,14 +114,14 @@ pub async fn start_traced(
     let producer = KafkaProducer::new(env, &props)?;
     let ledger = open_ledger(config, env, &props, &producer).await?;
     let health = Arc::new(Health::default());
-    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let metrics = Arc::new(crate::telemetry::metrics::Metrics::new());
 
     let kv_path = config.data_dir.join("kv.redb");
     let kv: Arc<dyn crate::capabilities::KvStore> =
         Arc::new(crate::capabilities::FileKv::open(&kv_path)?);
     let mut handlers = Vec::new();
     for (name, hc) in &config.handlers {
-        let resources = crate::deploy::HandlerResources::open(
+        let resources = crate::handler::HandlerResources::open(
             name,
             hc,
             &config.data_dir,
@@ -136,7 +137,7 @@ pub async fn start_traced(
             resources.clone(),
         );
         let loaded = tokio::task::spawn_blocking(move || {
-            crate::deploy::startup_component(&rt2, &dir, &n2, &hc2, &res2)
+            crate::admin::deploy::startup_component(&rt2, &dir, &n2, &hc2, &res2)
         })
         .await
         .context("component loading task failed")??;
@@ -280,7 +281,7 @@ async fn sweep_ledger(ledger: Arc<dyn Ledger>, handlers: Vec<Arc<HandlerCtx>>) {
                 }
             }
             if let Some(db) = &h.resources.sql {
-                let cutoff = crate::pipeline::now_ms().saturating_sub(
+                let cutoff = crate::now_ms().saturating_sub(
                     i64::try_from(h.config.ledger_retention.as_millis()).unwrap_or(i64::MAX),
                 );
                 if let Err(e) =

@@ -1,37 +1,42 @@
 //! kasm host: consume Kafka and run each record through a sandboxed WebAssembly component.
 //!
-//! The crate is laid out along the path of one record (see `ARCHITECTURE.md`):
+//! The modules are three layers (`ARCHITECTURE.md` walks through them):
 //!
-//! - [`event`]: what a record becomes before a handler sees it, and how its event id is chosen.
-//! - [`runtime`]: the one wasmtime engine, component loading and validation, the precompiled
-//!   artifact cache, and a handler call with its deadline, memory cap and outcome.
-//! - [`capabilities`]: what a handler may do (publish, kv, log), granted per handler.
-//! - [`config`]: `kasm.toml` and the Kafka connection from the environment.
-//! - [`cli`]: the `kasm` command line; [`client`]: its commands that talk to a running host's
-//!   admin API.
+//! - **The process**: [`commands`] (one file per `kasm` subcommand) and [`app`] (a running
+//!   host, wired from a configuration).
+//! - **The control plane**: [`admin`] (the admin HTTP API and web console, hot swap in
+//!   [`admin::deploy`], the OpenAPI document) and [`telemetry`] (health, metrics and traces,
+//!   which the data plane reports and the admin server serves).
+//! - **The data plane**, in the order a record meets it: [`config`] → [`kafka`] (clients,
+//!   the owned record) → [`pipeline`] (consumer loop, partition workers, offsets) →
+//!   [`event`] (what a handler sees) → [`runtime`] (wasmtime: load, call) →
+//!   [`capabilities`] (what a handler may do) → [`ledger`] (what has run) → [`dlq`] (what
+//!   failed). [`handler`] is the per-handler state that the pipeline, hot swap and the admin
+//!   API share.
 
 pub mod admin;
 pub mod app;
 pub mod capabilities;
-pub mod cli;
-pub mod client;
+pub mod commands;
 pub mod config;
-pub mod deploy;
-pub mod dev;
+pub mod dlq;
 pub mod event;
-pub mod health;
+pub mod handler;
 pub mod kafka;
 pub mod ledger;
-pub mod metrics;
-pub mod openapi;
 pub mod pipeline;
-pub mod produce;
 pub mod runtime;
-pub mod trace;
-pub mod websocket;
+pub mod telemetry;
 
 pub use event::{Event, identify_event_id};
 pub use runtime::{
     ComponentInfo, FailureKind, HandlerFailure, HandlerSpec, Invocation, LoadError, LoadedHandler,
     Outcome, Runtime, RuntimeConfig,
 };
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

@@ -6,8 +6,8 @@ use clap::Parser;
 
 #[allow(clippy::print_stderr)]
 fn main() -> ExitCode {
-    let cli = kasm_host::cli::Cli::parse();
-    kasm_host::cli::init_tracing(&cli);
+    let cli = kasm_host::commands::Cli::parse();
+    kasm_host::commands::init_tracing(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -18,5 +18,5 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    runtime.block_on(kasm_host::cli::run(cli))
+    runtime.block_on(kasm_host::commands::run(cli))
 }

@@ -295,7 +295,7 @@ async fn publishes_refused_in_flight(
     std::collections::HashMap<String, usize>,
     Vec<kasm_tests::broker::Got>,
     u64,
-    kasm_host::pipeline::StatsSnapshot,
+    kasm_host::handler::StatsSnapshot,
     u64,
 ) {
     produce(&s.broker.producer(), &s.topic, &events("ev", 0..n, &s.out)).await;

@@ -405,7 +405,7 @@ const PIPELINE_ATTACKS: [(&str, Option<&str>); 10] = [
 ];
 
 /// Wait until `h` has processed (handled ok) `target` records; the time it took.
-async fn wait_processed(h: &kasm_host::pipeline::HandlerCtx, target: u64) -> Duration {
+async fn wait_processed(h: &kasm_host::handler::HandlerCtx, target: u64) -> Duration {
     let start = Instant::now();
     loop {
         let done = h.stats.snapshot().processed;

@@ -12,6 +12,7 @@ mod admin_uploads;
 mod batches;
 mod chaos;
 mod cli;
+mod dlq;
 mod faults;
 mod fuzz_regressions;
 mod hostile;

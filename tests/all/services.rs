@@ -407,7 +407,7 @@ pub(super) async fn live_updates_reach_only_their_user(component: &str) {
         &[("KASM_WS_SECRET", &secret)],
     );
     host.wait_status("/readyz", 200, Duration::from_secs(60));
-    let token = |ch: &str| kasm_host::websocket::channel_token(secret.as_bytes(), ch);
+    let token = |ch: &str| kasm_host::capabilities::websocket::channel_token(secret.as_bytes(), ch);
     let admin = host.admin.clone();
 
     // A token opens its own channel only.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use kasm_host::config::Config;
-use kasm_host::trace::TraceConfig;
+use kasm_host::telemetry::trace::TraceConfig;
 use kasm_tests::broker::{Rec, TestBroker, produce, read_topic};
 use kasm_tests::receiver::Receiver;
 use kasm_tests::{KAFKA_TEST_PROPS, Setup, component, write_config};
@@ -44,7 +44,7 @@ async fn start(s: &Setup, body: &str, trace: Option<TraceConfig>) -> kasm_host::
         &config,
         &s.env(),
         None,
-        std::sync::Arc::new(kasm_host::websocket::Hub::from_env()),
+        std::sync::Arc::new(kasm_host::capabilities::websocket::Hub::from_env()),
         trace,
     )
     .await
@@ -334,7 +334,7 @@ impl std::io::Write for Captured {
 #[test]
 fn a_guest_log_line_carries_the_trace_and_span_ids_of_its_record() {
     let collector = Receiver::start(&[200]);
-    let tracing = kasm_host::trace::Tracing::start(&TraceConfig {
+    let tracing = kasm_host::telemetry::trace::Tracing::start(&TraceConfig {
         endpoint: Some(format!("http://{}/v1/traces", collector.addr)),
     })
     .unwrap();
@@ -346,7 +346,7 @@ fn a_guest_log_line_carries_the_trace_and_span_ids_of_its_record() {
         ),
     ];
     let span = tracing.tracer().record(
-        kasm_host::trace::RecordFacts {
+        kasm_host::telemetry::trace::RecordFacts {
             handler: "fixture",
             group: "g",
             topic: "fixtures",

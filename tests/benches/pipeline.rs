@@ -490,15 +490,17 @@ fn kasm(b: &Bench, topic: &str, n: usize, o: KasmOpts) -> Run {
     let collector = o
         .traced
         .then(|| kasm_tests::receiver::Receiver::start(&[200]));
-    let trace = collector.as_ref().map(|c| kasm_host::trace::TraceConfig {
-        endpoint: Some(format!("http://{}/v1/traces", c.addr)),
-    });
+    let trace = collector
+        .as_ref()
+        .map(|c| kasm_host::telemetry::trace::TraceConfig {
+            endpoint: Some(format!("http://{}/v1/traces", c.addr)),
+        });
     b.rt.block_on(async {
         let host = kasm_host::app::start_traced(
             &config,
             &kasm_env(b),
             None,
-            std::sync::Arc::new(kasm_host::websocket::Hub::from_env()),
+            std::sync::Arc::new(kasm_host::capabilities::websocket::Hub::from_env()),
             trace,
         )
         .await
@@ -1704,7 +1706,7 @@ fn restore(b: &Bench) {
         .set("queue.buffering.max.messages", "1000000")
         .create()
         .unwrap();
-    let now = kasm_host::pipeline::now_ms();
+    let now = kasm_host::now_ms();
     let written = Instant::now();
     b.rt.block_on(async {
         for chunk in (0..n).collect::<Vec<_>>().chunks(20_000) {

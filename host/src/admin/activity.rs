@@ -10,7 +10,8 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::{HandlerCtx, StatsSnapshot};
+use crate::handler::{HandlerCtx, StatsSnapshot};
+use crate::now_ms;
 
 /// How often the counters are read.
 pub const INTERVAL: Duration = Duration::from_secs(5);
@@ -124,12 +125,6 @@ pub fn spawn(
             }
         }
     })
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

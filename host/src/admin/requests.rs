@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::pipeline::replay::{Cursor, MAX_LIST_LIMIT};
-use crate::produce::Prepared;
+use crate::dlq::list::{Cursor, MAX_LIST_LIMIT};
+use crate::kafka::produce::Prepared;
 
 /// A request body that must be a JSON object: serde's derived structs also accept an array of
 /// their fields in declaration order (`[{...}, "key"]` for an [`EventBody`]), which is not what
@@ -127,12 +127,13 @@ pub struct EventBody {
 }
 
 impl EventBody {
-    /// Check `topic` and prepare the record (see [`crate::produce::prepare`]).
+    /// Check `topic` and prepare the record (see [`crate::kafka::produce::prepare`]).
     pub fn prepare(self, topic: &str) -> Result<Prepared, String> {
         if !crate::config::valid_topic(topic) {
             return Err(format!("`{topic}` is not a valid topic name"));
         }
-        crate::produce::prepare(self.event, self.key, self.headers).map_err(|e| e.to_string())
+        crate::kafka::produce::prepare(self.event, self.key, self.headers)
+            .map_err(|e| e.to_string())
     }
 }
 

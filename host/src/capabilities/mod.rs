@@ -14,6 +14,7 @@ pub mod kv;
 pub mod log;
 pub mod producer;
 pub mod sql;
+pub mod websocket;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -179,6 +180,23 @@ impl fmt::Display for HostGrant {
 }
 
 impl Grants {
+    /// The grants a handler's `grants` table gives (`log` is always granted).
+    pub fn of_config(c: &crate::config::GrantsConfig) -> Self {
+        Self {
+            producer: c
+                .producer
+                .as_ref()
+                .map(|t| TopicGrant::Only(t.iter().cloned().collect())),
+            kv: c.kv,
+            sql: c.sql.is_some(),
+            websocket: c.websocket,
+            http: c
+                .http
+                .as_ref()
+                .map(|h| HostGrant::Only(h.iter().cloned().collect())),
+        }
+    }
+
     /// Only `log`.
     pub fn none() -> Self {
         Self {

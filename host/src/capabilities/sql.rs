@@ -157,6 +157,31 @@ pub enum SqlTarget {
     Postgres(String),
 }
 
+impl SqlTarget {
+    /// Where the database of handler `name` is, as its `sql` grant says. Reads the URL from
+    /// the environment.
+    pub fn of_grant(
+        grant: &crate::config::SqlGrantConfig,
+        name: &str,
+        data_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        if let Some(var) = &grant.url_env {
+            let url = std::env::var(var).map_err(|_| {
+                anyhow::anyhow!(
+                    "handlers.{name}.grants.sql.url_env: environment variable {var} is not set"
+                )
+            })?;
+            return Ok(Self::Postgres(url));
+        }
+        let path = match &grant.sqlite {
+            Some(p) if p.is_absolute() => p.clone(),
+            Some(p) => data_dir.join(p),
+            None => data_dir.join("sql").join(format!("{name}.sqlite")),
+        };
+        Ok(Self::Sqlite(path))
+    }
+}
+
 /// Open the database `target` for handler `handler`.
 pub fn open(target: &SqlTarget, handler: &str) -> anyhow::Result<Arc<dyn SqlDatabase>> {
     match target {

@@ -33,7 +33,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::capabilities::{Grants, SqlTarget, TopicGrant};
 pub use kafka_env::{KafkaEnv, Secret};
 
 /// The whole configuration file.
@@ -325,45 +324,6 @@ pub struct SqlGrantConfig {
     pub migrations: Option<PathBuf>,
 }
 
-impl SqlGrantConfig {
-    /// Where the database of handler `name` is. Reads the URL from the environment.
-    pub fn target(&self, name: &str, data_dir: &Path) -> anyhow::Result<SqlTarget> {
-        if let Some(var) = &self.url_env {
-            let url = std::env::var(var).map_err(|_| {
-                anyhow::anyhow!(
-                    "handlers.{name}.grants.sql.url_env: environment variable {var} is not set"
-                )
-            })?;
-            return Ok(SqlTarget::Postgres(url));
-        }
-        let path = match &self.sqlite {
-            Some(p) if p.is_absolute() => p.clone(),
-            Some(p) => data_dir.join(p),
-            None => data_dir.join("sql").join(format!("{name}.sqlite")),
-        };
-        Ok(SqlTarget::Sqlite(path))
-    }
-}
-
-impl GrantsConfig {
-    /// As runtime grants.
-    pub fn to_grants(&self) -> Grants {
-        Grants {
-            producer: self
-                .producer
-                .as_ref()
-                .map(|t| TopicGrant::Only(t.iter().cloned().collect())),
-            kv: self.kv,
-            sql: self.sql.is_some(),
-            websocket: self.websocket,
-            http: self
-                .http
-                .as_ref()
-                .map(|h| crate::capabilities::HostGrant::Only(h.iter().cloned().collect())),
-        }
-    }
-}
-
 impl HandlerConfig {
     /// The consumer group id of handler `name`.
     pub fn group_id(&self, name: &str) -> String {
@@ -403,6 +363,10 @@ pub struct ConfigError {
 #[derive(Debug, thiserror::Error)]
 #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
 pub struct ConfigErrors(pub Vec<ConfigError>);
+
+/// The largest component accepted unless `max_component_mib` says otherwise: room for an
+/// interpreted handler (CPython or StarlingMonkey inside, 12–20 MB) and its packages.
+pub const DEFAULT_MAX_COMPONENT_MIB: u64 = 64;
 
 /// The largest `max_batch`: a batch is held in memory with its effects until it commits.
 pub const MAX_BATCH: usize = 10_000;
@@ -856,7 +820,7 @@ pub mod defaults {
         Duration::from_secs(10)
     }
     pub fn max_component_mib() -> u64 {
-        crate::runtime::DEFAULT_MAX_COMPONENT_BYTES >> 20
+        super::DEFAULT_MAX_COMPONENT_MIB
     }
     pub fn commit_interval() -> Duration {
         Duration::from_secs(1)

@@ -11,8 +11,13 @@
 //! carry that table's `C` and `P` rows (librdkafka 2.12, `CONFIGURATION.md`); every other
 //! property goes to both.
 
+pub mod consumer;
 pub mod mock;
+pub mod produce;
 pub mod producer;
+mod record;
+
+pub use record::Record;
 
 use rdkafka::ClientConfig;
 

@@ -49,12 +49,13 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::now_ms;
+
 use super::journal::{
     CHECKPOINT_BATCHES, CHECKPOINT_BYTES, CHECKPOINT_INTERVAL, Journal, JournalRecord,
 };
 use super::{
-    FORMAT_VERSION, Ledger, LedgerEntry, LedgerOutcome, abbreviate, check_key, now_ms,
-    retention_cutoff,
+    FORMAT_VERSION, Ledger, LedgerEntry, LedgerOutcome, abbreviate, check_key, retention_cutoff,
 };
 
 /// The most operations the writer puts in one batch (one journal sync).

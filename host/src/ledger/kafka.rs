@@ -49,8 +49,10 @@ use rdkafka::message::Message as _;
 use rdkafka::producer::{BaseProducer, Producer as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use crate::now_ms;
+
 use super::{
-    FORMAT_VERSION, Ledger, LedgerEntry, LedgerOutcome, Restored, abbreviate, check_key, now_ms,
+    FORMAT_VERSION, Ledger, LedgerEntry, LedgerOutcome, Restored, abbreviate, check_key,
     retention_cutoff,
 };
 use crate::config::KafkaEnv;

@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 
-use super::{Ledger, LedgerEntry, abbreviate, check_key, now_ms, retention_cutoff};
+use crate::now_ms;
+
+use super::{Ledger, LedgerEntry, abbreviate, check_key, retention_cutoff};
 
 type Map = HashMap<(String, String), LedgerEntry>;
 

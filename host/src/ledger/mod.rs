@@ -77,7 +77,7 @@ mod off;
 #[cfg(test)]
 mod tests;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -224,13 +224,6 @@ pub(crate) fn abbreviate(s: &str) -> std::borrow::Cow<'_, str> {
         return s.into();
     }
     format!("{}… ({} bytes)", &s[..s.floor_char_boundary(KEEP)], s.len()).into()
-}
-
-/// Now, in unix milliseconds (0 if the clock is before 1970).
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The `at_ms` below which entries are older than `retention`.

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use super::*;
+use crate::now_ms;
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 const WEEK: Duration = Duration::from_secs(7 * 24 * 60 * 60);

@@ -65,10 +65,13 @@ use crate::event::Event;
 use crate::kafka::producer::{OutRecord, Pending};
 use crate::ledger::{LedgerEntry, LedgerOutcome};
 use crate::runtime::{Batch, FailureKind, Outcome};
-use crate::trace::{ChildSpan, RecordFacts, RecordSpan};
+use crate::telemetry::trace::{ChildSpan, RecordFacts, RecordSpan};
 
-use super::dlq::{self, DlqKind, Failure, Provenance};
-use super::{HandlerCtx, Record, now_ms};
+use crate::dlq::letter::{self as dlq, DlqKind, Failure, Provenance};
+use crate::dlq::{REPLAY_COUNT_HEADER, REPLAY_HANDLER_HEADER, REPLAY_ID_HEADER, last_header};
+use crate::handler::HandlerCtx;
+use crate::kafka::Record;
+use crate::now_ms;
 
 /// A record the worker finished (handled, skipped or dead-lettered).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1000,8 +1003,10 @@ async fn send_all(
                     // The record's trace goes on with the record it publishes.
                     Some(record_span) => {
                         let send = record_span.send(&p.topic);
-                        let headers =
-                            crate::trace::with_traceparent(&p.headers, &send.traceparent());
+                        let headers = crate::telemetry::trace::with_traceparent(
+                            &p.headers,
+                            &send.traceparent(),
+                        );
                         span = Some(send);
                         ctx.producer
                             .enqueue(OutRecord {
@@ -1018,7 +1023,10 @@ async fn send_all(
                 let r = &slot.queued.record;
                 let (topic, mut headers) = dead_letter_parts(ctx, sha, r, &slot.event_id, failure);
                 if let Some(record_span) = &slot.span {
-                    headers = crate::trace::with_traceparent(&headers, &record_span.traceparent());
+                    headers = crate::telemetry::trace::with_traceparent(
+                        &headers,
+                        &record_span.traceparent(),
+                    );
                 }
                 ctx.producer.enqueue(dlq_record(r, &topic, &headers)).await
             }
@@ -1129,12 +1137,8 @@ fn out_record(p: &Publish) -> OutRecord<'_> {
 /// Whether `event` is a replay meant for another handler (one consuming the same topic that
 /// dead-lettered it): this one already handled the original.
 fn replay_for_another(event: &Event, handler: &str) -> bool {
-    event
-        .headers
-        .iter()
-        .rev()
-        .find(|(k, _)| k == REPLAY_HANDLER_HEADER)
-        .is_some_and(|(_, target)| target.as_slice() != handler.as_bytes())
+    last_header(&event.headers, REPLAY_HANDLER_HEADER)
+        .is_some_and(|target| target != handler.as_bytes())
 }
 
 /// The event a record becomes: its parts move (a payload is copied once, into the guest's
@@ -1218,24 +1222,14 @@ pub fn undecodable(config: &HandlerConfig, event: &Event) -> Option<String> {
     None
 }
 
-pub use super::replay::REPLAY_COUNT_HEADER;
-/// Header naming one replay (unique per replayed record).
-pub const REPLAY_ID_HEADER: &str = "kasm-replay-id";
-/// Header naming the handler a replay is for: the one that dead-lettered the record. Other
-/// handlers consuming the same topic already handled the original and skip it.
-pub const REPLAY_HANDLER_HEADER: &str = "kasm-replay-handler";
-
 /// The ledger key of a record: its event id; for a replayed dead letter, the event id and the
 /// replay (`kasm-replay-id`, else `kasm-replay-count`). The original is recorded as
 /// dead-lettered, so under its plain id a replay would be skipped; under its own key it runs,
 /// and a redelivery of that same replay is still deduplicated.
 fn ledger_key<'a>(event_id: &'a str, headers: &[(String, Vec<u8>)]) -> Cow<'a, str> {
     let header = |name: &str| {
-        headers
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        last_header(headers, name)
+            .and_then(|v| std::str::from_utf8(v).ok())
             .map(str::trim)
             .filter(|v| !v.is_empty() && *v != "0")
     };

@@ -219,7 +219,7 @@ impl HostState {
     }
 
     /// The span of the record this call handles (after [`Self::begin_call`]).
-    pub fn set_trace(&mut self, span: Option<crate::trace::RecordSpan>) {
+    pub fn set_trace(&mut self, span: Option<crate::telemetry::trace::RecordSpan>) {
         self.http_hooks.trace = span;
     }
 
@@ -299,7 +299,7 @@ struct HttpHooks {
     timeout: Duration,
     /// The span of the record being handled: each request gets a client span under it and
     /// its `traceparent`, and the call's log lines its ids.
-    trace: Option<crate::trace::RecordSpan>,
+    trace: Option<crate::telemetry::trace::RecordSpan>,
 }
 
 type SendResult = Result<
@@ -341,7 +341,9 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpHooks {
             let url = request.uri().to_string();
             let span = t.http(request.method().as_str(), &url, &host, port);
             if let Ok(v) = axum::http::HeaderValue::from_str(&span.traceparent()) {
-                request.headers_mut().insert(crate::trace::TRACEPARENT, v);
+                request
+                    .headers_mut()
+                    .insert(crate::telemetry::trace::TRACEPARENT, v);
             }
             span
         });
@@ -733,7 +735,7 @@ impl kasm::handler::websocket::Host for HostState {
                 env.name
             ));
         }
-        if !crate::websocket::valid_channel(&channel) {
+        if !crate::capabilities::websocket::valid_channel(&channel) {
             return Err(format!(
                 "`{}` is not a channel name (1-200 characters of letters, digits, `:._-`)",
                 channel.chars().take(60).collect::<String>()
@@ -784,7 +786,7 @@ impl kasm::handler::log::Host for HostState {
             .http_hooks
             .trace
             .as_ref()
-            .map(crate::trace::RecordSpan::ids);
+            .map(crate::telemetry::trace::RecordSpan::ids);
         let (trace_id, span_id) = ids
             .as_ref()
             .map_or((None, None), |(t, s)| (Some(t.as_str()), Some(s.as_str())));

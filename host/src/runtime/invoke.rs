@@ -359,7 +359,7 @@ pub struct Batch<'h> {
     kv: HashMap<String, Option<Vec<u8>>>,
     calls: u32,
     /// The span of the next record, when tracing is on (see [`Batch::set_trace`]).
-    trace: Option<crate::trace::RecordSpan>,
+    trace: Option<crate::telemetry::trace::RecordSpan>,
 }
 
 impl std::fmt::Debug for Batch<'_> {
@@ -376,7 +376,7 @@ impl std::fmt::Debug for Batch<'_> {
 impl Batch<'_> {
     /// The span the next [`Batch::invoke`] runs under: its HTTP requests and log lines carry
     /// its trace.
-    pub fn set_trace(&mut self, span: Option<crate::trace::RecordSpan>) {
+    pub fn set_trace(&mut self, span: Option<crate::telemetry::trace::RecordSpan>) {
         self.trace = span;
     }
 

@@ -45,9 +45,9 @@ pub use outcome::{FailureKind, HandlerFailure, Invocation, Outcome};
 
 use host::HostState;
 
-/// The largest component accepted unless configured otherwise (`max_component_mib`): room
-/// for an interpreted handler (CPython or StarlingMonkey inside, 12–20 MB) and its packages.
-pub const DEFAULT_MAX_COMPONENT_BYTES: u64 = 64 << 20;
+/// The largest component accepted unless configured otherwise (see
+/// [`crate::config::DEFAULT_MAX_COMPONENT_MIB`]).
+pub const DEFAULT_MAX_COMPONENT_BYTES: u64 = crate::config::DEFAULT_MAX_COMPONENT_MIB << 20;
 
 /// Process-wide runtime settings.
 #[derive(Debug, Clone)]

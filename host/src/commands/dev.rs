@@ -6,6 +6,9 @@
 //! duplicate and malformed record, to show deduplication and dead-lettering), and shows one
 //! progress line per handler until Ctrl-C.
 
+// Printing to stdout and stderr is this module's job.
+#![allow(clippy::print_stderr, clippy::print_stdout)]
+
 use std::collections::BTreeMap;
 use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -13,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use clap::Args;
 
 use crate::config::{
     AdminConfig, Config, GrantsConfig, HandlerConfig, KafkaEnv, PayloadFormat, RetryPolicy,
@@ -20,6 +24,39 @@ use crate::config::{
 };
 use crate::kafka::mock::EmbeddedCluster;
 use crate::kafka::producer::{KafkaProducer, OutRecord};
+
+/// `kasm dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Folder holding the built handlers (notification.wasm, recurring.wasm, ...).
+    #[arg(long, default_value = "handlers/dist")]
+    pub handlers_dir: PathBuf,
+    /// Demo task events per second (0 for none).
+    #[arg(long, default_value_t = 5.0)]
+    pub rate: f64,
+    /// Admin server address (the API, health, metrics and the web console at `/`).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub admin: std::net::SocketAddr,
+    /// Post the notification handler's webhooks to `http://<host:port>/hook` (a receiver of
+    /// yours) instead of the one `kasm dev` runs.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub webhook: Option<std::net::SocketAddr>,
+}
+
+impl DevArgs {
+    /// Run the task app until Ctrl-C.
+    pub async fn execute(&self, cli: &super::Cli) -> anyhow::Result<std::process::ExitCode> {
+        run(DevOptions {
+            handlers_dir: self.handlers_dir.clone(),
+            rate: self.rate,
+            admin: self.admin,
+            webhook: self.webhook,
+            artifacts: super::artifacts(cli),
+        })
+        .await
+        .map(|()| std::process::ExitCode::SUCCESS)
+    }
+}
 
 /// `kasm dev` options.
 #[derive(Debug, Clone)]
@@ -194,10 +231,10 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    let hub = Arc::new(crate::websocket::Hub::new(
+    let hub = Arc::new(crate::capabilities::websocket::Hub::new(
         Some(crate::config::Secret::new(ws_secret.clone())),
-        crate::websocket::DEFAULT_CLIENT_BUFFER,
-        crate::websocket::DEFAULT_MAX_CLIENTS,
+        crate::capabilities::websocket::DEFAULT_CLIENT_BUFFER,
+        crate::capabilities::websocket::DEFAULT_MAX_CLIENTS,
     ));
     let admin_token = std::env::var("KASM_ADMIN_TOKEN")
         .ok()
@@ -215,7 +252,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     println!(
         "kasm dev: live updates of user u1: ws://{}/ws?channel=user:u1&token={}",
         host.admin_addr,
-        crate::websocket::channel_token(ws_secret.as_bytes(), "user:u1")
+        crate::capabilities::websocket::channel_token(ws_secret.as_bytes(), "user:u1")
     );
     println!(
         "kasm dev: topics: task-events, task-updates, reminders -> notifications (+ .dlq); audit log in SQLite"
@@ -266,7 +303,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
 /// Dropping the watcher ends the returned task.
 fn watch_handlers(
     dir: &Path,
-    deployer: Arc<crate::deploy::Deployer>,
+    deployer: Arc<crate::admin::deploy::Deployer>,
 ) -> anyhow::Result<(
     notify_debouncer_mini::Debouncer<notify_debouncer_mini::notify::RecommendedWatcher>,
     tokio::task::JoinHandle<()>,
@@ -313,7 +350,7 @@ fn watch_handlers(
                     &r.active[..12.min(r.active.len())],
                     r.compile_ms
                 ),
-                Err(crate::deploy::DeployError::UnknownHandler(_)) => {}
+                Err(crate::admin::deploy::DeployError::UnknownHandler(_)) => {}
                 Err(e) => println!("\nkasm dev: {name}: new version not deployed: {e}\n"),
             }
         }
@@ -324,10 +361,10 @@ fn watch_handlers(
 /// What the live view shows.
 #[derive(Clone)]
 struct AppView {
-    handlers: Vec<Arc<crate::pipeline::HandlerCtx>>,
+    handlers: Vec<Arc<crate::handler::HandlerCtx>>,
     /// Webhooks the receiver `kasm dev` runs got (`None` with `--webhook`).
     webhooks: Option<Arc<std::sync::atomic::AtomicU64>>,
-    ws: Arc<crate::websocket::Hub>,
+    ws: Arc<crate::capabilities::websocket::Hub>,
 }
 
 /// A webhook receiver on loopback for the notification handler: answers 200 and counts.
@@ -356,7 +393,7 @@ async fn spawn_webhook_receiver()
 }
 
 /// Rows in the audit handler's `audit_log`, if it has a database.
-async fn audit_rows(handlers: &[Arc<crate::pipeline::HandlerCtx>]) -> Option<i64> {
+async fn audit_rows(handlers: &[Arc<crate::handler::HandlerCtx>]) -> Option<i64> {
     let db = handlers
         .iter()
         .find(|h| h.name == "audit")?

@@ -9,7 +9,7 @@
 //! The token comes from `--token` or `KASM_ADMIN_TOKEN`, travels only in the `Authorization`
 //! header and is held as a [`Secret`], so it never shows in `--help`, `Debug` output or an error.
 //!
-//! Exit codes follow [`crate::cli`]: 0 done; 1 the request ran but not everything happened
+//! Exit codes follow [`crate::commands`]: 0 done; 1 the request ran but not everything happened
 //! (a DLQ replay that refused some records or stopped early); 2 the command could not run — the host is
 //! unreachable, the token is wrong, or the server answered 4xx/5xx (its `error` message is
 //! shown, and with `--json` its JSON answer is printed too).
@@ -17,14 +17,12 @@
 //! The DLQ answers are rendered from the JSON without a fixed schema (fields are looked up
 //! under a few likely names), so the client keeps working while those routes settle.
 
-// Printing to stdout is this module's job.
-#![allow(clippy::print_stdout)]
+#![allow(clippy::print_stderr, clippy::print_stdout)]
+// Printing to stdout and stderr is this module's job.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
@@ -33,14 +31,17 @@ use serde_json::Value;
 
 use crate::config::Secret;
 
+mod client;
+mod render;
+
+use client::{Body, Client, Verb, handler_path, parse};
+use render::{
+    render_dlq_list, render_handler, render_replay, render_swap, replay_incomplete, short_sha,
+    table, total_lag,
+};
+
 /// Where the admin API listens unless `--admin` or `KASM_ADMIN_URL` says otherwise.
 pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9464";
-
-/// Message for a 401: the only fix is on the caller's side.
-const TOKEN_MESSAGE: &str = "the admin token is missing or wrong (set KASM_ADMIN_TOKEN or --token)";
-
-/// Largest answer read (a DLQ page or a long handler list stays far below).
-const MAX_ANSWER_BYTES: u64 = 64 << 20;
 
 /// Commands that talk to a running host's admin API.
 #[derive(Debug, Clone, Subcommand)]
@@ -211,221 +212,6 @@ pub fn run_blocking(cmd: &AdminCommand) -> anyhow::Result<ExitCode> {
 // ---------------------------------------------------------------------------------------------
 // HTTP
 
-/// A connection to one admin API.
-struct Client {
-    base: String,
-    token: Option<Secret>,
-    json: bool,
-    agent: ureq::Agent,
-}
-
-/// The admin API's methods.
-#[derive(Clone, Copy)]
-enum Verb {
-    Get,
-    Put,
-    Post,
-}
-
-impl Verb {
-    fn as_str(self) -> &'static str {
-        match self {
-            Verb::Get => "GET",
-            Verb::Put => "PUT",
-            Verb::Post => "POST",
-        }
-    }
-}
-
-/// What a request sends.
-enum Body<'a> {
-    Empty,
-    Wasm(&'a [u8]),
-    Json(Value),
-}
-
-impl Client {
-    fn new(args: &AdminArgs) -> anyhow::Result<Self> {
-        let agent = ureq::Agent::config_builder()
-            // 4xx/5xx are answers to render, not transport errors.
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(5)))
-            // A deploy compiles the component before answering (seconds in a debug host).
-            .timeout_global(Some(Duration::from_secs(300)))
-            .user_agent(concat!("kasm/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .new_agent();
-        Ok(Self {
-            base: base_url(&args.url)?,
-            token: args.token.clone(),
-            json: args.json,
-            agent,
-        })
-    }
-
-    /// Send a request; a 2xx answer's body, else an error that says what the server said.
-    /// With `--json`, an error answer's JSON body is printed first, for scripts.
-    fn send(
-        &self,
-        verb: Verb,
-        path: &str,
-        query: &[(&str, String)],
-        body: Body<'_>,
-    ) -> anyhow::Result<String> {
-        let method = verb.as_str();
-        let url = format!("{}{path}", self.base);
-        let auth = self
-            .token
-            .as_ref()
-            .map(|t| format!("Bearer {}", t.expose()));
-        let pairs = query.iter().map(|(k, v)| (*k, v.as_str()));
-        let with_body = |req: ureq::RequestBuilder<ureq::typestate::WithBody>| {
-            let mut req = req.query_pairs(pairs.clone());
-            if let Some(a) = &auth {
-                req = req.header("Authorization", a);
-            }
-            match body {
-                Body::Empty => Ok(req.send_empty()),
-                Body::Wasm(bytes) => Ok(req.content_type("application/wasm").send(bytes)),
-                Body::Json(v) => serde_json::to_vec(&v)
-                    .context("encoding the request body")
-                    .map(|b| req.content_type("application/json").send(b)),
-            }
-        };
-        let sent = match verb {
-            Verb::Get => {
-                let mut req = self.agent.get(&url).query_pairs(pairs.clone());
-                if let Some(a) = &auth {
-                    req = req.header("Authorization", a);
-                }
-                req.call()
-            }
-            Verb::Put => with_body(self.agent.put(&url))?,
-            Verb::Post => with_body(self.agent.post(&url))?,
-        };
-        let mut response = sent.map_err(|e| self.transport_error(method, &url, e))?;
-        let status = response.status();
-        let text = response
-            .body_mut()
-            .with_config()
-            .limit(MAX_ANSWER_BYTES)
-            .lossy_utf8(true)
-            .read_to_string()
-            .with_context(|| format!("{method} {url}: reading the answer ({status})"))?;
-        if status.is_success() {
-            return Ok(text);
-        }
-        if status == ureq::http::StatusCode::UNAUTHORIZED {
-            bail!("{TOKEN_MESSAGE}");
-        }
-        let parsed: Option<Value> = serde_json::from_str(&text).ok();
-        if self.json
-            && let Some(v) = &parsed
-        {
-            println!("{v}");
-        }
-        match parsed
-            .as_ref()
-            .and_then(|v| v.get("error"))
-            .and_then(Value::as_str)
-        {
-            Some(message) => bail!("{message} ({status})"),
-            None => bail!(
-                "{method} {url} answered {status}{}",
-                if text.trim().is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", short(&text, 200))
-                }
-            ),
-        }
-    }
-
-    fn transport_error(&self, method: &str, url: &str, e: ureq::Error) -> anyhow::Error {
-        let base = &self.base;
-        let hint = "is the host running, and is that its [admin] listen address? set KASM_ADMIN_URL or --admin";
-        match e {
-            ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
-                anyhow::anyhow!(
-                    "cannot reach the kasm admin API at {base}: connection refused ({hint})"
-                )
-            }
-            ureq::Error::ConnectionFailed => {
-                anyhow::anyhow!(
-                    "cannot reach the kasm admin API at {base}: connection failed ({hint})"
-                )
-            }
-            ureq::Error::HostNotFound => {
-                anyhow::anyhow!(
-                    "cannot reach the kasm admin API at {base}: host not found ({hint})"
-                )
-            }
-            ureq::Error::Timeout(t) => {
-                anyhow::anyhow!(
-                    "the kasm admin API at {base} did not answer {method} {url} in time ({t})"
-                )
-            }
-            other => anyhow::Error::new(other).context(format!("{method} {url}")),
-        }
-    }
-
-    /// Print a 2xx answer as is (`--json`). Returns whether it did.
-    fn print_raw(&self, text: &str) -> bool {
-        if self.json {
-            println!("{}", text.trim_end());
-        }
-        self.json
-    }
-}
-
-/// The base URL from `--admin`: `http://` added when no scheme is given, `https://` refused,
-/// no trailing slash.
-fn base_url(raw: &str) -> anyhow::Result<String> {
-    let raw = raw.trim();
-    let rest = match raw.split_once("://") {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
-        Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => bail!(
-            "--admin {raw}: https is not supported: the admin API is plain HTTP (loopback by default) \
-             and this client has no TLS; use an http:// URL, e.g. through an SSH tunnel"
-        ),
-        Some((scheme, _)) => {
-            bail!("--admin {raw}: unsupported scheme `{scheme}` (expected http://HOST:PORT)")
-        }
-        None => raw,
-    };
-    let rest = rest.trim_end_matches('/');
-    if rest.is_empty() || rest.starts_with('/') {
-        bail!("--admin `{raw}`: no host (expected http://HOST:PORT)");
-    }
-    Ok(format!("http://{rest}"))
-}
-
-/// A handler name as one URL path segment.
-fn segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
-
-fn handler_path(name: &str, rest: &str) -> String {
-    format!("/v1/handlers/{}{rest}", segment(name))
-}
-
-fn parse<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> anyhow::Result<T> {
-    serde_json::from_str(text).with_context(|| {
-        format!(
-            "the admin API's answer to {what} is not what this kasm expects: {}",
-            short(text, 200)
-        )
-    })
-}
-
 // ---------------------------------------------------------------------------------------------
 // What the server sends (mirrors of the `Serialize` types in `admin`, `deploy` and `pipeline`;
 // tolerant of missing fields so an older or newer host still renders).
@@ -573,89 +359,6 @@ fn handler(args: &NameArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn render_handler(h: &HandlerView) -> String {
-    let mut out = String::new();
-    let v = &h.active_version;
-    let caps = if v.capabilities.is_empty() {
-        "no capability".to_owned()
-    } else {
-        v.capabilities.join(", ")
-    };
-    let _ = writeln!(out, "handler    {} ({})", h.name, h.status);
-    let _ = writeln!(out, "group      {}", h.group_id);
-    let _ = writeln!(out, "topics     {}", h.topics.join(", "));
-    let _ = writeln!(out, "version    {}", v.sha256);
-    let _ = writeln!(
-        out,
-        "           {:.1} KiB, needs {caps}",
-        v.size as f64 / 1024.0
-    );
-    let c = &h.counters;
-    let _ = writeln!(
-        out,
-        "counters   processed {}  skipped {}  retried {}  dead-lettered {}",
-        c.processed, c.skipped, c.retried, c.dead_lettered
-    );
-
-    let _ = writeln!(out, "\nhistory (oldest first)");
-    if h.history.is_empty() {
-        let _ = writeln!(out, "  none");
-    }
-    let rows = h
-        .history
-        .iter()
-        .map(|s| {
-            let from = s.from.as_deref().map_or("-", short_sha);
-            let mut firsts: Vec<(&String, &i64)> = s.first_offsets.iter().collect();
-            firsts.sort_by_key(|(k, _)| partition_key(k));
-            let firsts: Vec<String> = firsts.iter().map(|(k, o)| format!("{k}@{o}")).collect();
-            vec![
-                utc(s.at_ms),
-                s.reason.clone(),
-                format!("{from} → {}", short_sha(&s.to)),
-                if firsts.is_empty() {
-                    "-".to_owned()
-                } else {
-                    firsts.join(" ")
-                },
-            ]
-        })
-        .collect::<Vec<_>>();
-    if !rows.is_empty() {
-        out.push_str(&indent(&table(
-            &["TIME (UTC)", "REASON", "FROM → TO", "FIRST OFFSETS"],
-            &[false; 4],
-            rows,
-        )));
-    }
-
-    let _ = writeln!(out, "\npartitions");
-    if h.partitions.is_empty() {
-        let _ = writeln!(out, "  none assigned");
-    } else {
-        let mut parts: Vec<(&String, &PartitionView)> = h.partitions.iter().collect();
-        parts.sort_by_key(|(k, _)| partition_key(k));
-        let rows = parts
-            .iter()
-            .map(|(k, p)| {
-                vec![
-                    (*k).clone(),
-                    opt(p.committed),
-                    opt(p.lag),
-                    p.in_flight.to_string(),
-                    if p.paused { "yes" } else { "no" }.to_owned(),
-                ]
-            })
-            .collect();
-        out.push_str(&indent(&table(
-            &["PARTITION", "COMMITTED", "LAG", "IN FLIGHT", "PAUSED"],
-            &[false, true, true, true, false],
-            rows,
-        )));
-    }
-    out
-}
-
 fn deploy(args: &DeployArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.admin)?;
     let bytes = std::fs::read(&args.component)
@@ -701,26 +404,6 @@ fn rollback(args: &NameArgs) -> anyhow::Result<ExitCode> {
     let r: SwapReport = parse(&text, "POST /v1/handlers/{name}/rollback")?;
     print!("{}", render_swap(&r, "rollback"));
     Ok(ExitCode::SUCCESS)
-}
-
-fn render_swap(r: &SwapReport, what: &str) -> String {
-    let mut out = String::new();
-    if r.active == r.previous {
-        let _ = writeln!(out, "unchanged  {} already runs this version", r.handler);
-        let _ = writeln!(out, "active     {}", r.active);
-        return out;
-    }
-    let load = match r.load.as_str() {
-        "cache" => "loaded precompiled artifact",
-        "" | "compiled" => "compiled",
-        other => other,
-    };
-    let _ = writeln!(out, "{what:<10} {} (done)", r.handler);
-    let _ = writeln!(out, "active     {}", r.active);
-    let _ = writeln!(out, "previous   {}", r.previous);
-    let _ = writeln!(out, "load       {load} in {:.1} ms", r.compile_ms);
-    let _ = writeln!(out, "swap       {:.1} µs", r.swap_us);
-    out
 }
 
 fn set_paused(args: &NameArgs, pause: bool) -> anyhow::Result<ExitCode> {
@@ -774,98 +457,6 @@ fn dlq_list(args: &DlqListArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn render_dlq_list(v: &Value) -> String {
-    let empty = Vec::new();
-    let records = v
-        .as_array()
-        .or_else(|| {
-            ["records", "items", "entries", "dead_letters"]
-                .iter()
-                .find_map(|k| v.get(*k).and_then(Value::as_array))
-        })
-        .unwrap_or(&empty);
-    let mut out = String::new();
-    if records.is_empty() {
-        let _ = writeln!(out, "no dead letters");
-    } else {
-        let rows = records
-            .iter()
-            .map(|r| {
-                let f = |paths: &[&str]| field(r, paths).unwrap_or_else(|| "-".to_owned());
-                let source = format!(
-                    "{}/{}@{}",
-                    f(&[
-                        "provenance.source_topic",
-                        "source.topic",
-                        "source_topic",
-                        "headers.kasm-dlq-source-topic",
-                    ]),
-                    f(&[
-                        "provenance.source_partition",
-                        "source.partition",
-                        "source_partition",
-                        "headers.kasm-dlq-source-partition",
-                    ]),
-                    f(&[
-                        "provenance.source_offset",
-                        "source.offset",
-                        "source_offset",
-                        "headers.kasm-dlq-source-offset",
-                    ]),
-                );
-                let message = f(&[
-                    "provenance.error_message",
-                    "error_message",
-                    "error.message",
-                    "message",
-                    "reason",
-                    "error",
-                    "headers.kasm-dlq-error-message",
-                ]);
-                vec![
-                    format!(
-                        "{}:{}",
-                        f(&[
-                            "partition",
-                            "dlq_partition",
-                            "dlq.partition",
-                            "position.partition"
-                        ]),
-                        f(&["offset", "dlq_offset", "dlq.offset", "position.offset"]),
-                    ),
-                    source,
-                    f(&[
-                        "provenance.error_kind",
-                        "error_kind",
-                        "error.kind",
-                        "kind",
-                        "headers.kasm-dlq-error-kind",
-                    ]),
-                    f(&[
-                        "provenance.attempts",
-                        "attempts",
-                        "error.attempts",
-                        "headers.kasm-dlq-attempts",
-                    ]),
-                    f(&["replay_count", "replays", "headers.kasm-replay-count"]),
-                    short(&message, 80),
-                ]
-            })
-            .collect();
-        out.push_str(&table(
-            &["DLQ", "SOURCE", "KIND", "ATTEMPTS", "REPLAYS", "MESSAGE"],
-            &[false, false, false, true, true, false],
-            rows,
-        ));
-    }
-    if let Some(next) =
-        field(v, &["next", "next_cursor", "next_from", "cursor"]).filter(|n| !n.is_empty())
-    {
-        let _ = writeln!(out, "more: --from {next}");
-    }
-    out
-}
-
 fn dlq_replay(args: &DlqReplayArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.admin)?;
     let mut body = if args.all {
@@ -904,194 +495,13 @@ fn dlq_replay(args: &DlqReplayArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn render_replay(v: &Value) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "replayed   {}", count(v.get("replayed")));
-    let refused = v.get("refused");
-    let _ = writeln!(out, "refused    {}", count(refused));
-    let reasons: Vec<String> = match refused {
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|r| match r {
-                Value::Object(_) => {
-                    let at = match (
-                        field(r, &["dlq_partition", "partition"]),
-                        field(r, &["dlq_offset", "offset"]),
-                    ) {
-                        (Some(p), Some(o)) => format!("{p}:{o}"),
-                        _ => "-".to_owned(),
-                    };
-                    let why =
-                        field(r, &["reason", "error", "message"]).unwrap_or_else(|| r.to_string());
-                    match field(r, &["kind"]) {
-                        Some(kind) => format!("{at}  {kind}: {why}"),
-                        None => format!("{at}  {why}"),
-                    }
-                }
-                other => scalar(other).unwrap_or_else(|| other.to_string()),
-            })
-            .collect(),
-        Some(Value::Object(m)) => m
-            .iter()
-            .map(|(k, r)| format!("{k}  {}", scalar(r).unwrap_or_else(|| r.to_string())))
-            .collect(),
-        _ => Vec::new(),
-    };
-    for r in reasons {
-        let _ = writeln!(out, "           {r}");
-    }
-    if let Some(why) = field(v, &["stopped"]) {
-        let _ = writeln!(out, "stopped    {why}");
-    }
-    out
-}
-
-/// Whether a replay did less than asked: some dead letters refused, or it stopped early.
-fn replay_incomplete(v: &Value) -> bool {
-    count(v.get("refused")) > 0 || field(v, &["stopped"]).is_some()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Rendering helpers
 
-/// A count from a number, or the length of an array or object.
-fn count(v: Option<&Value>) -> u64 {
-    match v {
-        Some(Value::Number(n)) => n.as_u64().unwrap_or(0),
-        Some(Value::Array(a)) => a.len() as u64,
-        Some(Value::Object(m)) => m.len() as u64,
-        _ => 0,
-    }
-}
-
-/// A string, number or bool as text.
-fn scalar(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-/// The first of `paths` (dot-separated) that holds a scalar in `v`, as text. A step into an
-/// array of `[name, value]` pairs (how headers may come) takes the last pair of that name.
-fn field(v: &Value, paths: &[&str]) -> Option<String> {
-    paths.iter().find_map(|path| {
-        let mut cur = v;
-        for k in path.split('.') {
-            cur = match cur {
-                Value::Array(pairs) => pairs
-                    .iter()
-                    .rev()
-                    .find(|p| p.get(0).and_then(Value::as_str) == Some(k))
-                    .and_then(|p| p.get(1))?,
-                other => other.get(k)?,
-            };
-        }
-        scalar(cur)
-    })
-}
-
-/// At most `max` characters of `s` on one line.
-fn short(s: &str, max: usize) -> String {
-    let one_line: String = s
-        .trim()
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if one_line.chars().count() <= max {
-        return one_line;
-    }
-    let mut cut: String = one_line.chars().take(max.saturating_sub(1)).collect();
-    cut.push('…');
-    cut
-}
-
-fn short_sha(sha: &str) -> &str {
-    sha.get(..12).unwrap_or(sha)
-}
-
-fn opt(v: Option<i64>) -> String {
-    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
-}
-
-fn total_lag(parts: &BTreeMap<String, PartitionView>) -> String {
-    let known: Vec<i64> = parts.values().filter_map(|p| p.lag).collect();
-    if known.is_empty() {
-        "-".to_owned()
-    } else {
-        known.iter().sum::<i64>().to_string()
-    }
-}
-
-/// Sort key of `topic/partition`: by topic, then partition number (so 2 comes before 10).
-fn partition_key(k: &str) -> (String, i64) {
-    match k.rsplit_once('/') {
-        Some((t, p)) => (t.to_owned(), p.parse().unwrap_or(i64::MAX)),
-        None => (k.to_owned(), i64::MAX),
-    }
-}
-
-/// Columns padded to their widest cell, two spaces apart; `right[i]` right-aligns column `i`.
-fn table(headers: &[&str], right: &[bool], rows: Vec<Vec<String>>) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let header: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
-    for row in std::iter::once(header).chain(rows) {
-        let mut line = String::new();
-        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
-            if i > 0 {
-                line.push_str("  ");
-            }
-            let pad = w.saturating_sub(cell.chars().count());
-            if right.get(i).copied().unwrap_or(false) {
-                line.push_str(&" ".repeat(pad));
-                line.push_str(cell);
-            } else {
-                line.push_str(cell);
-                line.push_str(&" ".repeat(pad));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("  {l}\n")).collect()
-}
-
-/// `YYYY-MM-DD HH:MM:SS` (UTC) of ms since the Unix epoch.
-fn utc(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
+    use super::client::{base_url, segment};
+    use super::render::{field, utc};
     use super::*;
 
     #[test]

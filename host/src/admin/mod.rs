@@ -1,8 +1,8 @@
 //! The admin HTTP server (axum): health, the handler API, hot swap, pause, and the web console.
 //!
-//! - `GET /healthz`, `GET /readyz`: open (probes), JSON per handler (see [`crate::health`]).
-//! - `GET /metrics`: open, OpenMetrics text (which Prometheus scrapes; see [`crate::metrics`]).
-//! - `GET /openapi.json`: the OpenAPI 3.1 description of every route (see [`crate::openapi`]);
+//! - `GET /healthz`, `GET /readyz`: open (probes), JSON per handler (see [`crate::telemetry::health`]).
+//! - `GET /metrics`: open, OpenMetrics text (which Prometheus scrapes; see [`crate::telemetry::metrics`]).
+//! - `GET /openapi.json`: the OpenAPI 3.1 description of every route (see [`crate::admin::openapi`]);
 //!   like `/v1`, it needs the token when one is configured.
 //! - `GET /`: the web console (see [`console`]), which works through `/v1` with the token.
 //! - `/v1/...`: JSON in and out, errors as `{"error": "..."}` with the status mapped in one
@@ -31,12 +31,14 @@ use tokio_util::sync::CancellationToken;
 
 pub mod activity;
 pub mod console;
+pub mod deploy;
+pub mod openapi;
 pub mod requests;
 
+use crate::admin::deploy::{DeployError, Deployer};
 use crate::capabilities::Capability;
-use crate::deploy::{DeployError, Deployer};
-use crate::health::Health;
-use crate::pipeline::{HandlerCtx, PartitionView, StatsSnapshot, SwapRecord};
+use crate::handler::{HandlerCtx, PartitionView, StatsSnapshot, SwapRecord};
+use crate::telemetry::health::Health;
 use requests::{DlqQuery, EventBody, Object, ReplayBody, ReplayRequest};
 
 /// Shared state of the admin routes.
@@ -49,7 +51,7 @@ pub struct AdminState {
     /// Hot swap.
     pub deployer: Arc<Deployer>,
     /// Prometheus metrics.
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// The admin token (`KASM_ADMIN_TOKEN`), if configured.
     pub token: Option<Arc<str>>,
     /// Largest component upload accepted.
@@ -59,7 +61,7 @@ pub struct AdminState {
     /// Producer for replays.
     pub producer: crate::kafka::producer::KafkaProducer,
     /// The WebSocket clients of `GET /ws`.
-    pub ws: Arc<crate::websocket::Hub>,
+    pub ws: Arc<crate::capabilities::websocket::Hub>,
     /// What each handler did lately (sampled while the server runs).
     pub activity: Arc<activity::Activity>,
 }
@@ -279,7 +281,7 @@ async fn put_component(
     Path(name): Path<String>,
     uploads: Arc<tokio::sync::Semaphore>,
     req: Request,
-) -> ApiResult<crate::deploy::SwapReport> {
+) -> ApiResult<crate::admin::deploy::SwapReport> {
     find(&s, &name)?;
     let limit = s.max_component_bytes;
     let too_large = || {
@@ -335,7 +337,7 @@ async fn put_component(
 async fn rollback(
     State(s): State<AdminState>,
     Path(name): Path<String>,
-) -> ApiResult<crate::deploy::SwapReport> {
+) -> ApiResult<crate::admin::deploy::SwapReport> {
     Ok(Json(s.deployer.rollback(&name).await?))
 }
 
@@ -443,7 +445,7 @@ async fn dlq_list(
     State(s): State<AdminState>,
     Path(name): Path<String>,
     q: Result<Query<DlqQuery>, QueryRejection>,
-) -> ApiResult<crate::pipeline::replay::Page> {
+) -> ApiResult<crate::dlq::list::Page> {
     let Query(q) = q?;
     let h = find(&s, &name)?;
     let topic = dlq_topic(h, q.topic.as_deref())?;
@@ -451,7 +453,7 @@ async fn dlq_list(
     let from = q.cursor().map_err(bad)?;
     let limit = q.limit().map_err(bad)?;
     let config = crate::kafka::base_config(&s.kafka.0, &s.kafka.1, crate::kafka::Role::Consumer);
-    let mut page = crate::pipeline::replay::list(config, &topic, from.as_ref(), limit)
+    let mut page = crate::dlq::list::list(config, &topic, from.as_ref(), limit)
         .await
         .map_err(internal)?;
     // Several handlers may share a dead-letter topic (`<source>.dlq`): show this one's.
@@ -464,7 +466,7 @@ async fn dlq_replay(
     State(s): State<AdminState>,
     Path(name): Path<String>,
     body: Result<Json<Object<ReplayBody>>, JsonRejection>,
-) -> ApiResult<crate::pipeline::replay::ReplayReport> {
+) -> ApiResult<crate::dlq::replay::ReplayReport> {
     let h = find(&s, &name)?;
     let Json(Object(body)) = body?;
     let topic = dlq_topic(h, body.topic.as_deref())?;
@@ -478,10 +480,9 @@ async fn dlq_replay(
             let mut positions = Vec::new();
             let mut from = None;
             loop {
-                let page =
-                    crate::pipeline::replay::list(config.clone(), &topic, from.as_ref(), 1000)
-                        .await
-                        .map_err(internal)?;
+                let page = crate::dlq::list::list(config.clone(), &topic, from.as_ref(), 1000)
+                    .await
+                    .map_err(internal)?;
                 positions.extend(
                     page.records
                         .iter()
@@ -493,11 +494,11 @@ async fn dlq_replay(
                     None => break,
                 }
             }
-            crate::pipeline::replay::Selection::Records(positions)
+            crate::dlq::replay::Selection::Records(positions)
         }
-        ReplayRequest::Records(positions) => crate::pipeline::replay::Selection::Records(positions),
+        ReplayRequest::Records(positions) => crate::dlq::replay::Selection::Records(positions),
     };
-    let report = crate::pipeline::replay::replay(
+    let report = crate::dlq::replay::replay(
         config,
         &s.producer,
         &topic,
@@ -518,7 +519,7 @@ struct Produced {
     event_id: String,
 }
 
-/// Publish one event the way a producing service should (see [`crate::produce`]): `acks=all`,
+/// Publish one event the way a producing service should (see [`crate::kafka::produce`]): `acks=all`,
 /// idempotent, an `event-id` (the header, else the event's `event_id` field, else a new UUID)
 /// carried both as a header and, for a JSON object without one, as its `event_id` field; key
 /// the one given, else the event's `user_id`; the answer waits for the acknowledgement.
@@ -531,7 +532,7 @@ async fn produce_event(
     let prepared = body
         .prepare(&topic)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
-    let d = crate::produce::send(&s.producer, &topic, &prepared)
+    let d = crate::kafka::produce::send(&s.producer, &topic, &prepared)
         .await
         .map_err(internal)?;
     Ok(Json(Produced {
@@ -550,14 +551,14 @@ struct WsQuery {
 }
 
 /// `GET /ws?channel=...`: a WebSocket receiving what handlers broadcast to that channel. The
-/// channel's token (see [`crate::websocket`]) comes as a bearer header or `?token=`.
+/// channel's token (see [`crate::capabilities::websocket`]) comes as a bearer header or `?token=`.
 async fn websocket(
     State(s): State<AdminState>,
     q: Result<Query<WsQuery>, QueryRejection>,
     headers: axum::http::HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<axum::response::Response, ApiError> {
-    use crate::websocket::Refused;
+    use crate::capabilities::websocket::Refused;
     let Query(q) = q?;
     let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -578,11 +579,11 @@ async fn websocket(
     let hub = s.ws.clone();
     Ok(upgrade
         .max_message_size(64 << 10)
-        .on_upgrade(move |socket| crate::websocket::serve_client(socket, sub, hub)))
+        .on_upgrade(move |socket| crate::capabilities::websocket::serve_client(socket, sub, hub)))
 }
 
 async fn openapi() -> impl IntoResponse {
-    Json(crate::openapi::document())
+    Json(crate::admin::openapi::document())
 }
 
 /// A running admin server.

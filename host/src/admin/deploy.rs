@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use crate::capabilities::{KvStore, SqlDatabase};
 use crate::config::HandlerConfig;
-use crate::pipeline::HandlerCtx;
-use crate::runtime::{HandlerSpec, LoadError, LoadedHandler, Runtime, sha256_hex};
+use crate::handler::HandlerCtx;
+use crate::handler::{HandlerResources, spec_for};
+use crate::runtime::{LoadError, LoadedHandler, Runtime, sha256_hex};
 
 /// Why a deploy or rollback did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -83,82 +83,6 @@ pub struct Deployer {
     state_path: PathBuf,
     handlers: BTreeMap<String, (Arc<HandlerCtx>, HandlerConfig)>,
     lock: tokio::sync::Mutex<Persisted>,
-}
-
-/// What a handler keeps across its versions: its kv store and its SQL database (opened once,
-/// when the host starts).
-#[derive(Debug, Clone)]
-pub struct HandlerResources {
-    /// Backend of the `kv` capability.
-    pub kv: Arc<dyn KvStore>,
-    /// The database of the `sql` capability, when granted.
-    pub sql: Option<Arc<dyn SqlDatabase>>,
-    /// Migrations applied to `sql` before each version runs.
-    pub migrations: Option<PathBuf>,
-    /// Where `websocket` broadcasts go (shared by the host's handlers).
-    pub ws: Arc<crate::websocket::Hub>,
-}
-
-impl HandlerResources {
-    /// Open the resources of handler `name` on the host's `kv` store (a database is
-    /// connected lazily).
-    pub fn open(
-        name: &str,
-        hc: &HandlerConfig,
-        data_dir: &Path,
-        kv: Arc<dyn KvStore>,
-        ws: Arc<crate::websocket::Hub>,
-    ) -> anyhow::Result<Self> {
-        let (sql, migrations) = match &hc.grants.sql {
-            Some(g) => {
-                let target = g.target(name, data_dir)?;
-                (
-                    Some(crate::capabilities::sql::open(&target, name)?),
-                    g.migrations.clone(),
-                )
-            }
-            None => (None, None),
-        };
-        Ok(Self {
-            kv,
-            sql,
-            migrations,
-            ws,
-        })
-    }
-
-    /// Apply the handler's pending migrations (before a version starts running).
-    pub async fn migrate(&self, name: &str) -> anyhow::Result<()> {
-        let Some(db) = &self.sql else {
-            return Ok(());
-        };
-        crate::capabilities::sql::ensure_inbox(db.as_ref())
-            .await
-            .with_context(|| format!("handler={name}: preparing {}", db.describe()))?;
-        let Some(dir) = &self.migrations else {
-            return Ok(());
-        };
-        let applied = crate::capabilities::sql::migrate(db.as_ref(), name, dir)
-            .await
-            .with_context(|| format!("handler={name}: migrating {}", db.describe()))?;
-        if !applied.is_empty() {
-            tracing::info!(handler = %name, database = %db.describe(), ?applied, "sql migrations applied");
-        }
-        Ok(())
-    }
-}
-
-/// The runtime spec of handler `name` from its configuration.
-pub fn spec_for(name: &str, hc: &HandlerConfig, res: &HandlerResources) -> HandlerSpec {
-    let mut spec = HandlerSpec::new(name.to_owned());
-    spec.grants = hc.grants.to_grants();
-    spec.deadline = hc.deadline;
-    spec.memory_bytes = hc.memory_mib.saturating_mul(1 << 20);
-    spec.kv = res.kv.clone();
-    spec.sql = res.sql.clone();
-    spec.settings = hc.settings.clone();
-    spec.instance_reuse = hc.instance_reuse;
-    spec
 }
 
 /// The component a handler starts with: the persisted active version if there is one (a

@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::pipeline::replay::MAX_LIST_LIMIT;
+use crate::dlq::list::MAX_LIST_LIMIT;
 
 fn error_response(description: &str) -> Value {
     json!({

@@ -1,24 +1,12 @@
-//! Dead-letter records: the original record plus where it came from and why it failed.
-//!
-//! A dead letter keeps the source record's key, payload and headers unchanged, so it can be
-//! replayed as it was, and adds `kasm-dlq-*` headers (all UTF-8 text):
-//!
-//! | header | value |
-//! |---|---|
-//! | `kasm-dlq-source-topic` / `-source-partition` / `-source-offset` | where the record was |
-//! | `kasm-dlq-source-timestamp` | the record's timestamp, ms since the Unix epoch (absent if none) |
-//! | `kasm-dlq-handler` / `kasm-dlq-group` | who failed it |
-//! | `kasm-dlq-component` | sha256 of the component version that ran |
-//! | `kasm-dlq-attempts` | how many times the handler ran (0 for `undecodable`) |
-//! | `kasm-dlq-error-kind` | `retries-exhausted`, `fatal`, `trap`, `timeout`, `out-of-memory`, `undecodable` |
-//! | `kasm-dlq-error-message` | the reason (at most 8 KiB) |
-//! | `kasm-dlq-first-failure` / `kasm-dlq-last-failure` | ms since the Unix epoch |
-//! | `kasm-dlq-event-id` | the event id kasm identified the record by |
+//! Writing a dead letter: the source record's key, payload and headers unchanged, then the
+//! `kasm-dlq-*` headers (see [`super`] for what each one says).
 
 use crate::capabilities::log::truncate_utf8;
 use crate::runtime::FailureKind;
 
-use super::Record;
+use crate::kafka::Record;
+
+use super::DLQ_HEADER_PREFIX;
 
 /// Longest error message kept in a dead letter.
 pub const MAX_ERROR_MESSAGE: usize = 8 << 10;
@@ -75,10 +63,10 @@ pub fn headers(record: &Record, p: Provenance<'_>, f: &Failure) -> Vec<(String, 
     let mut h: Vec<(String, Vec<u8>)> = record
         .headers
         .iter()
-        .filter(|(k, _)| !k.starts_with("kasm-dlq-"))
+        .filter(|(k, _)| !k.starts_with(DLQ_HEADER_PREFIX))
         .cloned()
         .collect();
-    let mut add = |k: &str, v: String| h.push((format!("kasm-dlq-{k}"), v.into_bytes()));
+    let mut add = |k: &str, v: String| h.push((format!("{DLQ_HEADER_PREFIX}{k}"), v.into_bytes()));
     add("source-topic", record.topic.clone());
     add("source-partition", record.partition.to_string());
     add("source-offset", record.offset.to_string());
