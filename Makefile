@@ -64,7 +64,7 @@ test-ui: build
 	tests/ui/run.sh
 
 ## lint: formatting and clippy with warnings denied, host and handlers
-lint:
+lint: handlers
 	$(CARGO) fmt --all --check
 	$(CARGO) fmt --manifest-path handlers/Cargo.toml --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -1,7 +1,8 @@
 //! Shared helpers for kasm's end-to-end tests.
 //!
 //! Guest components are built once per run by `make handlers` into `handlers/dist/`; tests
-//! load them by name and fail loudly when one is missing. The `kasm` binary is built by
+//! name them by the constants of [`components`], which the build generates from
+//! `components.toml` and refuses to generate when one is missing or unclassified. The `kasm` binary is built by
 //! `make build` (`cargo build -p kasm-host --bins`) before the tests run.
 //!
 //! This crate is test support: failing loudly (panicking) is its job.
@@ -14,6 +15,7 @@
 
 pub mod broker;
 pub mod chaos;
+pub mod components;
 pub mod hostproc;
 pub mod receiver;
 
@@ -28,23 +30,14 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Path of a built component in `handlers/dist/` (`fixture`, `audit`, ...).
-pub fn component(name: &str) -> PathBuf {
-    let p = root()
-        .join("handlers")
-        .join("dist")
-        .join(format!("{name}.wasm"));
-    assert!(
-        p.is_file(),
-        "component {} is missing: run `make handlers` (or `make test`, which builds them)",
-        p.display()
-    );
-    p
+/// Path of a built component in `handlers/dist/`.
+pub fn component(c: components::Component) -> PathBuf {
+    c.path()
 }
 
 /// Bytes of a built component.
-pub fn component_bytes(name: &str) -> Vec<u8> {
-    std::fs::read(component(name)).expect("read component")
+pub fn component_bytes(c: components::Component) -> Vec<u8> {
+    std::fs::read(c.path()).expect("read component")
 }
 
 /// The `kasm` binary built by `make build`.
@@ -79,15 +72,16 @@ pub fn runtime() -> Runtime {
 /// Load component `name` as handler `handler` with `grants`, other settings from `tweak`.
 pub fn load(
     rt: &Runtime,
-    name: &str,
+    c: components::Component,
     grants: Grants,
     tweak: impl FnOnce(&mut HandlerSpec),
 ) -> Arc<LoadedHandler> {
+    let name = c.name();
     let mut spec = HandlerSpec::new(name);
     spec.grants = grants;
     tweak(&mut spec);
     Arc::new(
-        rt.load(&component_bytes(name), spec)
+        rt.load(&component_bytes(c), spec)
             .unwrap_or_else(|e| panic!("load {name}: {e}")),
     )
 }
@@ -120,7 +114,7 @@ pub fn publisher_body(s: &Setup, top: &str, kafka: &str, handler: &str) -> Strin
         "{top}\n[kafka]\n{KAFKA_TEST_PROPS}{kafka}\n\
          [handlers.pub]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\ngroup_id = \"{g}\"\n\
          grants = {{ producer = [\"{o}\"] }}\n{handler}\n",
-        c = component("fixture-publisher").display(),
+        c = component(components::FIXTURE_PUBLISHER).display(),
         t = s.topic,
         g = s.group,
         o = s.out,

@@ -189,7 +189,7 @@ pub fn record(data: &[u8]) {
     } else {
         PayloadFormat::Bytes
     };
-    let refused = kasm_host::pipeline::worker::undecodable(&config, &event);
+    let refused = kasm_host::pipeline::record::undecodable(&config, &event);
     let too_long_id = event.id.len() > kasm_host::ledger::MAX_KEY_PART_BYTES;
     let too_big = payload.len() > max_payload_bytes;
     let not_json = config.payload == PayloadFormat::Json && !is_json(&payload);

@@ -55,10 +55,7 @@ pub struct Host {
 
 /// Load everything and start consuming; the admin token comes from `KASM_ADMIN_TOKEN`.
 pub async fn start(config: &Config, env: &KafkaEnv) -> anyhow::Result<Host> {
-    let token = std::env::var("KASM_ADMIN_TOKEN")
-        .ok()
-        .filter(|t| !t.trim().is_empty());
-    start_with(config, env, token.map(Secret::new)).await
+    start_with(config, env, crate::config::environment::admin_token()).await
 }
 
 /// Load everything and start consuming, with the admin token given (the WebSocket secret
@@ -116,22 +113,18 @@ pub async fn start_traced(
     let health = Arc::new(Health::default());
     let metrics = Arc::new(crate::telemetry::metrics::Metrics::new());
 
-    let kv_path = config.data_dir.join("kv.redb");
+    let data = config.data();
+    let kv_path = data.kv();
     let kv: Arc<dyn crate::capabilities::KvStore> =
         Arc::new(crate::capabilities::FileKv::open(&kv_path)?);
     let mut handlers = Vec::new();
     for (name, hc) in &config.handlers {
-        let resources = crate::handler::HandlerResources::open(
-            name,
-            hc,
-            &config.data_dir,
-            kv.clone(),
-            ws.clone(),
-        )?;
+        let resources =
+            crate::handler::HandlerResources::open(name, hc, &data, kv.clone(), ws.clone())?;
         resources.migrate(name).await?;
         let (rt2, dir, n2, hc2, res2) = (
             runtime.clone(),
-            config.data_dir.clone(),
+            data.clone(),
             name.clone(),
             hc.clone(),
             resources.clone(),
@@ -174,7 +167,7 @@ pub async fn start_traced(
     }
     let deployer = Arc::new(Deployer::new(
         runtime.clone(),
-        &config.data_dir,
+        &data,
         handlers
             .iter()
             .map(|h| (h.clone(), h.config.clone()))
@@ -236,7 +229,7 @@ async fn open_ledger(
 ) -> anyhow::Result<Arc<dyn Ledger>> {
     Ok(match config.ledger_store {
         LedgerStore::File => {
-            let path = config.data_dir.join("ledger.redb");
+            let path = config.data().ledger();
             Arc::new(
                 FileLedger::open(&path)
                     .with_context(|| format!("opening the ledger {}", path.display()))?,

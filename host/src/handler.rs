@@ -5,7 +5,7 @@
 //! another for it.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,7 +43,18 @@ pub struct Stats {
 }
 
 /// A snapshot of [`Stats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(default)]
 pub struct StatsSnapshot {
     /// See [`Stats::received`].
     pub received: u64,
@@ -74,7 +85,7 @@ impl Stats {
 }
 
 /// One version change of a handler.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct SwapRecord {
     /// The version before (none at startup).
     pub from: Option<String>,
@@ -83,13 +94,14 @@ pub struct SwapRecord {
     /// When, ms since the epoch.
     pub at_ms: i64,
     /// `startup`, `deploy`, `rollback` or `watch`.
-    pub reason: &'static str,
+    #[schema(value_type = String)]
+    pub reason: std::borrow::Cow<'static, str>,
     /// The first offset the new version handled, per `topic/partition`.
     pub first_offsets: BTreeMap<String, i64>,
 }
 
 /// An assigned partition as the loop last saw it.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct PartitionView {
     /// Last committed position (next offset to read), if any.
     pub committed: Option<i64>,
@@ -208,7 +220,7 @@ impl HandlerCtx {
                 from,
                 to,
                 at_ms: now_ms(),
-                reason,
+                reason: reason.into(),
                 first_offsets: BTreeMap::new(),
             });
             // Bounded: the last 100 changes.
@@ -238,13 +250,13 @@ impl HandlerResources {
     pub fn open(
         name: &str,
         hc: &HandlerConfig,
-        data_dir: &Path,
+        data: &crate::config::DataDir,
         kv: Arc<dyn KvStore>,
         ws: Arc<Hub>,
     ) -> anyhow::Result<Self> {
         let (sql, migrations) = match &hc.grants.sql {
             Some(g) => {
-                let target = crate::capabilities::SqlTarget::of_grant(g, name, data_dir)?;
+                let target = crate::capabilities::SqlTarget::of_grant(g, name, data)?;
                 (
                     Some(crate::capabilities::sql::open(&target, name)?),
                     g.migrations.clone(),

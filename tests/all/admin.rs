@@ -17,7 +17,7 @@ fn config(s: &Setup) -> Config {
         "[kafka]\n{k}\n[handlers.pub]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\ngroup_id = \"{g}\"\n\
          grants = {{ producer = [\"{o}\"] }}\n",
         k = KAFKA_TEST_PROPS,
-        c = component("fixture-publisher").display(),
+        c = component(kasm_tests::components::FIXTURE_PUBLISHER).display(),
         t = s.topic,
         g = s.group,
         o = s.out,
@@ -66,8 +66,8 @@ async fn ten_swaps_under_load_lose_nothing_and_each_event_runs_on_one_version() 
     .await;
     let host = start(&s, Some(TOKEN)).await;
     let addr = host.admin_addr.to_string();
-    let v1 = component_bytes("fixture-publisher");
-    let v2 = component_bytes("fixture-publisher-v2");
+    let v1 = component_bytes(kasm_tests::components::FIXTURE_PUBLISHER);
+    let v2 = component_bytes(kasm_tests::components::FIXTURE_PUBLISHER_V2);
     let mut swaps = 0;
     let deadline = Instant::now() + Duration::from_secs(120);
     while swaps < 10 {
@@ -144,8 +144,14 @@ async fn refused_uploads_under_load_keep_the_old_version_and_fail_nothing() {
     let garbage: Vec<u8> = (0..2048).map(|_| rand::random::<u8>()).collect();
     for (bytes, needle) in [
         (garbage, "not a WebAssembly file"),
-        (component_bytes("other-world"), "another world"),
-        (component_bytes("fixture"), "kasm:handler/kv@0.1.0"),
+        (
+            component_bytes(kasm_tests::components::OTHER_WORLD),
+            "another world",
+        ),
+        (
+            component_bytes(kasm_tests::components::FIXTURE),
+            "kasm:handler/kv@0.1.0",
+        ),
     ] {
         let (code, body) = http_request(
             &addr,
@@ -172,8 +178,9 @@ async fn refused_uploads_under_load_keep_the_old_version_and_fail_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_restores_the_previous_hash_and_a_restart_keeps_the_deployed_one() {
     let s = Setup::new(TestBroker::from_env(), 4).await;
-    let v1 = kasm_host::runtime::sha256_hex(&component_bytes("fixture-publisher"));
-    let v2_bytes = component_bytes("fixture-publisher-v2");
+    let v1 =
+        kasm_host::runtime::sha256_hex(&component_bytes(kasm_tests::components::FIXTURE_PUBLISHER));
+    let v2_bytes = component_bytes(kasm_tests::components::FIXTURE_PUBLISHER_V2);
     let v2 = kasm_host::runtime::sha256_hex(&v2_bytes);
     let host = start(&s, Some(TOKEN)).await;
     let addr = host.admin_addr.to_string();
@@ -448,7 +455,8 @@ async fn metrics_parse_and_count_what_was_produced() {
         100.0,
         "{text}"
     );
-    let sha = kasm_host::runtime::sha256_hex(&component_bytes("fixture-publisher"));
+    let sha =
+        kasm_host::runtime::sha256_hex(&component_bytes(kasm_tests::components::FIXTURE_PUBLISHER));
     assert_eq!(
         value(
             "kasm_component_info",
@@ -612,7 +620,7 @@ async fn dead_letters_are_listed_and_replayed_after_a_fix_within_the_replay_limi
         "[kafka]\n{k}\n[handlers.fx]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\ngroup_id = \"{g}\"\n\
          payload = \"json\"\nmax_replays = 1\ngrants = {{ producer = [\"{o}\"], kv = true }}\n",
         k = KAFKA_TEST_PROPS,
-        c = component("fixture").display(),
+        c = component(kasm_tests::components::FIXTURE).display(),
         t = s.topic,
         g = s.group,
         o = s.out,
@@ -708,7 +716,7 @@ async fn dead_letters_are_listed_and_replayed_after_a_fix_within_the_replay_limi
         "PUT",
         "/v1/handlers/fx/component",
         Some(TOKEN),
-        &component_bytes("fixture-publisher"),
+        &component_bytes(kasm_tests::components::FIXTURE_PUBLISHER),
     );
     assert_eq!(code, 200, "{body}");
     let (code, body) = http_request(

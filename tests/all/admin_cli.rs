@@ -76,7 +76,7 @@ async fn operators_list_deploy_roll_back_and_pause_handlers_from_the_command_lin
         "[kafka]\n{k}\n[handlers.pub]\ncomponent = \"{c}\"\ntopics = [\"{topic}\"]\n\
          group_id = \"{g}\"\ngrants = {{ producer = [\"{out}\"] }}\n",
         k = KAFKA_TEST_PROPS,
-        c = component("fixture-publisher").display(),
+        c = component(kasm_tests::components::FIXTURE_PUBLISHER).display(),
         g = unique("group"),
     );
     let config = Config::load(&write_config(dir.path(), &body)).unwrap();
@@ -96,10 +96,16 @@ async fn operators_list_deploy_roll_back_and_pause_handlers_from_the_command_lin
             .map(|s| (*s).to_owned())
             .collect()
     };
-    let v1 = sha256_hex(&component_bytes("fixture-publisher"));
-    let v2 = sha256_hex(&component_bytes("fixture-publisher-v2"));
-    let v2_path = component("fixture-publisher-v2").display().to_string();
-    let other_path = component("other-world").display().to_string();
+    let v1 = sha256_hex(&component_bytes(kasm_tests::components::FIXTURE_PUBLISHER));
+    let v2 = sha256_hex(&component_bytes(
+        kasm_tests::components::FIXTURE_PUBLISHER_V2,
+    ));
+    let v2_path = component(kasm_tests::components::FIXTURE_PUBLISHER_V2)
+        .display()
+        .to_string();
+    let other_path = component(kasm_tests::components::OTHER_WORLD)
+        .display()
+        .to_string();
 
     // The table.
     let r = kasm(&with(&["handlers"]), &[]).await;

@@ -16,7 +16,7 @@ async fn start(s: &Setup) -> kasm_host::app::Host {
     let body = format!(
         "max_component_mib = 32\n[kafka]\n{KAFKA_TEST_PROPS}\n[handlers.pub]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\n\
          group_id = \"{g}\"\ngrants = {{ producer = [\"{o}\"] }}\n",
-        c = component("fixture-publisher").display(),
+        c = component(kasm_tests::components::FIXTURE_PUBLISHER).display(),
         t = s.topic,
         g = s.group,
         o = s.out,

@@ -59,7 +59,7 @@ async fn a_record_failing_mid_batch_is_rolled_back_alone_and_the_offset_waits_fo
          group_id = \"{g}\"\npayload = \"json\"\n\
          retry = {{ attempts = 3, initial_backoff = \"400ms\", max_backoff = \"1s\", jitter = 0.0 }}\n\
          grants = {{ sql = {{ sqlite = \"{db}\", migrations = \"{m}\" }} }}\n",
-        c = component("fixture-sql").display(),
+        c = component(kasm_tests::components::FIXTURE_SQL).display(),
         t = s.topic,
         g = s.group,
         db = db.display(),

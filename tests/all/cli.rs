@@ -27,19 +27,24 @@ fn demo(handler: &str) -> String {
         .to_string()
 }
 
-fn invoke_demo(handler: &str, topic: &str) -> serde_json::Value {
+fn invoke_demo(handler: kasm_tests::components::Component, topic: &str) -> serde_json::Value {
     let wasm = component(handler).display().to_string();
     let (code, out, err) = kasm(&[
         "invoke",
         &wasm,
-        &demo(handler),
+        &demo(handler.name()),
         "--name",
-        handler,
+        handler.name(),
         "--topic",
         topic,
         "--json",
     ]);
-    assert_eq!(code, 0, "kasm invoke {handler} failed: {out}\n{err}");
+    assert_eq!(
+        code,
+        0,
+        "kasm invoke {} failed: {out}\n{err}",
+        handler.name()
+    );
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
@@ -62,7 +67,9 @@ fn single_publish(report: &serde_json::Value, topic: &str) -> serde_json::Value 
 
 #[test]
 fn validate_prints_world_imports_size_and_hash() {
-    let wasm = component("audit").display().to_string();
+    let wasm = component(kasm_tests::components::AUDIT)
+        .display()
+        .to_string();
     let (code, out, err) = kasm(&["validate", &wasm]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
@@ -74,7 +81,7 @@ fn validate_prints_world_imports_size_and_hash() {
         "{out}"
     );
     assert!(out.contains("exports    handle"), "{out}");
-    let bytes = std::fs::read(component("audit")).unwrap();
+    let bytes = std::fs::read(component(kasm_tests::components::AUDIT)).unwrap();
     assert!(
         out.contains(&kasm_host::runtime::sha256_hex(&bytes)),
         "{out}"
@@ -88,7 +95,7 @@ fn validate_prints_world_imports_size_and_hash() {
 /// A real component grown to `mib` MiB by a custom section at its end (as an interpreted
 /// handler is grown by its interpreter).
 fn padded_component(dir: &std::path::Path, mib: usize) -> String {
-    let mut bytes = std::fs::read(component("fixture-publisher")).unwrap();
+    let mut bytes = std::fs::read(component(kasm_tests::components::FIXTURE_PUBLISHER)).unwrap();
     let name = b"kasm-test-padding";
     let data_len = (mib << 20) - bytes.len();
     let mut body = Vec::new();
@@ -131,7 +138,9 @@ fn a_component_over_32_mib_is_accepted_and_the_cap_is_a_setting() {
 
 #[test]
 fn validate_names_the_reason_of_a_refusal() {
-    let wasm = component("other-world").display().to_string();
+    let wasm = component(kasm_tests::components::OTHER_WORLD)
+        .display()
+        .to_string();
     let (code, out, _) = kasm(&["validate", &wasm]);
     assert_eq!(code, 2);
     assert!(
@@ -139,7 +148,9 @@ fn validate_names_the_reason_of_a_refusal() {
         "{out}"
     );
 
-    let wasm = component("fixture").display().to_string();
+    let wasm = component(kasm_tests::components::FIXTURE)
+        .display()
+        .to_string();
     let (code, out, _) = kasm(&["validate", &wasm, "--grant", "producer", "--grant", "log"]);
     assert_eq!(code, 2);
     assert!(
@@ -151,7 +162,9 @@ fn validate_names_the_reason_of_a_refusal() {
 #[test]
 fn invoke_notification_demo_posts_to_the_webhook_with_the_idempotency_key() {
     let receiver = kasm_tests::receiver::Receiver::start(&[200]);
-    let wasm = component("notification").display().to_string();
+    let wasm = component(kasm_tests::components::NOTIFICATION)
+        .display()
+        .to_string();
     let setting = format!("webhook_url={}", receiver.url());
     let (code, out, err) = kasm(&[
         "invoke",
@@ -194,7 +207,9 @@ fn invoke_notification_demo_posts_to_the_webhook_with_the_idempotency_key() {
 #[test]
 fn invoke_notification_to_a_host_not_granted_is_denied_without_a_connection() {
     let receiver = kasm_tests::receiver::Receiver::start(&[200]);
-    let wasm = component("notification").display().to_string();
+    let wasm = component(kasm_tests::components::NOTIFICATION)
+        .display()
+        .to_string();
     let setting = format!("webhook_url={}", receiver.url());
     let (code, out, _) = kasm(&[
         "invoke",
@@ -221,7 +236,7 @@ fn invoke_notification_to_a_host_not_granted_is_denied_without_a_connection() {
 
 #[test]
 fn invoke_recurring_demo_emits_the_next_occurrence() {
-    let report = invoke_demo("recurring", "task-events");
+    let report = invoke_demo(kasm_tests::components::RECURRING, "task-events");
     let p = single_publish(&report, "task-events");
     let source = demo_json("recurring");
     assert_eq!(p["payload"]["event_type"], "task.created", "{p:#}");
@@ -238,7 +253,9 @@ fn invoke_audit_demo_writes_one_row_and_a_second_run_none() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("audit.sqlite");
     let migrations = root().join("handlers/audit/migrations");
-    let wasm = component("audit").display().to_string();
+    let wasm = component(kasm_tests::components::AUDIT)
+        .display()
+        .to_string();
     let run = || {
         let (code, out, err) = kasm(&[
             "invoke",
@@ -281,7 +298,7 @@ fn invoke_audit_demo_writes_one_row_and_a_second_run_none() {
 
 #[test]
 fn invoke_live_updates_demo_targets_the_user_channel() {
-    let report = invoke_demo("live-updates", "task-updates");
+    let report = invoke_demo(kasm_tests::components::LIVE_UPDATES, "task-updates");
     assert_eq!(report["outcome"], "ok", "{report:#}");
     assert!(report["publishes"].as_array().unwrap().is_empty());
     let pushes = report["broadcasts"].as_array().unwrap();
@@ -296,7 +313,9 @@ fn invoke_live_updates_demo_targets_the_user_channel() {
 
 #[test]
 fn invoke_text_output_shows_outcome_and_effects() {
-    let wasm = component("recurring").display().to_string();
+    let wasm = component(kasm_tests::components::RECURRING)
+        .display()
+        .to_string();
     let (code, out, err) = kasm(&[
         "invoke",
         &wasm,
@@ -314,7 +333,9 @@ fn invoke_reports_a_failure_with_exit_code_1() {
     let dir = tempfile::tempdir().unwrap();
     let payload = dir.path().join("p.json");
     std::fs::write(&payload, r#"{"action":"fatal","message":"no such task"}"#).unwrap();
-    let wasm = component("fixture").display().to_string();
+    let wasm = component(kasm_tests::components::FIXTURE)
+        .display()
+        .to_string();
     let (code, out, _) = kasm(&["invoke", &wasm, payload.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
     assert!(
@@ -328,7 +349,9 @@ fn invoke_names_a_trap_once() {
     let dir = tempfile::tempdir().unwrap();
     let payload = dir.path().join("p.json");
     std::fs::write(&payload, r#"{"action":"panic","message":"kaboom-4410"}"#).unwrap();
-    let wasm = component("fixture").display().to_string();
+    let wasm = component(kasm_tests::components::FIXTURE)
+        .display()
+        .to_string();
     let (code, out, _) = kasm(&["invoke", &wasm, payload.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("outcome    trap"), "{out}");

@@ -10,12 +10,18 @@ use kasm_tests::hostproc::http_get;
 use kasm_tests::{Setup, component, count_sources, events, write_config};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
-fn load(s: &Setup, fixture: &str, extra: &str, kafka: &str) -> Config {
+fn load(s: &Setup, fixture: kasm_tests::components::Component, extra: &str, kafka: &str) -> Config {
     load_with_top(s, fixture, "", extra, kafka)
 }
 
 /// [`load`] with top-level keys `top` (before the first table).
-fn load_with_top(s: &Setup, fixture: &str, top: &str, extra: &str, kafka: &str) -> Config {
+fn load_with_top(
+    s: &Setup,
+    fixture: kasm_tests::components::Component,
+    top: &str,
+    extra: &str,
+    kafka: &str,
+) -> Config {
     let body = format!(
         "{top}\n[kafka]\n{kafka}\n[handlers.h]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\ngroup_id = \"{g}\"\n\
          grants = {{ producer = [\"{o}\"], kv = true }}\n{extra}\n",
@@ -55,7 +61,7 @@ async fn brokers_down_and_injected_errors_lose_nothing() {
     produce(&s.broker.producer(), &s.topic, &events("ev", 0..n, &s.out)).await;
     let config = load(
         &s,
-        "fixture-publisher",
+        kasm_tests::components::FIXTURE_PUBLISHER,
         "",
         kasm_tests::MOCK_PRODUCE_FAULT_PROPS,
     );
@@ -181,7 +187,7 @@ async fn a_failing_dead_letter_write_holds_the_partition_and_readiness_until_it_
             &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 4],
         )
         .unwrap();
-    let config = load(&s, "fixture", "", "");
+    let config = load(&s, kasm_tests::components::FIXTURE, "", "");
     let host = kasm_host::app::start(&config, &s.env()).await.unwrap();
     let admin = host.admin_addr.to_string();
 
@@ -228,7 +234,7 @@ async fn not_ready_before_the_first_assignment() {
             &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE; 15],
         )
         .unwrap();
-    let config = load(&s, "fixture-publisher", "", "");
+    let config = load(&s, kasm_tests::components::FIXTURE_PUBLISHER, "", "");
     let host = kasm_host::app::start(&config, &s.env()).await.unwrap();
     let admin = host.admin_addr.to_string();
     let (code, body) = http_get(&admin, "/readyz");
@@ -250,7 +256,7 @@ async fn healthz_fails_when_a_consumer_loop_dies() {
     // message.max.bytes): the consumer loop cannot start and exits.
     let config = load(
         &s,
-        "fixture-publisher",
+        kasm_tests::components::FIXTURE_PUBLISHER,
         "",
         "\"fetch.max.bytes\" = 1000\n\"message.max.bytes\" = 100000",
     );
@@ -304,7 +310,13 @@ async fn publishes_refused_in_flight(
          retry = {{ attempts = {attempts}, initial_backoff = \"50ms\", max_backoff = \"200ms\", jitter = 0.0 }}\n"
     );
     let top = format!("ledger_store = \"{ledger_store}\"");
-    let config = load_with_top(s, "fixture-publisher", &top, &extra, "");
+    let config = load_with_top(
+        s,
+        kasm_tests::components::FIXTURE_PUBLISHER,
+        &top,
+        &extra,
+        "",
+    );
     let host = kasm_host::app::start(&config, &s.env()).await.unwrap();
     let admin = host.admin_addr.to_string();
     kasm_tests::wait_processed(&host, 100).await;
@@ -465,7 +477,7 @@ async fn a_commit_refused_for_a_rebalance_holds_records_until_a_commit_is_accept
     // after the first 200 are handled), however fast the batches go.
     let n = 40_000;
     produce(&s.broker.producer(), &s.topic, &events("ev", 0..n, &s.out)).await;
-    let config = load(&s, "fixture-publisher", "", "");
+    let config = load(&s, kasm_tests::components::FIXTURE_PUBLISHER, "", "");
     let host = kasm_host::app::start(&config, &s.env()).await.unwrap();
     let admin = host.admin_addr.to_string();
     let processed = || host.handlers[0].stats.snapshot().processed;

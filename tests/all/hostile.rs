@@ -84,7 +84,7 @@ fn failure(outcome: &Outcome) -> (FailureKind, String) {
 
 fn hostile(tweak: impl FnOnce(&mut HandlerSpec)) -> std::sync::Arc<LoadedHandler> {
     let rt = runtime();
-    load(&rt, "hostile", Grants::all(), tweak)
+    load(&rt, kasm_tests::components::HOSTILE, Grants::all(), tweak)
 }
 
 #[tokio::test]
@@ -154,9 +154,12 @@ async fn one_huge_allocation_is_out_of_memory() {
 async fn an_infinite_loop_at_instantiation_times_out_every_record() {
     let rt = runtime();
     let deadline = Duration::from_millis(300);
-    let h = load(&rt, "hostile-init", Grants::none(), |s| {
-        s.deadline = deadline
-    });
+    let h = load(
+        &rt,
+        kasm_tests::components::HOSTILE_INIT,
+        Grants::none(),
+        |s| s.deadline = deadline,
+    );
     for _ in 0..2 {
         let start = Instant::now();
         let inv = h
@@ -174,7 +177,7 @@ async fn an_infinite_loop_at_instantiation_times_out_every_record() {
         );
     }
     // The runtime is unharmed: another handler in it runs.
-    let other = load(&rt, "hostile", Grants::all(), |_| {});
+    let other = load(&rt, kasm_tests::components::HOSTILE, Grants::all(), |_| {});
     let inv = other
         .invoke(&event(serde_json::json!({"action": "ok"})))
         .await
@@ -384,7 +387,8 @@ fn components_importing_unknown_interfaces_are_refused_naming_the_import() {
     // The runtime goes on loading well-formed components.
     let mut spec = HandlerSpec::new("after");
     spec.grants = Grants::all();
-    rt.load(&component_bytes("hostile"), spec).unwrap();
+    rt.load(&component_bytes(kasm_tests::components::HOSTILE), spec)
+        .unwrap();
 }
 
 /// What each hostile action sent through the pipeline must end as: the dead letter's
@@ -438,8 +442,8 @@ async fn a_hostile_handler_is_dead_lettered_while_a_good_one_next_to_it_processe
          [handlers.good]\ncomponent = \"{good}\"\ntopics = [\"{gi}\"]\ngroup_id = \"{g}-good\"\n\
          grants = {{ producer = [\"{go}\"] }}\n",
         k = KAFKA_TEST_PROPS,
-        hostile = component("hostile").display(),
-        good = component("fixture-publisher").display(),
+        hostile = component(kasm_tests::components::HOSTILE).display(),
+        good = component(kasm_tests::components::FIXTURE_PUBLISHER).display(),
         t = s.topic,
         o = s.out,
         g = s.group,

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::{Mutex, MutexGuard};
 
 use kasm_tests::broker::{Rec, TestBroker, produce, read_topic};
+use kasm_tests::components::Component;
 use kasm_tests::hostproc::HostProcess;
 use kasm_tests::{KAFKA_TEST_PROPS, Setup, count_sources, events, unique, write_config};
 
@@ -33,12 +34,13 @@ pub(super) struct Guest {
     pub version: &'static str,
     /// Texts the `<prefix>-raises` trap message must hold: the language's stack trace.
     pub trap_holds: &'static [&'static str],
-}
-
-impl Guest {
-    fn component(&self, fixture: &str) -> String {
-        format!("{}-{fixture}", self.prefix)
-    }
+    /// `<prefix>-producer-only`: imports `producer` and nothing else that needs a grant.
+    pub producer_only: Component,
+    /// `<prefix>-raises`, `-retryable`, `-loops`, `-grows`: the ways a handler fails.
+    pub raises: Component,
+    pub retryable: Component,
+    pub loops: Component,
+    pub grows: Component,
 }
 
 /// The component built for `producer` imports nothing else that needs a grant: it starts
@@ -46,14 +48,14 @@ impl Guest {
 pub(super) async fn granted_only_producer_publishes_every_event(
     guest: &Guest,
 ) -> Vec<kasm_tests::broker::Got> {
-    let component = guest.component("producer-only");
+    let component = guest.producer_only;
     let s = Setup::new(TestBroker::from_env(), 4).await;
     let n = 500;
     produce(&s.broker.producer(), &s.topic, &events("ev", 0..n, &s.out)).await;
     let body = format!(
         "[kafka]\n{KAFKA_TEST_PROPS}\n[handlers.pub]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\n\
          group_id = \"{g}\"\ngrants = {{ producer = [\"{o}\"] }}\n",
-        c = kasm_tests::component(&component).display(),
+        c = kasm_tests::component(component).display(),
         t = s.topic,
         g = s.group,
         o = s.out,
@@ -72,7 +74,7 @@ pub(super) async fn granted_only_producer_publishes_every_event(
     );
     // The compiled artifact went to the shared cache the host was pointed at
     // (`KASM_CACHE_DIR`), not to its data folder.
-    let bytes = std::fs::read(kasm_tests::component(&component)).unwrap();
+    let bytes = std::fs::read(kasm_tests::component(component)).unwrap();
     let sha = kasm_host::runtime::sha256_hex(&bytes);
     let cached = std::fs::read_dir(kasm_tests::shared_cache_dir())
         .unwrap()
@@ -86,7 +88,7 @@ pub(super) async fn granted_only_producer_publishes_every_event(
 /// `kasm validate` names the component's language and the instance policy it gets by default
 /// (the one the host applies when `instance_reuse` is not set); a Rust one has none.
 pub(super) fn says_its_language_and_defaults_to_reused_instances(guest: &Guest) {
-    let validate = |name: &str| {
+    let validate = |name: Component| {
         let out = std::process::Command::new(kasm_tests::kasm_bin())
             .args(["validate", "--grant", "producer"])
             .arg(kasm_tests::component(name))
@@ -100,7 +102,7 @@ pub(super) fn says_its_language_and_defaults_to_reused_instances(guest: &Guest) 
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let interpreted = validate(&guest.component("producer-only"));
+    let interpreted = validate(guest.producer_only);
     assert!(
         interpreted.contains(&format!(
             "language   {} (an instance serves {} records",
@@ -109,7 +111,7 @@ pub(super) fn says_its_language_and_defaults_to_reused_instances(guest: &Guest) 
         )),
         "{interpreted}"
     );
-    let rust = validate("fixture-publisher");
+    let rust = validate(kasm_tests::components::FIXTURE_PUBLISHER);
     assert!(!rust.contains("language"), "{rust}");
 }
 
@@ -129,14 +131,15 @@ pub(super) async fn failures_end_as_trap_retry_timeout_and_out_of_memory(guest: 
     let group = unique(&format!("{}-failures", guest.prefix));
     let mut failing = Vec::new();
     let mut tables = String::new();
-    for (handler, extra) in [
-        ("raises", ""),
+    for (handler, component, extra) in [
+        ("raises", guest.raises, ""),
         (
             "retryable",
+            guest.retryable,
             "retry = { attempts = 3, initial_backoff = \"50ms\", max_backoff = \"100ms\" }\n",
         ),
-        ("loops", "deadline = \"500ms\"\n"),
-        ("grows", "memory_mib = 32\n"),
+        ("loops", guest.loops, "deadline = \"500ms\"\n"),
+        ("grows", guest.grows, "memory_mib = 32\n"),
     ] {
         let topic = unique(&format!("{}-{handler}", guest.prefix));
         broker.create_topic(&topic, 1).await;
@@ -144,7 +147,7 @@ pub(super) async fn failures_end_as_trap_retry_timeout_and_out_of_memory(guest: 
         tables.push_str(&format!(
             "[handlers.{handler}]\ncomponent = \"{c}\"\ntopics = [\"{topic}\"]\n\
              group_id = \"{group}-{handler}\"\n{extra}\n",
-            c = kasm_tests::component(&guest.component(handler)).display(),
+            c = kasm_tests::component(component).display(),
         ));
         failing.push(Failing { topic, handler });
     }
@@ -269,7 +272,7 @@ pub(super) async fn swapped_from_rust_while_records_flow(guest: &Guest) {
         "warn",
         &[("KASM_ADMIN_TOKEN", TOKEN)],
     );
-    let bytes = std::fs::read(kasm_tests::component(&guest.component("producer-only"))).unwrap();
+    let bytes = std::fs::read(kasm_tests::component(guest.producer_only)).unwrap();
     let started = std::time::Instant::now();
     let (status, body) = kasm_tests::hostproc::http_request(
         &host.admin,

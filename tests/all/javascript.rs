@@ -22,12 +22,17 @@ const JAVASCRIPT: Guest = Guest {
         "handleOrder@",
         "kasm: the handler threw RangeError",
     ],
+    producer_only: kasm_tests::components::JS_PRODUCER_ONLY,
+    raises: kasm_tests::components::JS_RAISES,
+    retryable: kasm_tests::components::JS_RETRYABLE,
+    loops: kasm_tests::components::JS_LOOPS,
+    grows: kasm_tests::components::JS_GROWS,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn javascript_live_updates_reach_only_their_user_and_a_stalled_client_is_dropped() {
     let _turn = turn().await;
-    services::live_updates_reach_only_their_user("js-live-updates").await;
+    services::live_updates_reach_only_their_user(kasm_tests::components::JS_LIVE_UPDATES).await;
 }
 
 /// A task event the JavaScript live-updates handler cannot use is dead-lettered once, as
@@ -41,7 +46,7 @@ async fn javascript_live_updates_dead_letter_a_poison_record_once_with_its_prove
         "[kafka]\n{KAFKA_TEST_PROPS}\n[handlers.live]\ncomponent = \"{c}\"\n\
          topics = [\"{t}\"]\ngroup_id = \"{g}\"\npayload = \"json\"\n\
          grants = {{ websocket = true }}\n",
-        c = kasm_tests::component("js-live-updates").display(),
+        c = kasm_tests::component(kasm_tests::components::JS_LIVE_UPDATES).display(),
         t = s.topic,
         g = s.group,
     );
@@ -146,7 +151,9 @@ fn every_javascript_capability_wrapper_reaches_the_host() {
     std::fs::write(&payload, br#"{"a":1}"#).unwrap();
     let out = std::process::Command::new(kasm_tests::kasm_bin())
         .arg("invoke")
-        .arg(kasm_tests::component("js-capabilities"))
+        .arg(kasm_tests::component(
+            kasm_tests::components::JS_CAPABILITIES,
+        ))
         .arg(&payload)
         .args(["--key", "k", "--offset", "5", "--setting", "greeting=hello"])
         .args(["--grant", "producer", "--grant", "kv", "--grant", "sql"])

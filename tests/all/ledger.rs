@@ -235,7 +235,7 @@ async fn sql_effects_committed_before_a_kill_that_lost_their_ledger_entries_appl
             "[kafka]\n{KAFKA_TEST_PROPS}\n[handlers.sql]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\n\
              group_id = \"{g}\"\npayload = \"json\"\n\
              grants = {{ sql = {{ sqlite = \"{db}\", migrations = \"{m}\" }} }}\n",
-            c = component("fixture-sql").display(),
+            c = component(kasm_tests::components::FIXTURE_SQL).display(),
             t = s.topic,
             g = s.group,
             db = db.display(),

@@ -39,7 +39,11 @@ fn a_core_module_is_not_a_component() {
 #[test]
 fn a_component_of_another_world_is_refused() {
     let rt = runtime();
-    let e = refuse(&rt, &component_bytes("other-world"), Grants::all());
+    let e = refuse(
+        &rt,
+        &component_bytes(kasm_tests::components::OTHER_WORLD),
+        Grants::all(),
+    );
     assert!(matches!(e, LoadError::OtherWorld { .. }), "{e}");
     let msg = e.to_string();
     assert!(
@@ -59,7 +63,11 @@ fn an_ungranted_capability_is_refused_naming_the_import() {
         websocket: false,
         http: None,
     };
-    let e = refuse(&rt, &component_bytes("fixture"), grants);
+    let e = refuse(
+        &rt,
+        &component_bytes(kasm_tests::components::FIXTURE),
+        grants,
+    );
     assert!(matches!(e, LoadError::NotGranted { .. }), "{e}");
     let msg = e.to_string();
     assert!(
@@ -77,7 +85,11 @@ fn a_component_over_the_size_limit_is_refused_before_compiling() {
         ..RuntimeConfig::default()
     })
     .unwrap();
-    let e = refuse(&rt, &component_bytes("fixture"), Grants::all());
+    let e = refuse(
+        &rt,
+        &component_bytes(kasm_tests::components::FIXTURE),
+        Grants::all(),
+    );
     assert!(matches!(e, LoadError::TooLarge { limit: 1024, .. }), "{e}");
     assert!(
         e.to_string().contains("over the limit of 1024 bytes"),
@@ -89,13 +101,19 @@ fn a_component_over_the_size_limit_is_refused_before_compiling() {
 fn the_handlers_load_with_exactly_their_capabilities() {
     let rt = runtime();
     for (name, needs) in [
-        ("notification", &["settings", "http", "log"][..]),
-        ("recurring", &["producer", "log"]),
-        ("audit", &["sql", "log"]),
-        ("live-updates", &["websocket", "log"]),
-        ("fixture-publisher", &["producer", "log"]),
+        (
+            kasm_tests::components::NOTIFICATION,
+            &["settings", "http", "log"][..],
+        ),
+        (kasm_tests::components::RECURRING, &["producer", "log"]),
+        (kasm_tests::components::AUDIT, &["sql", "log"]),
+        (kasm_tests::components::LIVE_UPDATES, &["websocket", "log"]),
+        (
+            kasm_tests::components::FIXTURE_PUBLISHER,
+            &["producer", "log"],
+        ),
     ] {
-        let mut spec = HandlerSpec::new(name);
+        let mut spec = HandlerSpec::new(name.name());
         spec.grants = Grants {
             producer: Some(TopicGrant::Any),
             kv: false,
@@ -105,14 +123,14 @@ fn the_handlers_load_with_exactly_their_capabilities() {
         };
         let h = rt
             .load(&component_bytes(name), spec)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            .unwrap_or_else(|e| panic!("{}: {e}", name.name()));
         let caps: Vec<String> = h
             .info()
             .capabilities
             .iter()
             .map(|c| c.to_string())
             .collect();
-        assert_eq!(caps, needs, "{name} needs exactly {needs:?}");
+        assert_eq!(caps, needs, "{} needs exactly {needs:?}", name.name());
         assert_eq!(h.info().sha256.len(), 64);
     }
 }
@@ -125,7 +143,7 @@ fn a_precompiled_artifact_is_reused_on_the_second_load() {
         cache_dir: Some(dir.path().to_owned()),
         ..RuntimeConfig::default()
     };
-    let bytes = component_bytes("fixture-publisher");
+    let bytes = component_bytes(kasm_tests::components::FIXTURE_PUBLISHER);
     let spec = || {
         let mut s = HandlerSpec::new("p");
         s.grants = Grants::all();

@@ -16,7 +16,7 @@ fn publisher_config(s: &Setup, extra: &str) -> Config {
         "[kafka]\n{k}\n[handlers.pub]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\ngroup_id = \"{g}\"\n\
          grants = {{ producer = [\"{o}\"] }}\n{extra}\n",
         k = KAFKA_TEST_PROPS,
-        c = component("fixture-publisher").display(),
+        c = component(kasm_tests::components::FIXTURE_PUBLISHER).display(),
         t = s.topic,
         g = s.group,
         o = s.out,
@@ -122,7 +122,7 @@ async fn poison_records_are_dead_lettered_with_provenance_and_the_partition_move
          grants = {{ producer = [\"{o}\"], kv = true }}\n\
          retry = {{ attempts = 3, initial_backoff = \"100ms\", max_backoff = \"1s\", jitter = 0.0 }}\n",
         k = KAFKA_TEST_PROPS,
-        c = component("fixture").display(),
+        c = component(kasm_tests::components::FIXTURE).display(),
         t = s.topic,
         g = s.group,
         o = s.out,

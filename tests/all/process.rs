@@ -31,7 +31,7 @@ fn config(s: &Setup, data: &str, extra_top: &str) -> std::path::PathBuf {
          [handlers.pub]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\ngroup_id = \"{g}\"\n\
          grants = {{ producer = [\"{o}\"] }}\n",
         k = KAFKA_TEST_PROPS,
-        c = component("fixture-publisher").display(),
+        c = component(kasm_tests::components::FIXTURE_PUBLISHER).display(),
         t = s.topic,
         g = s.group,
         o = s.out,
@@ -152,7 +152,7 @@ async fn not_ready_while_shutting_down() {
         "[kafka]\n{k}\n[handlers.slow]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\ngroup_id = \"{g}\"\n\
          deadline = \"3s\"\ngrants = {{ producer = [\"{o}\"], kv = true }}\n",
         k = KAFKA_TEST_PROPS,
-        c = component("fixture").display(),
+        c = component(kasm_tests::components::FIXTURE).display(),
         t = s.topic,
         g = s.group,
         o = s.out,
@@ -235,7 +235,7 @@ async fn sigterm_with_every_broker_down_exits_within_the_drain_timeouts_and_lose
          \"heartbeat.interval.ms\" = 500\n\"fetch.wait.max.ms\" = 100\n\
          [handlers.pub]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\ngroup_id = \"{g}\"\n\
          grants = {{ producer = [\"{o}\"] }}\n",
-        c = component("fixture-publisher").display(),
+        c = component(kasm_tests::components::FIXTURE_PUBLISHER).display(),
         t = s.topic,
         g = s.group,
         o = s.out,
@@ -446,7 +446,7 @@ fn run_with(config_text: &str, dir: &std::path::Path) -> (i32, String) {
 }
 
 fn component_bytes() -> Vec<u8> {
-    std::fs::read(component("fixture-publisher")).unwrap()
+    std::fs::read(component(kasm_tests::components::FIXTURE_PUBLISHER)).unwrap()
 }
 
 #[test]

@@ -20,6 +20,11 @@ const PYTHON: Guest = Guest {
         "Traceback",
         "ValueError: event bug-1 has a quantity but no order",
     ],
+    producer_only: kasm_tests::components::PY_PRODUCER_ONLY,
+    raises: kasm_tests::components::PY_RAISES,
+    retryable: kasm_tests::components::PY_RETRYABLE,
+    loops: kasm_tests::components::PY_LOOPS,
+    grows: kasm_tests::components::PY_GROWS,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,8 +33,13 @@ async fn python_audit_on_sqlite_writes_exactly_one_row_per_event() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("audit.sqlite");
     let grant = format!("sqlite = \"{}\"", file.display());
-    services::audit_writes_one_row_per_event("py-audit", SqlTarget::Sqlite(file), &grant, &[])
-        .await;
+    services::audit_writes_one_row_per_event(
+        kasm_tests::components::PY_AUDIT,
+        SqlTarget::Sqlite(file),
+        &grant,
+        &[],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,7 +47,7 @@ async fn python_audit_on_postgres_writes_exactly_one_row_per_event() {
     let _turn = turn().await;
     let url = super::sql::pg_schema().await;
     services::audit_writes_one_row_per_event(
-        "py-audit",
+        kasm_tests::components::PY_AUDIT,
         SqlTarget::Postgres(url.clone()),
         "url_env = \"AUDIT_DATABASE_URL\"",
         &[("AUDIT_DATABASE_URL", &url)],
@@ -48,25 +58,29 @@ async fn python_audit_on_postgres_writes_exactly_one_row_per_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_task_events_are_audited_and_recurring_tasks_continue() {
     let _turn = turn().await;
-    services::audited_and_continued("py-audit", "py-recurring").await;
+    services::audited_and_continued(
+        kasm_tests::components::PY_AUDIT,
+        kasm_tests::components::PY_RECURRING,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_notification_posts_each_reminder_once_with_its_idempotency_key() {
     let _turn = turn().await;
-    services::posted_once("py-notification").await;
+    services::posted_once(kasm_tests::components::PY_NOTIFICATION).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_notification_retries_a_503_until_delivered() {
     let _turn = turn().await;
-    services::delivered_on_the_third_try("py-notification").await;
+    services::delivered_on_the_third_try(kasm_tests::components::PY_NOTIFICATION).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_notification_dead_letters_a_400_as_fatal() {
     let _turn = turn().await;
-    services::dead_lettered_on_a_400("py-notification").await;
+    services::dead_lettered_on_a_400(kasm_tests::components::PY_NOTIFICATION).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,7 +111,7 @@ async fn python_audit_dead_letters_a_poison_record_once_with_its_provenance() {
         "[kafka]\n{KAFKA_TEST_PROPS}\n[handlers.audit]\ncomponent = \"{c}\"\n\
          topics = [\"{t}\"]\ngroup_id = \"{g}\"\npayload = \"json\"\n\
          grants = {{ sql = {{ sqlite = \"{db}\", migrations = \"{m}\" }} }}\n",
-        c = kasm_tests::component("py-audit").display(),
+        c = kasm_tests::component(kasm_tests::components::PY_AUDIT).display(),
         t = s.topic,
         g = s.group,
         db = db.display(),

@@ -44,7 +44,7 @@ fn failure(outcome: &Outcome) -> (FailureKind, String) {
 #[tokio::test]
 async fn panic_is_a_trap_with_its_message_and_the_next_call_succeeds() {
     let rt = runtime();
-    let h = load(&rt, "fixture", Grants::all(), |_| {});
+    let h = load(&rt, kasm_tests::components::FIXTURE, Grants::all(), |_| {});
     let inv = h
         .invoke(&event(
             serde_json::json!({"action": "panic", "message": "kaboom-7731"}),
@@ -69,7 +69,9 @@ async fn panic_is_a_trap_with_its_message_and_the_next_call_succeeds() {
 async fn infinite_loop_times_out_at_the_deadline_and_the_host_goes_on() {
     let rt = runtime();
     let deadline = Duration::from_millis(300);
-    let h = load(&rt, "fixture", Grants::all(), |s| s.deadline = deadline);
+    let h = load(&rt, kasm_tests::components::FIXTURE, Grants::all(), |s| {
+        s.deadline = deadline
+    });
     let start = Instant::now();
     let inv = call(&h, serde_json::json!({"action": "loop"})).await;
     let took = start.elapsed();
@@ -88,7 +90,9 @@ async fn infinite_loop_times_out_at_the_deadline_and_the_host_goes_on() {
 #[tokio::test]
 async fn memory_bomb_is_out_of_memory_and_the_host_goes_on() {
     let rt = runtime();
-    let h = load(&rt, "fixture", Grants::all(), |s| s.memory_bytes = 16 << 20);
+    let h = load(&rt, kasm_tests::components::FIXTURE, Grants::all(), |s| {
+        s.memory_bytes = 16 << 20
+    });
     let inv = call(&h, serde_json::json!({"action": "oom"})).await;
     let (kind, msg) = failure(&inv.outcome);
     assert_eq!(kind, FailureKind::OutOfMemory, "{msg}");
@@ -103,7 +107,7 @@ async fn memory_bomb_is_out_of_memory_and_the_host_goes_on() {
 #[tokio::test]
 async fn guest_errors_keep_their_kind_and_message() {
     let rt = runtime();
-    let h = load(&rt, "fixture", Grants::all(), |_| {});
+    let h = load(&rt, kasm_tests::components::FIXTURE, Grants::all(), |_| {});
     let inv = h
         .invoke(&event(
             serde_json::json!({"action": "retryable", "message": "db busy 42"}),
@@ -129,7 +133,7 @@ async fn guest_errors_keep_their_kind_and_message() {
 #[tokio::test]
 async fn a_failed_instance_is_never_reused() {
     let rt = runtime();
-    let h = load(&rt, "fixture", Grants::all(), |s| {
+    let h = load(&rt, kasm_tests::components::FIXTURE, Grants::all(), |s| {
         s.instance_reuse = Some(100)
     });
     let ok = serde_json::json!({"action": "ok"});
@@ -166,7 +170,7 @@ async fn publishes_get_deterministic_ids_and_only_granted_topics() {
         websocket: false,
         http: None,
     };
-    let h = load(&rt, "fixture", grants, |_| {});
+    let h = load(&rt, kasm_tests::components::FIXTURE, grants, |_| {});
     let e = event(serde_json::json!({"action": "publish", "topic": "out", "count": 3}));
     let a = h.invoke(&e).await.unwrap();
     assert_eq!(a.outcome, Outcome::Ok);
@@ -213,7 +217,7 @@ async fn publishes_get_deterministic_ids_and_only_granted_topics() {
 #[tokio::test]
 async fn logs_are_collected_and_kv_round_trips() {
     let rt = runtime();
-    let h = load(&rt, "fixture", Grants::all(), |_| {});
+    let h = load(&rt, kasm_tests::components::FIXTURE, Grants::all(), |_| {});
     let inv = h
         .invoke(&event(
             serde_json::json!({"action": "log", "message": "hello from the guest"}),
@@ -240,7 +244,7 @@ async fn logs_are_collected_and_kv_round_trips() {
 #[tokio::test]
 async fn concurrent_calls_on_fresh_instances() {
     let rt = runtime();
-    let h = load(&rt, "fixture", Grants::all(), |_| {});
+    let h = load(&rt, kasm_tests::components::FIXTURE, Grants::all(), |_| {});
     let mut tasks = Vec::new();
     for i in 0..64 {
         let h = h.clone();
@@ -270,7 +274,7 @@ async fn files_environment_arguments_and_sockets_are_denied_even_with_every_gran
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let h = load(&rt, "hostile", Grants::all(), |_| {});
+    let h = load(&rt, kasm_tests::components::HOSTILE, Grants::all(), |_| {});
     let inv = call(&h, serde_json::json!({"action": "probe", "addr": addr})).await;
     assert_eq!(inv.outcome, Outcome::Ok, "{inv:?}");
     let seen: serde_json::Value = serde_json::from_str(&inv.effects.logs[0].message).unwrap();

@@ -55,7 +55,7 @@ async fn audit_rows(target: &SqlTarget) -> i64 {
 /// `sql_grant`, reading `topic` as `group`.
 fn audit_host(
     s: &Setup,
-    component: &str,
+    component: kasm_tests::components::Component,
     data: &str,
     group: &str,
     sql_grant: &str,
@@ -91,7 +91,7 @@ async fn wait_committed(s: &Setup, group: &str, records: usize) {
 /// event again (its ledger only skips the second copies) → still 1,000 rows: the event id is
 /// the table's key.
 pub(super) async fn audit_writes_one_row_per_event(
-    component: &str,
+    component: kasm_tests::components::Component,
     target: SqlTarget,
     sql_grant: &str,
     env: &[(&str, &str)],
@@ -151,14 +151,20 @@ async fn audit_on_sqlite_writes_exactly_one_row_per_event() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("audit.sqlite");
     let grant = format!("sqlite = \"{}\"", file.display());
-    audit_writes_one_row_per_event("audit", SqlTarget::Sqlite(file), &grant, &[]).await;
+    audit_writes_one_row_per_event(
+        kasm_tests::components::AUDIT,
+        SqlTarget::Sqlite(file),
+        &grant,
+        &[],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_on_postgres_writes_exactly_one_row_per_event() {
     let url = super::sql::pg_schema().await;
     audit_writes_one_row_per_event(
-        "audit",
+        kasm_tests::components::AUDIT,
         SqlTarget::Postgres(url.clone()),
         "url_env = \"AUDIT_DATABASE_URL\"",
         &[("AUDIT_DATABASE_URL", &url)],
@@ -216,13 +222,20 @@ fn completion(task_id: &str, due: &str, until: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produced_task_events_are_audited_and_recurring_tasks_continue() {
-    audited_and_continued("audit", "recurring").await;
+    audited_and_continued(
+        kasm_tests::components::AUDIT,
+        kasm_tests::components::RECURRING,
+    )
+    .await;
 }
 
 /// Task events produced with `kasm produce`, run through the audit and recurring handlers
 /// (components `audit` and `recurring` of `handlers/dist/`): one audit row per distinct event,
 /// one next occurrence per completion with a deterministic id, none after the series ends.
-pub(super) async fn audited_and_continued(audit: &str, recurring: &str) {
+pub(super) async fn audited_and_continued(
+    audit: kasm_tests::components::Component,
+    recurring: kasm_tests::components::Component,
+) {
     let s = Setup::new(TestBroker::from_env(), 4).await;
     let db = s.dir.path().join("audit.sqlite");
     let body = format!(
@@ -383,12 +396,14 @@ fn updates(user: &str, prefix: &str, range: std::ops::Range<usize>, pad: usize) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_updates_reach_only_their_user_and_a_stalled_client_is_dropped() {
-    live_updates_reach_only_their_user("live-updates").await;
+    live_updates_reach_only_their_user(kasm_tests::components::LIVE_UPDATES).await;
 }
 
 /// Two users' updates reach each one's own clients only; a client that stops reading is
 /// dropped while the others keep receiving everything.
-pub(super) async fn live_updates_reach_only_their_user(component: &str) {
+pub(super) async fn live_updates_reach_only_their_user(
+    component: kasm_tests::components::Component,
+) {
     let s = Setup::new(TestBroker::from_env(), 4).await;
     let secret = unique("ws-secret");
     let body = format!(
@@ -516,7 +531,7 @@ fn reminders(prefix: &str, n: usize) -> Vec<Rec> {
 /// A `kasm run` with the notification handler (component `component`) posting to `receiver`.
 fn notification_host(
     s: &Setup,
-    component: &str,
+    component: kasm_tests::components::Component,
     receiver: &kasm_tests::receiver::Receiver,
 ) -> HostProcess {
     let body = format!(
@@ -537,11 +552,11 @@ fn notification_host(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_reminder_is_posted_once_with_its_idempotency_key() {
-    posted_once("notification").await;
+    posted_once(kasm_tests::components::NOTIFICATION).await;
 }
 
 /// 20 reminders: one POST each, with the reminder's event id as its Idempotency-Key.
-pub(super) async fn posted_once(component: &str) {
+pub(super) async fn posted_once(component: kasm_tests::components::Component) {
     let s = Setup::new(TestBroker::from_env(), 4).await;
     let receiver = kasm_tests::receiver::Receiver::start(&[200]);
     let n = 20;
@@ -569,11 +584,11 @@ pub(super) async fn posted_once(component: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_answering_503_twice_gets_the_reminder_on_the_third_try() {
-    delivered_on_the_third_try("notification").await;
+    delivered_on_the_third_try(kasm_tests::components::NOTIFICATION).await;
 }
 
 /// A webhook answering 503, 503, 200: retried until delivered, nothing dead-lettered.
-pub(super) async fn delivered_on_the_third_try(component: &str) {
+pub(super) async fn delivered_on_the_third_try(component: kasm_tests::components::Component) {
     let s = Setup::new(TestBroker::from_env(), 1).await;
     let receiver = kasm_tests::receiver::Receiver::start(&[503, 503, 200]);
     produce(&s.broker.producer(), &s.topic, &reminders("retry", 1)).await;
@@ -606,12 +621,12 @@ pub(super) async fn delivered_on_the_third_try(component: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_answering_400_dead_letters_the_reminder_as_fatal() {
-    dead_lettered_on_a_400("notification").await;
+    dead_lettered_on_a_400(kasm_tests::components::NOTIFICATION).await;
 }
 
 /// A webhook answering 400: the reminder is dead-lettered as `fatal` with its provenance, and
 /// not retried.
-pub(super) async fn dead_lettered_on_a_400(component: &str) {
+pub(super) async fn dead_lettered_on_a_400(component: kasm_tests::components::Component) {
     let s = Setup::new(TestBroker::from_env(), 1).await;
     let receiver = kasm_tests::receiver::Receiver::start(&[400]);
     produce(&s.broker.producer(), &s.topic, &reminders("bad", 1)).await;

@@ -69,10 +69,15 @@ fn handler(db: &Arc<dyn SqlDatabase>) -> Arc<LoadedHandler> {
         ..Grants::none()
     };
     let db = db.clone();
-    load(&runtime(), "fixture-sql", grants, move |s| {
-        s.sql = Some(db);
-        s.deadline = Duration::from_millis(500);
-    })
+    load(
+        &runtime(),
+        kasm_tests::components::FIXTURE_SQL,
+        grants,
+        move |s| {
+            s.sql = Some(db);
+            s.deadline = Duration::from_millis(500);
+        },
+    )
 }
 
 async fn call(h: &LoadedHandler, script: serde_json::Value) -> kasm_host::Invocation {
@@ -236,7 +241,7 @@ fn a_component_importing_sql_without_the_grant_is_refused() {
     spec.grants = Grants::all();
     spec.grants.sql = false;
     let e = rt
-        .load(&component_bytes("fixture-sql"), spec)
+        .load(&component_bytes(kasm_tests::components::FIXTURE_SQL), spec)
         .map(|_| ())
         .unwrap_err();
     assert!(matches!(e, LoadError::NotGranted { .. }), "{e}");

@@ -114,7 +114,7 @@ fn start_together(s: &Setup, n: usize, grant: &str, env: &[(&str, &str)]) -> Vec
                 "[kafka]\n{KAFKA_TEST_PROPS}\n[handlers.sql]\ncomponent = \"{c}\"\n\
                  topics = [\"{t}\"]\ngroup_id = \"{g}\"\n\
                  grants = {{ sql = {{ {grant}, migrations = \"{m}\" }} }}\n",
-                c = component("fixture-sql").display(),
+                c = component(kasm_tests::components::FIXTURE_SQL).display(),
                 t = s.topic,
                 g = s.group,
                 m = migrations.display(),

@@ -104,7 +104,7 @@ async fn a_traced_record_is_one_trace_through_its_span_its_publish_and_its_http_
     let body = format!(
         "[kafka]\n{KAFKA_TEST_PROPS}\n[handlers.traced]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\n\
          group_id = \"{g}\"\ngrants = {{ producer = [\"{o}\"], kv = true, http = [\"{w}\"] }}\n",
-        c = component("fixture-http").display(),
+        c = component(kasm_tests::components::FIXTURE_HTTP).display(),
         t = s.topic,
         g = s.group,
         o = s.out,
@@ -387,7 +387,7 @@ fn a_guest_log_line_carries_the_trace_and_span_ids_of_its_record() {
             let runtime = kasm_tests::runtime();
             let h = kasm_tests::load(
                 &runtime,
-                "fixture",
+                kasm_tests::components::FIXTURE,
                 kasm_host::capabilities::Grants::all(),
                 |_| {},
             );

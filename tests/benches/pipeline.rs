@@ -95,6 +95,7 @@ use std::time::{Duration, Instant};
 
 use kasm_host::kafka::mock::EmbeddedCluster;
 use kasm_tests::broker::TestBroker;
+use kasm_tests::components::{self, Component};
 use kasm_tests::{component, root};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -391,7 +392,7 @@ struct KasmOpts {
     audit: bool,
     /// The trivial handler in an interpreted language (`py-ok`, `js-ok`) instead of the Rust
     /// fixture.
-    interpreted: Option<&'static str>,
+    interpreted: Option<Component>,
     /// `ledger_store = "file"` (the default is `"kafka"`).
     file_ledger: bool,
     /// Traces on, exported over OTLP to a receiver in the bench process (off by default).
@@ -429,7 +430,7 @@ impl KasmOpts {
 fn kasm_config(b: &Bench, dir: &Path, topic: &str, o: KasmOpts) -> PathBuf {
     let (component_path, grants) = if o.audit {
         (
-            component("audit"),
+            component(components::AUDIT),
             format!(
                 "grants = {{ sql = {{ migrations = \"{}\" }} }}",
                 root().join("handlers/audit/migrations").display()
@@ -439,7 +440,7 @@ fn kasm_config(b: &Bench, dir: &Path, topic: &str, o: KasmOpts) -> PathBuf {
         (component(name), String::new())
     } else {
         (
-            component("fixture"),
+            component(components::FIXTURE),
             "grants = { producer = [\"bench-out\"], kv = true }".to_owned(),
         )
     };
@@ -711,14 +712,14 @@ const CONTENDERS: [(&str, Contender); 12] = [
     (
         "kasm Python trivial handler (defaults)",
         Contender::Kasm(KasmOpts {
-            interpreted: Some("py-ok"),
+            interpreted: Some(components::PY_OK),
             ..DEFAULTS
         }),
     ),
     (
         "kasm JavaScript trivial handler (defaults)",
         Contender::Kasm(KasmOpts {
-            interpreted: Some("js-ok"),
+            interpreted: Some(components::JS_OK),
             ..DEFAULTS
         }),
     ),
@@ -1142,7 +1143,7 @@ fn latency_run(b: &Bench, per_sec: f64, seconds: f64, midway: Midway, route: Rou
             } else {
                 "\"fetch.wait.max.ms\" = 1\n"
             },
-            c = component("fixture").display(),
+            c = component(components::FIXTURE).display(),
             g = unique("kasm"),
         );
         let path = dir.path().join("kasm.toml");
@@ -1183,7 +1184,7 @@ fn latency_run(b: &Bench, per_sec: f64, seconds: f64, midway: Midway, route: Rou
                 s.spawn(move || {
                     std::thread::sleep(Duration::from_secs_f64(seconds / 2.0));
                     let bytes = (midway == Midway::Deploy).then(|| {
-                        retagged(&std::fs::read(component(&swap_to())).unwrap(), &unique("v"))
+                        retagged(&std::fs::read(component(swap_to())).unwrap(), &unique("v"))
                     });
                     let t0 = now_us();
                     let what = if let Midway::Sham(len) = midway {
@@ -1359,15 +1360,20 @@ type Round = (f64, f64, f64, usize, usize);
 /// The component the swap section deploys: `KASM_BENCH_SWAP_TO` (`py-echo`, `js-echo`: the
 /// echo in Python or JavaScript, an interpreted component of 12-19 MB), default `fixture` (a
 /// new version of the running one).
-fn swap_to() -> String {
-    std::env::var("KASM_BENCH_SWAP_TO").unwrap_or_else(|_| "fixture".to_owned())
+fn swap_to() -> Component {
+    match std::env::var("KASM_BENCH_SWAP_TO") {
+        Ok(name) => Component::named(&name).unwrap_or_else(|| {
+            panic!("KASM_BENCH_SWAP_TO={name}: no such component in handlers/dist/")
+        }),
+        Err(_) => components::FIXTURE,
+    }
 }
 
 fn swap(b: &Bench) {
     let runs = env_or("KASM_BENCH_RUNS", 3);
     let seconds = env_or("KASM_BENCH_LATENCY_SECONDS", 5).max(4) as f64;
     let to = swap_to();
-    let size = std::fs::metadata(component(&to)).map_or(0, |m| m.len());
+    let size = std::fs::metadata(component(to)).map_or(0, |m| m.len());
     println!(
         "\n## hot swap at 1,000 records/s, defaults ({seconds} s runs, deploy at the middle), {}",
         broker_name(b)
@@ -1545,7 +1551,7 @@ fn rss(b: &Bench) {
     let body = format!(
         "[handlers.h]\ncomponent = \"{c}\"\ntopics = [\"{topic}\"]\ngroup_id = \"{group}\"\n\
          payload = \"json\"\ngrants = {{ producer = [\"bench-out\"], kv = true }}\n",
-        c = component("fixture").display(),
+        c = component(components::FIXTURE).display(),
     );
     match kasm_process(b, &body, &[(group, topic, n)]) {
         Ok((hwm, end, s)) => println!(
@@ -1559,14 +1565,19 @@ fn rss(b: &Bench) {
     four_services(
         b,
         n,
-        ["notification", "recurring", "audit", "live-updates"],
+        [
+            components::NOTIFICATION,
+            components::RECURRING,
+            components::AUDIT,
+            components::LIVE_UPDATES,
+        ],
         "",
     );
     let twins = [
-        "py-notification",
-        "py-recurring",
-        "py-audit",
-        "js-live-updates",
+        components::PY_NOTIFICATION,
+        components::PY_RECURRING,
+        components::PY_AUDIT,
+        components::JS_LIVE_UPDATES,
     ];
     // Compiled once beforehand, into the artifact cache the host reads (`KASM_CACHE_DIR`): a
     // host on a cold cache compiles every component before it is ready, and the peak would be
@@ -1587,7 +1598,10 @@ fn rss(b: &Bench) {
             .stdout(std::process::Stdio::null())
             .status();
         if !status.is_ok_and(|s| s.success()) {
-            println!("interpreted task-app handlers: not measured ({c} did not validate)");
+            println!(
+                "interpreted task-app handlers: not measured ({} did not validate)",
+                c.name()
+            );
             return;
         }
     }
@@ -1596,7 +1610,7 @@ fn rss(b: &Bench) {
 
 /// Peak RSS of `kasm run` with the four task-app handlers `names` (notification, recurring,
 /// audit, live updates), each with a backlog of its own events.
-fn four_services(b: &Bench, n: usize, names: [&str; 4], label: &str) {
+fn four_services(b: &Bench, n: usize, names: [Component; 4], label: &str) {
     let receiver = kasm_tests::receiver::Receiver::start(&[200]);
     let tasks = b.fill("rss-tasks", n, task_event);
     let updates = b.fill("rss-updates", n, task_event);

@@ -297,8 +297,8 @@ struct Versions {
 impl Versions {
     fn load() -> Self {
         let bytes = [
-            crate::component_bytes("fixture-publisher"),
-            crate::component_bytes("fixture-publisher-v2"),
+            crate::component_bytes(crate::components::FIXTURE_PUBLISHER),
+            crate::component_bytes(crate::components::FIXTURE_PUBLISHER_V2),
         ];
         let sha = [
             kasm_host::runtime::sha256_hex(&bytes[0]),
@@ -1215,7 +1215,7 @@ fn host_config(
          grants = {{ producer = [\"{out}\"] }}\n",
         props = HOST_KAFKA_PROPS,
         faults = crate::MOCK_PRODUCE_FAULT_PROPS,
-        c = crate::component("fixture-publisher").display(),
+        c = crate::component(crate::components::FIXTURE_PUBLISHER).display(),
     );
     crate::write_config(&d, &body)
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::{HandlerCtx, StatsSnapshot};
@@ -20,7 +20,7 @@ pub const INTERVAL: Duration = Duration::from_secs(5);
 pub const KEPT: usize = 120;
 
 /// How much a handler's counters grew in one interval.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Sample {
     /// End of the interval, ms since the Unix epoch.
     pub at_ms: i64,
@@ -35,7 +35,7 @@ pub struct Sample {
 }
 
 /// A handler's recent activity, as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ActivityView {
     /// Length of one interval, ms.
     pub interval_ms: u64,

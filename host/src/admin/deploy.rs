@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use crate::config::HandlerConfig;
+use crate::config::{DataDir, HandlerConfig};
 use crate::handler::HandlerCtx;
 use crate::handler::{HandlerResources, spec_for};
 use crate::runtime::{LoadError, LoadedHandler, Runtime, sha256_hex};
@@ -46,7 +46,7 @@ pub enum DeployError {
 }
 
 /// What a deploy or rollback did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SwapReport {
     /// Handler.
     pub handler: String,
@@ -89,16 +89,14 @@ pub struct Deployer {
 /// deploy survives a restart), else the configured file. Blocking.
 pub fn startup_component(
     runtime: &Runtime,
-    data_dir: &Path,
+    data: &DataDir,
     name: &str,
     hc: &HandlerConfig,
     res: &HandlerResources,
 ) -> anyhow::Result<LoadedHandler> {
-    let persisted = read_state(&data_dir.join("active.json")).unwrap_or_default();
+    let persisted = read_state(&data.active_versions()).unwrap_or_default();
     if let Some(p) = persisted.handlers.get(name) {
-        let path = data_dir
-            .join("components")
-            .join(format!("{}.wasm", p.active));
+        let path = data.component(&p.active);
         match runtime.load_file(&path, spec_for(name, hc, res)) {
             Ok(loaded) => return Ok(loaded),
             Err(e) => tracing::warn!(handler = %name, version = %p.active, error = %e,
@@ -143,17 +141,17 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 impl Deployer {
-    /// A deployer for `handlers`, storing under `data_dir`.
+    /// A deployer for `handlers`, storing in `data`.
     pub fn new(
         runtime: Runtime,
-        data_dir: &Path,
+        data: &DataDir,
         handlers: Vec<(Arc<HandlerCtx>, HandlerConfig)>,
     ) -> Self {
-        let state_path = data_dir.join("active.json");
+        let state_path = data.active_versions();
         let persisted = read_state(&state_path).unwrap_or_default();
         Self {
             runtime,
-            components_dir: data_dir.join("components"),
+            components_dir: data.components(),
             state_path,
             handlers: handlers
                 .into_iter()

@@ -25,7 +25,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq as _;
 use tokio_util::sync::CancellationToken;
 
@@ -82,11 +82,20 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, in words.
+    pub error: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
             self.status,
-            Json(serde_json::json!({ "error": self.message })),
+            Json(ErrorBody {
+                error: self.message,
+            }),
         )
             .into_response()
     }
@@ -191,7 +200,7 @@ async fn auth(State(s): State<AdminState>, req: Request, next: Next) -> Response
 }
 
 /// One handler, as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HandlerView {
     /// Name.
     pub name: String,
@@ -199,8 +208,8 @@ pub struct HandlerView {
     pub group_id: String,
     /// Source topics.
     pub topics: Vec<String>,
-    /// `running` or `paused`.
-    pub status: &'static str,
+    /// Whether it fetches.
+    pub status: HandlerStatus,
     /// The active version.
     pub active_version: VersionView,
     /// Version changes, oldest first.
@@ -210,13 +219,35 @@ pub struct HandlerView {
     /// Counters by outcome.
     pub counters: StatsSnapshot,
     /// How much the counters grew in each of the last intervals.
+    #[serde(default)]
     pub activity: activity::ActivityView,
     /// How many times one record may be replayed from the dead-letter topic (the loop guard).
+    #[serde(default)]
     pub max_replays: u32,
 }
 
+/// Whether a handler fetches (`running`) or was paused by the admin API (`paused`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HandlerStatus {
+    /// Fetching.
+    Running,
+    /// Paused: offsets stay put until resumed.
+    Paused,
+}
+
+impl HandlerStatus {
+    /// Its JSON name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Paused => "paused",
+        }
+    }
+}
+
 /// A component version.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VersionView {
     /// sha256.
     pub sha256: String,
@@ -233,9 +264,9 @@ fn view(s: &AdminState, h: &HandlerCtx) -> HandlerView {
         group_id: h.group_id.clone(),
         topics: h.config.topics.clone(),
         status: if h.paused.load(Ordering::SeqCst) {
-            "paused"
+            HandlerStatus::Paused
         } else {
-            "running"
+            HandlerStatus::Running
         },
         active_version: VersionView {
             sha256: c.info().sha256.clone(),
@@ -511,8 +542,8 @@ async fn dlq_replay(
 }
 
 /// Where a produced event landed.
-#[derive(Debug, Serialize)]
-struct Produced {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Produced {
     topic: String,
     partition: i32,
     offset: i64,

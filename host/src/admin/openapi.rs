@@ -1,11 +1,51 @@
 //! The OpenAPI 3.1 document of the admin API, served at `GET /openapi.json`.
 //!
-//! Written by hand next to the routes it describes; a test checks that its paths and
-//! methods are exactly the ones the router serves (`admin::routes`).
+//! The schemas are derived from the wire types themselves (`utoipa::ToSchema` on the very
+//! types the server writes and the CLI reads), so a field cannot be documented one way and
+//! sent another. The operations — which status answers what, the request constraints that
+//! no type carries (a replay body is `all` or `records`, never both) — are written here next
+//! to the routes; a test checks that the paths and methods are exactly the ones the router
+//! serves (`admin::routes`).
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::Schema;
+
+use crate::admin::deploy::SwapReport;
+use crate::admin::{ErrorBody, HandlerView, Produced};
+use crate::dlq::list::Page;
+use crate::dlq::replay::ReplayReport;
+use crate::telemetry::health::Report;
 
 use crate::dlq::list::MAX_LIST_LIMIT;
+
+/// The schemas of every answer, by name, with the types they use.
+fn schemas() -> Value {
+    fn add<T: utoipa::ToSchema>(name: &str, all: &mut Vec<(String, RefOr<Schema>)>) {
+        all.push((name.to_owned(), T::schema()));
+        T::schemas(all);
+    }
+    let mut all = Vec::new();
+    add::<ErrorBody>("Error", &mut all);
+    add::<Report>("HealthReport", &mut all);
+    add::<HandlerView>("Handler", &mut all);
+    add::<SwapReport>("SwapReport", &mut all);
+    add::<Page>("DeadLetterPage", &mut all);
+    add::<ReplayReport>("ReplayReport", &mut all);
+    add::<Produced>("Produced", &mut all);
+    let mut map = Map::new();
+    for (name, schema) in all {
+        match serde_json::to_value(&schema) {
+            Ok(v) => {
+                map.insert(name, v);
+            }
+            Err(e) => {
+                tracing::error!(schema = %name, error = %e, "an OpenAPI schema did not serialize")
+            }
+        }
+    }
+    Value::Object(map)
+}
 
 fn error_response(description: &str) -> Value {
     json!({
@@ -84,8 +124,7 @@ pub fn document() -> Value {
                     { "name": "topic", "in": "query", "schema": { "type": "string" }, "description": "source topic whose dead-letter topic to read (default: the handler's first)" }
                 ],
                 "responses": {
-                    "200": { "description": "a page", "content": { "application/json": { "schema": { "type": "object", "properties": {
-                        "records": { "type": "array", "items": { "type": "object" } }, "next": { "type": ["string", "null"] } } } } } },
+                    "200": json_ok("a page", "DeadLetterPage"),
                     "400": error_response("bad query: limit out of range or not a number, or bad cursor"),
                     "401": error_response("missing or wrong bearer token"),
                     "404": error_response("no such handler, or `topic` is not one of its source topics"),
@@ -100,8 +139,7 @@ pub fn document() -> Value {
                         "event": {}, "key": { "type": ["string", "null"] },
                         "headers": { "type": "object", "additionalProperties": { "type": "string" } } } } } } },
                     "responses": {
-                        "200": { "description": "acknowledged by the broker", "content": { "application/json": { "schema": { "type": "object", "properties": {
-                            "topic": { "type": "string" }, "partition": { "type": "integer" }, "offset": { "type": "integer" }, "event_id": { "type": "string" } } } } } },
+                        "200": json_ok("acknowledged by the broker", "Produced"),
                         "400": error_response("bad topic name, or the body is not JSON"),
                         "401": error_response("missing or wrong bearer token"),
                         "403": error_response("mutations disabled"),
@@ -118,38 +156,7 @@ pub fn document() -> Value {
                 "bearer": { "type": "http", "scheme": "bearer", "description": "the admin token, KASM_ADMIN_TOKEN" },
                 "channel": { "type": "http", "scheme": "bearer", "description": "GET /ws only: the channel's token, hex(HMAC-SHA256(KASM_WS_SECRET, channel)); also accepted as ?token=" }
             },
-            "schemas": {
-                "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } },
-                "HealthReport": { "type": "object", "properties": {
-                    "status": { "type": "string", "enum": ["live", "unhealthy", "ready", "not-ready"] },
-                    "shutting_down": { "type": "boolean" },
-                    "handlers": { "type": "object", "additionalProperties": { "type": "object" } } } },
-                "Handler": { "type": "object", "properties": {
-                    "name": { "type": "string" }, "group_id": { "type": "string" },
-                    "topics": { "type": "array", "items": { "type": "string" } },
-                    "status": { "type": "string", "enum": ["running", "paused"] },
-                    "active_version": { "type": "object", "properties": { "sha256": { "type": "string" }, "size": { "type": "integer" }, "capabilities": { "type": "array", "items": { "type": "string" } } } },
-                    "history": { "type": "array", "items": { "type": "object", "properties": {
-                        "from": { "type": ["string", "null"] }, "to": { "type": "string" }, "at_ms": { "type": "integer" },
-                        "reason": { "type": "string" }, "first_offsets": { "type": "object", "additionalProperties": { "type": "integer" } } } } },
-                    "partitions": { "type": "object", "additionalProperties": { "type": "object", "properties": {
-                        "committed": { "type": ["integer", "null"] }, "high_watermark": { "type": ["integer", "null"] },
-                        "lag": { "type": ["integer", "null"] }, "in_flight": { "type": "integer" }, "paused": { "type": "boolean" } } } },
-                    "counters": { "type": "object", "properties": {
-                        "received": { "type": "integer" }, "processed": { "type": "integer" },
-                        "skipped": { "type": "integer" }, "retried": { "type": "integer" },
-                        "dead_lettered": { "type": "integer" }, "published": { "type": "integer" } } },
-                    "activity": { "type": "object", "description": "how much the counters grew in each of the last intervals (sampled every interval_ms while the server runs, ten minutes kept)", "properties": {
-                        "interval_ms": { "type": "integer" },
-                        "samples": { "type": "array", "items": { "type": "object", "properties": {
-                            "at_ms": { "type": "integer" }, "processed": { "type": "integer" }, "skipped": { "type": "integer" },
-                            "retried": { "type": "integer" }, "dead_lettered": { "type": "integer" } } } } } },
-                    "max_replays": { "type": "integer", "description": "how many times one record may be replayed from the dead-letter topic (the loop guard)" } } },
-                "SwapReport": { "type": "object", "properties": {
-                    "handler": { "type": "string" }, "previous": { "type": "string" }, "active": { "type": "string" },
-                    "load": { "type": "string", "enum": ["compiled", "cache"] },
-                    "compile_ms": { "type": "number" }, "swap_us": { "type": "number" } } }
-            }
+            "schemas": schemas()
         }
     });
     doc["paths"]["/v1/handlers/{name}/dlq/replay"] =
@@ -171,8 +178,7 @@ fn replay_op() -> Value {
                 { "required": ["records"], "properties": { "all": { "const": false }, "records": { "minItems": 1 } } }
             ] } } } },
         "responses": {
-            "200": { "description": "what was replayed and what was refused, with reasons", "content": { "application/json": { "schema": { "type": "object", "properties": {
-                "replayed": { "type": "array", "items": { "type": "object" } }, "refused": { "type": "array", "items": { "type": "object" } }, "stopped": { "type": ["string", "null"] } } } } } },
+            "200": json_ok("what was replayed and what was refused, with reasons", "ReplayReport"),
             "400": error_response("neither `all` nor `records` (or both), or the body is not JSON"),
             "401": error_response("missing or wrong bearer token"),
             "403": error_response("mutations disabled"),
@@ -202,4 +208,69 @@ fn ws_op() -> Value {
             "503": error_response("live updates off (no KASM_WS_SECRET) or too many clients")
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get("$ref") {
+                    out.push(r.clone());
+                }
+                m.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_reference_names_a_schema_the_wire_types_produced() {
+        let doc = document();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for name in [
+            "Error",
+            "HealthReport",
+            "Handler",
+            "SwapReport",
+            "DeadLetterPage",
+            "ReplayReport",
+            "Produced",
+        ] {
+            assert!(schemas.contains_key(name), "{name}: {:?}", schemas.keys());
+        }
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        assert!(all.len() > 10, "{all:?}");
+        for r in all {
+            let name = r.strip_prefix("#/components/schemas/").unwrap_or(&r);
+            assert!(schemas.contains_key(name), "{r} names no schema");
+        }
+        // The handler schema is the served type's: its fields, its status values.
+        let handler = &schemas["Handler"];
+        for field in [
+            "name",
+            "status",
+            "active_version",
+            "partitions",
+            "counters",
+            "max_replays",
+        ] {
+            assert!(
+                handler["properties"].get(field).is_some(),
+                "{field}: {handler}"
+            );
+        }
+        if std::env::var_os("KASM_DUMP_OPENAPI").is_some() {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&doc["components"]["schemas"]).unwrap()
+            );
+        }
+        let status = &schemas["HandlerStatus"];
+        assert_eq!(status["enum"], json!(["running", "paused"]), "{status}");
+    }
 }

@@ -40,6 +40,7 @@ pub struct DlqQuery {
     /// Cursor from the previous page's `next`.
     pub from: Option<String>,
     /// Which source topic's dead-letter topic (default: the handler's first topic).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
 }
 
@@ -63,7 +64,7 @@ impl DlqQuery {
 }
 
 /// Body of `POST /v1/handlers/{name}/dlq/replay`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayBody {
     /// Replay every dead letter.
@@ -73,11 +74,12 @@ pub struct ReplayBody {
     #[serde(default)]
     pub records: Vec<ReplayPosition>,
     /// Which source topic's dead-letter topic (default: the handler's first topic).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
 }
 
 /// One position of a dead-letter topic.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayPosition {
     /// Partition.
@@ -114,10 +116,11 @@ impl ReplayBody {
 }
 
 /// Body of `POST /v1/topics/{topic}/events`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventBody {
     /// The event (any JSON; written as the record value).
+    #[schema(value_type = Value)]
     pub event: serde_json::Value,
     /// Record key; default: the event's `user_id` field.
     pub key: Option<String>,

@@ -16,6 +16,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use std::sync::Arc;
+
+use crate::runtime::bindings;
+
+use super::state::{CallState, CapabilityState};
+
 /// A key-value backend. Keys are scoped by `namespace` (the handler name), so handlers never
 /// see each other's entries.
 #[async_trait]
@@ -258,6 +264,98 @@ impl KvStore for FileKv {
             Ok(was_live)
         })
         .await
+    }
+}
+
+impl bindings::kasm::handler::kv::Host for CapabilityState {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
+        let (kv, ns, limit) = self.kv_parts()?;
+        if let Some(staged) = self.call.staged_kv(&key) {
+            return Ok(staged);
+        }
+        bounded(limit, kv.get(&ns, &key)).await
+    }
+
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), String> {
+        self.kv_parts()?;
+        self.stage_kv(KvWrite {
+            key,
+            value: Some(value),
+            ttl: ttl_ms.map(Duration::from_millis),
+        })
+    }
+
+    async fn delete(&mut self, key: String) -> Result<bool, String> {
+        let (kv, ns, limit) = self.kv_parts()?;
+        let was = match self.call.staged_kv(&key) {
+            Some(staged) => staged.is_some(),
+            None => bounded(limit, kv.get(&ns, &key)).await?.is_some(),
+        };
+        self.stage_kv(KvWrite {
+            key,
+            value: None,
+            ttl: None,
+        })?;
+        Ok(was)
+    }
+}
+
+impl CallState {
+    /// What this call and the records before it in the batch staged for `key`: `Some(value)`
+    /// (`Some(None)`: deleted) or `None` when nothing is staged and the store decides.
+    fn staged_kv(&self, key: &str) -> Option<Option<Vec<u8>>> {
+        if let Some(w) = self.effects.kv_writes.iter().rev().find(|w| w.key == key) {
+            return Some(w.value.clone());
+        }
+        self.kv_batch.get(key).cloned()
+    }
+}
+
+impl CapabilityState {
+    /// Stage a kv write, counted against what one call may make the host hold.
+    fn stage_kv(&mut self, w: KvWrite) -> Result<(), String> {
+        let bytes = w.key.len() + w.value.as_ref().map_or(0, Vec::len);
+        if self.call.queued_bytes.saturating_add(bytes) > self.env.max_call_output_bytes {
+            return Err(format!(
+                "this call's records, pushes and kv writes would exceed {} bytes",
+                self.env.max_call_output_bytes
+            ));
+        }
+        self.call.queued_bytes += bytes;
+        self.call.effects.kv_writes.push(w);
+        Ok(())
+    }
+
+    fn kv_parts(&self) -> Result<(Arc<dyn KvStore>, String, Duration), String> {
+        if !self.env.grants.kv {
+            return Err(format!(
+                "the kv capability is not granted to handler `{}`",
+                self.env.name
+            ));
+        }
+        Ok((
+            self.env.kv.clone(),
+            self.env.name.clone(),
+            self.env.kv_timeout,
+        ))
+    }
+}
+
+/// Run a backend call with a timeout: a host import that never returns is invisible to the
+/// epoch deadline, so it gets its own bound.
+async fn bounded<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("kv backend error: {e:#}")),
+        Err(_) => Err(format!("kv backend did not answer within {limit:?}")),
     }
 }
 

@@ -9,17 +9,27 @@
 //! a publish is queued, and the caller (the pipeline, or `kasm invoke`) applies the queue
 //! only when the handler returned `ok`. A handler that fails half way therefore leaves
 //! nothing behind, and "the event is done" can wait for every effect to be acknowledged.
+//!
+//! Each capability owns its whole host side in its own module: the `Host` impl of its WIT
+//! interface (on [`state::CapabilityState`], the part of a handler instance's store the
+//! imports see), its backend and its limits. `producer`, `kv`, `sql/` (SQLite, PostgreSQL,
+//! migrations, the inbox), `websocket`, `http` (the `wasi:http` hook), `log` and `settings`.
+//! A new capability is a new module here, its interface in `wit/`, its grant in [`Grants`] and
+//! `config::GrantsConfig`, and one line where `runtime` links the imports.
 
+pub mod http;
 pub mod kv;
 pub mod log;
 pub mod producer;
+pub mod settings;
 pub mod sql;
+pub(crate) mod state;
 pub mod websocket;
 
 use std::collections::BTreeSet;
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use kv::{FileKv, KvStore, KvWrite, MemoryKv};
 pub use log::LogLine;
@@ -28,7 +38,19 @@ pub use sql::{SqlDatabase, SqlError, SqlRows, SqlTarget, SqlValue};
 
 /// A host capability a handler can be granted. Each maps to one WIT interface of
 /// `kasm:handler`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Capability {
     /// `kasm:handler/producer`: publish records to granted topics.

@@ -9,6 +9,11 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::event::EVENT_ID_HEADER;
+use crate::runtime::bindings;
+
+use super::state::CapabilityState;
+
 /// One record a handler asked to publish.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Publish {
@@ -42,6 +47,83 @@ pub fn derive_event_id(source_event_id: &str, handler: &str, index: u32) -> Stri
     uuid::Builder::from_custom_bytes(bytes)
         .into_uuid()
         .to_string()
+}
+
+impl bindings::kasm::handler::producer::Host for CapabilityState {
+    fn publish(
+        &mut self,
+        topic: String,
+        key: Option<Vec<u8>>,
+        payload: Vec<u8>,
+        headers: Vec<(String, Vec<u8>)>,
+    ) -> Result<String, String> {
+        let env = &self.env;
+        let Some(grant) = &env.grants.producer else {
+            return Err(format!(
+                "the producer capability is not granted to handler `{}`",
+                env.name
+            ));
+        };
+        if !grant.allows(&topic) {
+            return Err(format!(
+                "topic `{topic}` is not granted to handler `{}` (granted: {grant})",
+                env.name
+            ));
+        }
+        let publishes = &mut self.call.effects.publishes;
+        if publishes.len() >= env.max_publishes {
+            return Err(format!(
+                "handler `{}` already queued {} records in this call, the limit",
+                env.name, env.max_publishes
+            ));
+        }
+        let size = payload.len()
+            + key.as_ref().map_or(0, Vec::len)
+            + headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        if size > env.max_record_bytes {
+            return Err(format!(
+                "record for topic `{topic}` is {size} bytes, over the limit of {} bytes",
+                env.max_record_bytes
+            ));
+        }
+        let queued = self.call.queued_bytes.saturating_add(size);
+        if queued > env.max_call_output_bytes {
+            return Err(format!(
+                "handler `{}` already queued {} bytes in this call; this record of {size} bytes \
+                 would go over the per-call limit of {} bytes",
+                env.name, self.call.queued_bytes, env.max_call_output_bytes
+            ));
+        }
+        self.call.queued_bytes = queued;
+        let index = u32::try_from(publishes.len()).unwrap_or(u32::MAX);
+        let event_id = derive_event_id(&self.call.event_id, &env.name, index);
+        // The host owns the identity headers: a handler cannot forge another event's id.
+        let mut headers: Vec<(String, Vec<u8>)> = headers
+            .into_iter()
+            .filter(|(k, _)| k != EVENT_ID_HEADER && k != CAUSATION_HEADER)
+            .collect();
+        headers.push((EVENT_ID_HEADER.to_owned(), event_id.clone().into_bytes()));
+        headers.push((
+            CAUSATION_HEADER.to_owned(),
+            self.call.event_id.clone().into_bytes(),
+        ));
+        publishes.push(Publish {
+            topic,
+            key,
+            payload,
+            headers,
+            event_id: event_id.clone(),
+        });
+        Ok(event_id)
+    }
+
+    fn next_event_id(&mut self) -> String {
+        let index = u32::try_from(self.call.effects.publishes.len()).unwrap_or(u32::MAX);
+        derive_event_id(&self.call.event_id, &self.env.name, index)
+    }
 }
 
 #[cfg(test)]

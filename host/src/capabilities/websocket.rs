@@ -22,6 +22,10 @@ use tokio::sync::mpsc;
 
 use crate::config::Secret;
 
+use crate::runtime::bindings;
+
+use super::state::CapabilityState;
+
 /// Longest channel name accepted.
 pub const MAX_CHANNEL_LEN: usize = 200;
 
@@ -130,11 +134,11 @@ impl Hub {
 
     /// A hub with the secret from `KASM_WS_SECRET` and default limits.
     pub fn from_env() -> Self {
-        let secret = std::env::var("KASM_WS_SECRET")
-            .ok()
-            .filter(|s| !s.is_empty())
-            .map(Secret::new);
-        Self::new(secret, DEFAULT_CLIENT_BUFFER, DEFAULT_MAX_CLIENTS)
+        Self::new(
+            crate::config::environment::ws_secret(),
+            DEFAULT_CLIENT_BUFFER,
+            DEFAULT_MAX_CLIENTS,
+        )
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Client>>> {
@@ -280,6 +284,54 @@ pub async fn serve_client(
             socket.send(Message::Close(Some(frame))),
         )
         .await;
+    }
+}
+
+/// Largest WebSocket message a handler may push, in bytes.
+const MAX_BROADCAST_BYTES: usize = 64 << 10;
+
+impl bindings::kasm::handler::websocket::Host for CapabilityState {
+    fn broadcast(&mut self, channel: String, message: String) -> Result<(), String> {
+        let env = &self.env;
+        if !env.grants.websocket {
+            return Err(format!(
+                "the websocket capability is not granted to handler `{}`",
+                env.name
+            ));
+        }
+        if !crate::capabilities::websocket::valid_channel(&channel) {
+            return Err(format!(
+                "`{}` is not a channel name (1-200 characters of letters, digits, `:._-`)",
+                channel.chars().take(60).collect::<String>()
+            ));
+        }
+        if message.len() > MAX_BROADCAST_BYTES {
+            return Err(format!(
+                "message of {} bytes is over the limit of {MAX_BROADCAST_BYTES} bytes",
+                message.len()
+            ));
+        }
+        let broadcasts = &mut self.call.effects.broadcasts;
+        if broadcasts.len() >= env.max_publishes {
+            return Err(format!(
+                "handler `{}` already queued {} broadcasts in this call, the limit",
+                env.name, env.max_publishes
+            ));
+        }
+        let queued = self
+            .call
+            .queued_bytes
+            .saturating_add(channel.len() + message.len());
+        if queued > env.max_call_output_bytes {
+            return Err(format!(
+                "handler `{}` already queued {} bytes in this call; this push would go over \
+                 the per-call limit of {} bytes",
+                env.name, self.call.queued_bytes, env.max_call_output_bytes
+            ));
+        }
+        self.call.queued_bytes = queued;
+        broadcasts.push(crate::capabilities::Broadcast { channel, message });
+        Ok(())
     }
 }
 

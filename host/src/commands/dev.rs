@@ -227,19 +227,14 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     };
 
     // Live updates: the secret from KASM_WS_SECRET, else a random one for this run.
-    let ws_secret = std::env::var("KASM_WS_SECRET")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let ws_secret = crate::config::environment::ws_secret()
+        .unwrap_or_else(|| crate::config::Secret::new(uuid::Uuid::new_v4().simple().to_string()));
     let hub = Arc::new(crate::capabilities::websocket::Hub::new(
-        Some(crate::config::Secret::new(ws_secret.clone())),
+        Some(ws_secret.clone()),
         crate::capabilities::websocket::DEFAULT_CLIENT_BUFFER,
         crate::capabilities::websocket::DEFAULT_MAX_CLIENTS,
     ));
-    let admin_token = std::env::var("KASM_ADMIN_TOKEN")
-        .ok()
-        .filter(|t| !t.trim().is_empty())
-        .map(crate::config::Secret::new);
+    let admin_token = crate::config::environment::admin_token();
     let host = crate::app::start_with_hub(&config, &env, admin_token, hub).await?;
     println!(
         "kasm dev: embedded Kafka at {}  (any Kafka client can connect)",
@@ -252,7 +247,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     println!(
         "kasm dev: live updates of user u1: ws://{}/ws?channel=user:u1&token={}",
         host.admin_addr,
-        crate::capabilities::websocket::channel_token(ws_secret.as_bytes(), "user:u1")
+        crate::capabilities::websocket::channel_token(ws_secret.expose().as_bytes(), "user:u1")
     );
     println!(
         "kasm dev: topics: task-events, task-updates, reminders -> notifications (+ .dlq); audit log in SQLite"

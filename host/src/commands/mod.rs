@@ -183,9 +183,7 @@ pub(crate) fn artifacts(cli: &Cli) -> crate::config::Artifacts {
 }
 
 fn default_cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    let base = crate::config::environment::user_cache_dir()?;
     Some(base.join("kasm").join("artifacts"))
 }
 

@@ -51,7 +51,7 @@ pub struct KafkaEnv {
 impl KafkaEnv {
     /// Read from the process environment.
     pub fn from_env() -> Self {
-        Self::from_lookup(|k| std::env::var(k).ok())
+        Self::from_lookup(super::environment::var)
     }
 
     /// Read through `get` (tests pass a map).

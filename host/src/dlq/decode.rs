@@ -4,7 +4,7 @@
 
 use std::str::FromStr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::kafka::Record;
 
@@ -14,7 +14,7 @@ use super::{DLQ_HEADER_PREFIX, REPLAY_COUNT_HEADER};
 pub const PREVIEW_LIMIT: usize = 4 << 10;
 
 /// One dead letter, decoded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     /// Partition of the dead-letter topic.
     pub partition: i32,
@@ -44,7 +44,7 @@ pub struct DeadLetter {
 }
 
 /// How a payload preview shows the bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum PayloadEncoding {
     /// The payload is UTF-8 text.
@@ -54,7 +54,7 @@ pub enum PayloadEncoding {
 }
 
 /// The `kasm-dlq-*` headers of a dead letter, decoded (each absent if the record lacks it).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Provenance {
     /// `kasm-dlq-source-topic`.
     pub source_topic: Option<String>,

@@ -19,12 +19,14 @@ use super::reader::Reader;
 pub const MAX_LIST_LIMIT: usize = 1000;
 
 /// One page of a listing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Page {
     /// The dead letters, in (partition, offset) order.
     pub records: Vec<DeadLetter>,
     /// Where the next page starts; `None` when this page holds every dead letter there was
-    /// (as of the call) from the requested start.
+    /// (as of the call) from the requested start. Text: `partition:offset` pairs joined by
+    /// commas, e.g. `0:12,1:7`.
+    #[schema(value_type = Option<String>)]
     pub next: Option<Cursor>,
 }
 

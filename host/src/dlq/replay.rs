@@ -36,7 +36,7 @@ pub enum Selection {
 }
 
 /// The outcome of a replay.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReplayReport {
     /// Dead letters written back to their source topic, in (partition, offset) order.
     pub replayed: Vec<Replayed>,
@@ -49,7 +49,7 @@ pub struct ReplayReport {
 }
 
 /// A dead letter written back to its source topic.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Replayed {
     /// Partition of the dead letter.
     pub dlq_partition: i32,
@@ -68,7 +68,7 @@ pub struct Replayed {
 }
 
 /// A dead letter that was not replayed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Refused {
     /// Partition of the dead letter.
     pub dlq_partition: i32,
@@ -81,7 +81,7 @@ pub struct Refused {
 }
 
 /// Why a dead letter was not replayed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RefusalKind {
     /// No record at the selected position (never written, deleted, or a partition that does
@@ -101,6 +101,22 @@ pub enum RefusalKind {
     WriteFailed,
     /// Selected but not reached: the replay stopped earlier.
     NotAttempted,
+}
+
+impl RefusalKind {
+    /// Its JSON name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotFound => "not-found",
+            Self::ReplayLimit => "replay-limit",
+            Self::InvalidReplayCount => "invalid-replay-count",
+            Self::NoSourceTopic => "no-source-topic",
+            Self::SourceTopicMissing => "source-topic-missing",
+            Self::SourceIsDeadLetterTopic => "source-is-dead-letter-topic",
+            Self::WriteFailed => "write-failed",
+            Self::NotAttempted => "not-attempted",
+        }
+    }
 }
 
 /// Re-publish the selected dead letters of `dlq_topic` to their source topic
@@ -419,6 +435,25 @@ fn replay_count(headers: &[(String, Vec<u8>)]) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusal_kind_names_are_their_json_names() {
+        for k in [
+            RefusalKind::NotFound,
+            RefusalKind::ReplayLimit,
+            RefusalKind::InvalidReplayCount,
+            RefusalKind::NoSourceTopic,
+            RefusalKind::SourceTopicMissing,
+            RefusalKind::SourceIsDeadLetterTopic,
+            RefusalKind::WriteFailed,
+            RefusalKind::NotAttempted,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&k).unwrap(),
+                format!("\"{}\"", k.as_str())
+            );
+        }
+    }
 
     #[test]
     fn replay_headers_drop_dlq_ones_and_replace_the_count() {

@@ -4,14 +4,21 @@
 //! - [`consumer`]: one consumer loop per handler on its own thread (poll, dispatch, pause,
 //!   commit, rebalance).
 //! - [`worker`]: one task per assigned partition (the path of one record).
+//! - `group`: the loop's partition table and its answers to the group (assign, revoke,
+//!   commit).
 //! - [`offsets`]: which position of a partition may be committed.
+//! - `commit`: a batch's effects, in an order that never loses an output.
+//! - [`record`]: a record's event, its ledger key, whether it is undecodable.
 //!
 //! What a dead letter carries, and reading dead letters back, is [`crate::dlq`]'s.
 //!
 //! [`Pipeline`] starts a loop per handler and stops them all on shutdown.
 
+mod commit;
 pub mod consumer;
+mod group;
 pub mod offsets;
+pub mod record;
 pub mod worker;
 
 use std::sync::Arc;

@@ -47,7 +47,6 @@
 //! abandons it at its next wait (a backoff, a dead-letter or ledger retry): nothing of it is
 //! reported done, and it runs again wherever the partition goes.
 
-use std::borrow::Cow;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -59,19 +58,18 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::capabilities::{Effects, Publish};
-use crate::config::{HandlerConfig, PayloadFormat};
+use crate::capabilities::Effects;
+use crate::config::HandlerConfig;
+use crate::dlq::letter::{DlqKind, Failure};
 use crate::event::Event;
-use crate::kafka::producer::{OutRecord, Pending};
-use crate::ledger::{LedgerEntry, LedgerOutcome};
-use crate::runtime::{Batch, FailureKind, Outcome};
-use crate::telemetry::trace::{ChildSpan, RecordFacts, RecordSpan};
-
-use crate::dlq::letter::{self as dlq, DlqKind, Failure, Provenance};
-use crate::dlq::{REPLAY_COUNT_HEADER, REPLAY_HANDLER_HEADER, REPLAY_ID_HEADER, last_header};
 use crate::handler::HandlerCtx;
 use crate::kafka::Record;
 use crate::now_ms;
+use crate::runtime::{FailureKind, Outcome};
+use crate::telemetry::trace::{RecordFacts, RecordSpan};
+
+use super::commit::{commit, forget_sql_writes};
+use super::record::{into_event, into_record, replay_for_another, stored_key, undecodable};
 
 /// A record the worker finished (handled, skipped or dead-lettered).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,15 +87,15 @@ pub struct Completion {
 pub(crate) struct Abandoned;
 
 /// A record taken from the intake and not finished, with what its earlier attempts left.
-struct Queued {
-    record: Record,
+pub(super) struct Queued {
+    pub(super) record: Record,
     /// The attempt it runs as next (1 for a record that never ran).
-    attempt: u32,
-    first_failure: Option<i64>,
+    pub(super) attempt: u32,
+    pub(super) first_failure: Option<i64>,
     /// Not before this (a retry's backoff).
-    not_before: Option<Instant>,
+    pub(super) not_before: Option<Instant>,
     /// Runs in a batch of its own (it cut a batch's transaction off before).
-    alone: bool,
+    pub(super) alone: bool,
 }
 
 impl Queued {
@@ -113,11 +111,11 @@ impl Queued {
 }
 
 /// The partition's counters and histogram, resolved once (no labels built per record).
-struct Telemetry {
-    ok: Counter,
-    skipped: Counter,
-    retried: Counter,
-    calls: Histogram,
+pub(super) struct Telemetry {
+    pub(super) ok: Counter,
+    pub(super) skipped: Counter,
+    pub(super) retried: Counter,
+    pub(super) calls: Histogram,
 }
 
 impl Telemetry {
@@ -352,7 +350,7 @@ fn batch_len(config: &HandlerConfig, queue: &VecDeque<Queued>, max: usize) -> (u
 }
 
 /// What became of one record of a batch.
-enum Fate {
+pub(super) enum Fate {
     /// Already finished (ledger, an earlier copy in the batch, a replay for another handler).
     Skipped,
     /// Handled `ok`: its publishes queued.
@@ -364,28 +362,38 @@ enum Fate {
 }
 
 /// A record handled `ok` whose effects are not committed yet.
-struct Handled {
-    effects: Effects,
+pub(super) struct Handled {
+    pub(super) effects: Effects,
     /// Its SQL savepoint in the batch's transaction, if it wrote.
-    savepoint: Option<u32>,
+    pub(super) savepoint: Option<u32>,
+}
+
+/// A record of a batch, identified, before it runs.
+pub(super) struct Prepared {
+    pub(super) q: Queued,
+    pub(super) event: Event,
+    pub(super) key: String,
+    pub(super) tombstone: bool,
+    /// A replay meant for another handler.
+    pub(super) elsewhere: bool,
 }
 
 /// One record of a batch, as it goes through.
-struct Slot {
-    queued: Queued,
-    event_id: String,
+pub(super) struct Slot {
+    pub(super) queued: Queued,
+    pub(super) event_id: String,
     /// Its ledger key (see [`stored_key`]).
-    key: String,
-    fate: Fate,
+    pub(super) key: String,
+    pub(super) fate: Fate,
     /// Its span, when tracing is on: ended with its fate when the batch settles (in
     /// [`commit`]).
-    span: Option<RecordSpan>,
+    pub(super) span: Option<RecordSpan>,
 }
 
 /// The outcome of a batch: what is done, and what goes back to the front of the queue.
-struct Settled {
-    done: Vec<Completion>,
-    again: Vec<Queued>,
+pub(super) struct Settled {
+    pub(super) done: Vec<Completion>,
+    pub(super) again: Vec<Queued>,
 }
 
 /// Run one batch and commit it: see the module doc for the order.
@@ -643,641 +651,20 @@ async fn run_batch(
 }
 
 /// How long a batch waits when its handler's inbox could not be read.
-const INBOX_WAIT: Duration = Duration::from_millis(500);
+pub(super) const INBOX_WAIT: Duration = Duration::from_millis(500);
 
 /// How long a record whose event is in another batch waits before it looks again.
-const CLAIM_WAIT: Duration = Duration::from_millis(2);
+pub(super) const CLAIM_WAIT: Duration = Duration::from_millis(2);
 
 /// The ledger keys a batch claimed (see [`HandlerCtx::claim`]); given back on drop, after the
 /// batch's ledger write or when it is abandoned.
-struct Claims<'a> {
-    ctx: &'a HandlerCtx,
-    keys: HashSet<String>,
+pub(super) struct Claims<'a> {
+    pub(super) ctx: &'a HandlerCtx,
+    pub(super) keys: HashSet<String>,
 }
 
 impl Drop for Claims<'_> {
     fn drop(&mut self) {
         self.ctx.release(self.keys.iter());
-    }
-}
-
-/// A record of a batch, identified, before it runs.
-struct Prepared {
-    q: Queued,
-    event: Event,
-    key: String,
-    tombstone: bool,
-    /// A replay meant for another handler.
-    elsewhere: bool,
-}
-
-/// After the batch's transaction was lost: every record whose SQL writes were in it is to run
-/// again; whether there was any.
-fn forget_sql_writes(slots: &mut [Slot]) -> bool {
-    let mut any = false;
-    for s in slots.iter_mut() {
-        if let Fate::Ok(h) = &s.fate
-            && h.savepoint.is_some()
-        {
-            s.fate = Fate::Again;
-            any = true;
-        }
-    }
-    any
-}
-
-/// Commit a batch whose records ran: publishes, dead letters, SQL, kv, ledger, then what is
-/// done.
-async fn commit(
-    ctx: &HandlerCtx,
-    t: &Telemetry,
-    batch: &mut Batch<'_>,
-    sha: &str,
-    mut slots: Vec<Slot>,
-    stop: &CancellationToken,
-) -> Result<Settled, Abandoned> {
-    // 1. Publishes and dead letters, queued together in record order once the batch has run
-    //    (a crash while it runs leaves no output behind), then every acknowledgement awaited.
-    deliver(ctx, t, batch, sha, &mut slots, stop).await?;
-    // 2. The SQL transaction: one commit for the batch, with the inbox rows of the records
-    //    that wrote in it (with the ledger on): an event whose writes committed is never run
-    //    again on this database.
-    let inbox: Vec<&str> = if ctx.config.ledger {
-        slots
-            .iter()
-            .filter(|s| matches!(&s.fate, Fate::Ok(h) if h.savepoint.is_some()))
-            .map(|s| s.key.as_str())
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let sql = match batch.note_inbox(&ctx.group_id, &inbox, now_ms()).await {
-        Ok(()) => batch.commit_sql().await,
-        Err(e) => Err(e),
-    };
-    drop(inbox);
-    if let Err(e) = sql {
-        tracing::warn!(error = %e, "the batch's sql did not commit; its records run again");
-        if forget_sql_writes(&mut slots) {
-            let wait = ctx.config.retry.backoff(2, rand::random::<f64>());
-            if let Some(s) = slots.iter_mut().find(|s| matches!(s.fate, Fate::Again)) {
-                s.queued.not_before = Some(Instant::now() + wait);
-            }
-        }
-    }
-    // 3. kv: the writes of the records handled ok, in one store transaction.
-    let writes: Vec<_> = slots
-        .iter()
-        .filter_map(|s| match &s.fate {
-            Fate::Ok(h) => Some(h.effects.kv_writes.iter().cloned()),
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    if !writes.is_empty() {
-        retry_until_stopped("kv write", stop, || {
-            ctx.resources.kv.apply(&ctx.name, writes.clone())
-        })
-        .await?;
-    }
-    // 4. The ledger: one write for every entry of the batch.
-    let at_ms = now_ms();
-    let entries: Vec<(String, LedgerEntry)> = slots
-        .iter()
-        .filter_map(|s| {
-            let outcome = match s.fate {
-                Fate::Ok(_) => LedgerOutcome::Ok,
-                Fate::Dead(..) => LedgerOutcome::DeadLettered,
-                Fate::Skipped | Fate::Again => return None,
-            };
-            let r = &s.queued.record;
-            Some((
-                s.key.clone(),
-                LedgerEntry {
-                    outcome,
-                    at_ms,
-                    component_sha256: sha.to_owned(),
-                    topic: r.topic.clone(),
-                    partition: r.partition,
-                    offset: r.offset,
-                },
-            ))
-        })
-        .collect();
-    // A partition this host lost while the batch ran records nothing more: its new owner
-    // runs what is not recorded.
-    if stop.is_cancelled() {
-        return Err(Abandoned);
-    }
-    if !entries.is_empty() {
-        retry_until_stopped("ledger write", stop, || async {
-            let written = ctx.ledger.record_many(&ctx.name, entries.clone()).await;
-            if written.is_err() {
-                ctx.metrics.ledger_write_failed(&ctx.name);
-            }
-            written
-        })
-        .await?;
-    }
-    // 5. Done: counted, pushes delivered (best effort), offsets reported.
-    let mut settled = Settled {
-        done: Vec::with_capacity(slots.len()),
-        again: Vec::new(),
-    };
-    let (mut ok, mut skipped, mut published) = (0u64, 0u64, 0u64);
-    for s in slots {
-        if let Some(span) = s.span {
-            match &s.fate {
-                Fate::Ok(_) => span.end("ok", None),
-                Fate::Skipped => span.end("skipped", None),
-                Fate::Dead(f) => span.end("dead-lettered", Some(&f.message)),
-                Fate::Again => span.end("again", None),
-            }
-        }
-        match s.fate {
-            Fate::Again => {
-                settled.again.push(s.queued);
-                continue;
-            }
-            Fate::Ok(h) => {
-                ok += 1;
-                published += h.effects.publishes.len() as u64;
-                for b in &h.effects.broadcasts {
-                    ctx.resources.ws.broadcast(&b.channel, &b.message);
-                }
-            }
-            Fate::Skipped => {
-                skipped += 1;
-                tracing::debug!(event_id = %s.event_id, "already done: skipped");
-            }
-            Fate::Dead(f) => {
-                ctx.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                ctx.metrics
-                    .dead_letter(&ctx.name, &s.queued.record.topic, f.kind.as_str());
-            }
-        }
-        let r = s.queued.record;
-        settled.done.push(Completion {
-            topic: r.topic,
-            partition: r.partition,
-            offset: r.offset,
-        });
-    }
-    ctx.stats.processed.fetch_add(ok, Ordering::Relaxed);
-    ctx.stats.skipped.fetch_add(skipped, Ordering::Relaxed);
-    ctx.stats.published.fetch_add(published, Ordering::Relaxed);
-    t.ok.inc_by(ok);
-    t.skipped.inc_by(skipped);
-    Ok(settled)
-}
-
-/// One output of a batch in flight: a publish of a record handled `ok`, or a record's dead
-/// letter.
-struct Out {
-    slot: usize,
-    /// The publish's index among its record's publishes; `None` for the dead letter.
-    publish: Option<usize>,
-    sent: anyhow::Result<Pending>,
-    /// The publish's `send` span, when tracing is on.
-    span: Option<ChildSpan>,
-}
-
-/// What of one record's outputs failed in a round.
-struct Missed {
-    publishes: Vec<usize>,
-    dead_letter: bool,
-    error: anyhow::Error,
-}
-
-/// Deliver the batch's outputs: queue every publish and dead letter in record order, await
-/// every acknowledgement, then send again *together*, after one wait, whatever the producer
-/// gave up on, until nothing is missing. Each re-send of a record's publishes is an attempt of
-/// the retry policy (the handler does not run again); a record whose attempts run out is
-/// dead-lettered as `retries-exhausted` in the next round. A dead letter that fails is written
-/// again for as long as it fails (the partition holds at it, and readiness says so). One
-/// refused produce request costs the batch one wait, not one wait per record it held.
-async fn deliver(
-    ctx: &HandlerCtx,
-    t: &Telemetry,
-    batch: &mut Batch<'_>,
-    sha: &str,
-    slots: &mut [Slot],
-    stop: &CancellationToken,
-) -> Result<(), Abandoned> {
-    let mut wanted: Vec<(usize, Option<usize>)> = Vec::new();
-    for (i, s) in slots.iter().enumerate() {
-        match &s.fate {
-            Fate::Ok(h) => wanted.extend((0..h.effects.publishes.len()).map(|j| (i, Some(j)))),
-            Fate::Dead(_) => wanted.push((i, None)),
-            Fate::Skipped | Fate::Again => {}
-        }
-    }
-    let policy = ctx.config.retry;
-    let mut attempts: Vec<u32> = slots.iter().map(|s| s.queued.attempt).collect();
-    let mut first_failure: Vec<Option<i64>> =
-        slots.iter().map(|s| s.queued.first_failure).collect();
-    let mut dead_letter_wait = Duration::from_millis(100);
-    loop {
-        let outs = send_all(ctx, sha, slots, &wanted).await;
-        // Every acknowledgement, in order; what failed, by record.
-        let mut missed: std::collections::BTreeMap<usize, Missed> = Default::default();
-        for out in outs {
-            let result = match out.sent {
-                Ok(pending) => pending.acknowledged().await,
-                Err(e) => Err(e),
-            };
-            if let Some(span) = out.span {
-                match &result {
-                    Ok(d) => {
-                        span.set(
-                            "messaging.destination.partition.id",
-                            d.partition.to_string(),
-                        );
-                        span.set("messaging.kafka.offset", d.offset);
-                        span.end(None);
-                    }
-                    Err(e) => span.end(Some(&format!("{e:#}"))),
-                }
-            }
-            match result {
-                Ok(d) => {
-                    if out.publish.is_none() {
-                        dead_lettered(ctx, &slots[out.slot], d.offset);
-                    }
-                }
-                Err(e) => {
-                    let m = missed.entry(out.slot).or_insert_with(|| Missed {
-                        publishes: Vec::new(),
-                        dead_letter: false,
-                        error: e,
-                    });
-                    match out.publish {
-                        Some(j) => m.publishes.push(j),
-                        None => m.dead_letter = true,
-                    }
-                }
-            }
-        }
-        if missed.is_empty() {
-            return Ok(());
-        }
-        wanted.clear();
-        let mut wait = Duration::ZERO;
-        let mut dead_letter_failed = false;
-        for (i, m) in missed {
-            if matches!(slots[i].fate, Fate::Again) {
-                // Its SQL writes were given up with another record's: it runs again, and
-                // its publishes go then.
-                continue;
-            }
-            let message = format!("{:#}", m.error);
-            let slot = &slots[i];
-            let r = &slot.queued.record;
-            if m.dead_letter {
-                tracing::error!(event_id = %slot.event_id, dlq_topic = %ctx.config.dlq_topic_for(&r.topic), error = %message, "dead-letter write failed; holding the partition and retrying");
-                ctx.health
-                    .stuck(&ctx.name, &r.topic, r.partition, Some(message));
-                dead_letter_failed = true;
-                wait = wait.max(dead_letter_wait);
-                wanted.push((i, None));
-                continue;
-            }
-            let message = format!("publishing the handler's records failed: {message}");
-            let now = now_ms();
-            let first = *first_failure[i].get_or_insert(now);
-            if attempts[i] >= policy.attempts {
-                let wrote = matches!(&slot.fate, Fate::Ok(h) if h.savepoint.is_some());
-                slots[i].fate = Fate::Dead(Failure {
-                    kind: DlqKind::RetriesExhausted,
-                    message,
-                    attempts: attempts[i],
-                    first_failure_ms: first,
-                    last_failure_ms: now,
-                });
-                // Its SQL writes go: they are in the batch's transaction with the others',
-                // which is given up; the records that wrote in it run again.
-                if wrote {
-                    batch.abandon_sql();
-                    forget_sql_writes(slots);
-                }
-                wanted.push((i, None));
-                continue;
-            }
-            attempts[i] += 1;
-            ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
-            t.retried.inc();
-            let backoff = policy.backoff(attempts[i], rand::random::<f64>());
-            tracing::info!(event_id = %slot.event_id, attempt = attempts[i], wait = ?backoff, reason = %message, "sending the handler's records again");
-            wait = wait.max(backoff);
-            wanted.extend(m.publishes.into_iter().map(|j| (i, Some(j))));
-        }
-        // A record turned `Again` after its re-sends were chosen sends nothing now.
-        wanted.retain(|(i, _)| !matches!(slots[*i].fate, Fate::Again));
-        sleep_or_stop(wait, stop).await?;
-        if dead_letter_failed {
-            dead_letter_wait = (dead_letter_wait * 2).min(Duration::from_secs(5));
-        }
-    }
-}
-
-/// Queue the chosen outputs in order without waiting for acknowledgements. A record's publish
-/// that the producer refuses at once holds back that record's later ones (they fail with it
-/// and go again in order next round).
-async fn send_all(
-    ctx: &HandlerCtx,
-    sha: &str,
-    slots: &[Slot],
-    wanted: &[(usize, Option<usize>)],
-) -> Vec<Out> {
-    let mut outs = Vec::with_capacity(wanted.len());
-    let mut refused: Option<usize> = None;
-    for &(i, publish) in wanted {
-        let slot = &slots[i];
-        let mut span = None;
-        let sent = match (&slot.fate, publish) {
-            (Fate::Ok(h), Some(j)) => match h.effects.publishes.get(j) {
-                Some(_) if refused == Some(i) => Err(anyhow::anyhow!(
-                    "held back: an earlier publish of this record was refused"
-                )),
-                Some(p) => match &slot.span {
-                    // The record's trace goes on with the record it publishes.
-                    Some(record_span) => {
-                        let send = record_span.send(&p.topic);
-                        let headers = crate::telemetry::trace::with_traceparent(
-                            &p.headers,
-                            &send.traceparent(),
-                        );
-                        span = Some(send);
-                        ctx.producer
-                            .enqueue(OutRecord {
-                                headers: &headers,
-                                ..out_record(p)
-                            })
-                            .await
-                    }
-                    None => ctx.producer.enqueue(out_record(p)).await,
-                },
-                None => continue,
-            },
-            (Fate::Dead(failure), None) => {
-                let r = &slot.queued.record;
-                let (topic, mut headers) = dead_letter_parts(ctx, sha, r, &slot.event_id, failure);
-                if let Some(record_span) = &slot.span {
-                    headers = crate::telemetry::trace::with_traceparent(
-                        &headers,
-                        &record_span.traceparent(),
-                    );
-                }
-                ctx.producer.enqueue(dlq_record(r, &topic, &headers)).await
-            }
-            _ => continue,
-        };
-        if sent.is_err() && publish.is_some() {
-            refused = Some(i);
-        }
-        outs.push(Out {
-            slot: i,
-            publish,
-            sent,
-            span,
-        });
-    }
-    outs
-}
-
-/// A record's dead letter was acknowledged at `dlq_offset`: said once, and its partition is
-/// no longer held.
-fn dead_lettered(ctx: &HandlerCtx, slot: &Slot, dlq_offset: i64) {
-    let r = &slot.queued.record;
-    ctx.health.stuck(&ctx.name, &r.topic, r.partition, None);
-    if let Fate::Dead(failure) = &slot.fate {
-        tracing::warn!(
-            event_id = %slot.event_id, dlq_topic = %ctx.config.dlq_topic_for(&r.topic), dlq_offset,
-            kind = failure.kind.as_str(), attempts = failure.attempts, reason = %failure.message,
-            "dead-lettered"
-        );
-    }
-}
-
-/// The dead-letter topic and headers of `record`.
-fn dead_letter_parts(
-    ctx: &HandlerCtx,
-    sha: &str,
-    record: &Record,
-    event_id: &str,
-    failure: &Failure,
-) -> (String, Vec<(String, Vec<u8>)>) {
-    let p = Provenance {
-        handler: &ctx.name,
-        group: &ctx.group_id,
-        component: sha,
-        event_id,
-    };
-    (
-        ctx.config.dlq_topic_for(&record.topic),
-        dlq::headers(record, p, failure),
-    )
-}
-
-fn dlq_record<'a>(
-    r: &'a Record,
-    topic: &'a str,
-    headers: &'a [(String, Vec<u8>)],
-) -> OutRecord<'a> {
-    OutRecord {
-        topic,
-        key: r.key.as_deref(),
-        payload: r.payload.as_deref().unwrap_or_default(),
-        headers,
-        partition: None,
-    }
-}
-
-/// Run `f` until it succeeds or `stop`, with growing waits (the offsets must not move before
-/// what it writes is durable).
-async fn retry_until_stopped<F, Fut>(
-    what: &str,
-    stop: &CancellationToken,
-    mut f: F,
-) -> Result<(), Abandoned>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    let mut wait = Duration::from_millis(50);
-    loop {
-        match f().await {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "{what} failed; retrying");
-                sleep_or_stop(wait, stop).await?;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-async fn sleep_or_stop(wait: Duration, stop: &CancellationToken) -> Result<(), Abandoned> {
-    tokio::select! {
-        () = stop.cancelled() => Err(Abandoned),
-        () = tokio::time::sleep(wait) => Ok(()),
-    }
-}
-
-fn out_record(p: &Publish) -> OutRecord<'_> {
-    OutRecord {
-        topic: &p.topic,
-        key: p.key.as_deref(),
-        payload: &p.payload,
-        headers: &p.headers,
-        partition: None,
-    }
-}
-
-/// Whether `event` is a replay meant for another handler (one consuming the same topic that
-/// dead-lettered it): this one already handled the original.
-fn replay_for_another(event: &Event, handler: &str) -> bool {
-    last_header(&event.headers, REPLAY_HANDLER_HEADER)
-        .is_some_and(|target| target != handler.as_bytes())
-}
-
-/// The event a record becomes: its parts move (a payload is copied once, into the guest's
-/// memory).
-fn into_event(record: Record, attempt: u32) -> Event {
-    let mut event = Event::from_record(
-        record.topic,
-        record.partition,
-        record.offset,
-        record.key,
-        record.payload.unwrap_or_default(),
-        record.headers,
-        record.timestamp_ms,
-    );
-    event.attempt = attempt;
-    event
-}
-
-/// The record an event was made from: the parts move back (a tombstone's payload is `None`
-/// again). The event's id has been taken.
-fn into_record(event: Event, tombstone: bool) -> Record {
-    let Event {
-        topic,
-        partition,
-        offset,
-        key,
-        payload,
-        headers,
-        timestamp_ms,
-        ..
-    } = event;
-    Record {
-        topic,
-        partition,
-        offset,
-        key,
-        payload: (!tombstone).then_some(payload),
-        headers,
-        timestamp_ms,
-    }
-}
-
-/// Why the host refuses to run the handler on this record, if it does (an over-long event id
-/// or ledger key, a payload over `max_payload_bytes`, not JSON where the handler declares JSON).
-pub fn undecodable(config: &HandlerConfig, event: &Event) -> Option<String> {
-    let max_key = crate::ledger::MAX_KEY_PART_BYTES;
-    if event.id.len() > max_key {
-        return Some(format!(
-            "event id is {} bytes, over the limit of {max_key} bytes",
-            event.id.len(),
-        ));
-    }
-    // A replay's ledger key is the event id and the replay: an id near the limit takes the key
-    // over it, and a key the ledger refuses could never be recorded (the partition would stop).
-    let key = ledger_key(&event.id, &event.headers);
-    if key.len() > max_key {
-        return Some(format!(
-            "ledger key of this replay (event id and replay id) is {} bytes, over the limit of \
-             {max_key} bytes",
-            key.len(),
-        ));
-    }
-    let max = config.max_payload_bytes;
-    if event.payload.len() > max {
-        return Some(format!(
-            "payload is {} bytes, over the limit of {max} bytes",
-            event.payload.len()
-        ));
-    }
-    if config.payload == PayloadFormat::Json {
-        // UTF-8 first: skipping a string, `IgnoredAny` does not check its bytes, so invalid
-        // UTF-8 inside a JSON string would pass and reach a handler that declared JSON.
-        let text = match std::str::from_utf8(&event.payload) {
-            Ok(text) => text,
-            Err(e) => return Some(format!("payload is not valid JSON: not UTF-8: {e}")),
-        };
-        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
-            return Some(format!("payload is not valid JSON: {e}"));
-        }
-    }
-    None
-}
-
-/// The ledger key of a record: its event id; for a replayed dead letter, the event id and the
-/// replay (`kasm-replay-id`, else `kasm-replay-count`). The original is recorded as
-/// dead-lettered, so under its plain id a replay would be skipped; under its own key it runs,
-/// and a redelivery of that same replay is still deduplicated.
-fn ledger_key<'a>(event_id: &'a str, headers: &[(String, Vec<u8>)]) -> Cow<'a, str> {
-    let header = |name: &str| {
-        last_header(headers, name)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty() && *v != "0")
-    };
-    match header(REPLAY_ID_HEADER).or_else(|| header(REPLAY_COUNT_HEADER)) {
-        Some(replay) => Cow::Owned(format!("{event_id}\u{1f}replay-{replay}")),
-        None => Cow::Borrowed(event_id),
-    }
-}
-
-/// The key a record is looked up and recorded under: its [`ledger_key`], or, when that is
-/// over the ledger's limit (an over-long event id, dead-lettered as undecodable), a digest of
-/// it. Every record then has an entry the ledger takes, so a redelivered over-long one is
-/// recognised like any other.
-fn stored_key<'a>(event_id: &'a str, headers: &[(String, Vec<u8>)]) -> Cow<'a, str> {
-    let key = ledger_key(event_id, headers);
-    if key.len() <= crate::ledger::MAX_KEY_PART_BYTES {
-        return key;
-    }
-    use sha2::Digest as _;
-    Cow::Owned(format!(
-        "sha256:{}",
-        hex::encode(sha2::Sha256::digest(key.as_bytes()))
-    ))
-}
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn event(id: &str, headers: Vec<(String, Vec<u8>)>) -> Event {
-        let mut e = Event::from_record("t", 0, 7, None, b"{}".to_vec(), headers, None);
-        e.id = id.to_owned();
-        e
-    }
-
-    #[test]
-    fn a_replay_whose_ledger_key_is_over_the_limit_is_refused_not_stuck() {
-        let config: HandlerConfig =
-            toml::from_str("component = \"x.wasm\"\ntopics = [\"t\"]").unwrap();
-        let id = "e".repeat(crate::ledger::MAX_KEY_PART_BYTES - 10);
-        assert_eq!(undecodable(&config, &event(&id, Vec::new())), None);
-        let replay = vec![(REPLAY_ID_HEADER.to_owned(), b"0123456789abcdef".to_vec())];
-        let reason = undecodable(&config, &event(&id, replay.clone())).unwrap();
-        assert!(reason.contains("ledger key of this replay"), "{reason}");
-        // The key the ledger would have been asked to take is the one measured.
-        let key = ledger_key(&id, &replay);
-        assert!(reason.contains(&key.len().to_string()), "{reason}");
-        assert!(crate::ledger::check_key("h", &key).is_err());
-        // A short id replays as before.
-        assert_eq!(undecodable(&config, &event("short", replay)), None);
     }
 }

@@ -22,10 +22,12 @@ use crate::event::Event;
 
 use super::Runtime;
 use super::component::{ComponentInfo, LoadReport};
-use super::host::{
-    Handler, HandlerEnv, HandlerPre, HostState, WitEvent, WitHandlerError, savepoint_name,
-};
+use crate::capabilities::sql::savepoint_name;
+use crate::capabilities::state::HandlerEnv;
+
+use super::bindings::{Handler, HandlerPre, WitEvent, WitHandlerError};
 use super::outcome::{FailureKind, HandlerFailure, Invocation, Outcome};
+use super::store::HostState;
 
 /// How a handler is run: its name, grants and limits.
 #[derive(Debug, Clone)]
@@ -225,6 +227,7 @@ impl LoadedHandler {
         store.epoch_deadline_callback(|store| {
             let due = store
                 .data()
+                .caps
                 .call
                 .deadline
                 .is_none_or(|d| Instant::now() >= d);
@@ -287,7 +290,7 @@ impl LoadedHandler {
         reused: bool,
     ) -> Invocation {
         let state = store.data_mut();
-        let effects = std::mem::take(&mut state.call.effects);
+        let effects = std::mem::take(&mut state.caps.call.effects);
         let guest_output = state.output.text();
         Invocation {
             outcome,
@@ -397,12 +400,12 @@ impl Batch<'_> {
             state.begin_call(&event.id, &event.topic, event.partition, event.offset);
             state.set_trace(self.trace.take());
             // The batch's transaction and staged kv, lent to the call and taken back after.
-            state.call.sql = self.sql.take();
-            state.call.kv_batch = std::mem::take(&mut self.kv);
-            state.call.savepoint = savepoint;
-            state.call.sql_lost = self.sql_lost;
+            state.caps.call.sql = self.sql.take();
+            state.caps.call.kv_batch = std::mem::take(&mut self.kv);
+            state.caps.call.savepoint = savepoint;
+            state.caps.call.sql_lost = self.sql_lost;
             // Arm the deadline before instantiating: instantiation runs guest code.
-            state.call.deadline = Some(start + h.deadline);
+            state.caps.call.deadline = Some(start + h.deadline);
         }
         store.set_epoch_deadline(1);
         // Borrowed, not copied: wasmtime lowers these bytes into the guest's memory directly.
@@ -512,7 +515,7 @@ impl Batch<'_> {
     /// savepoint (wrote under it). `cut_off`: the call was stopped while it may have been
     /// inside a statement, so the transaction cannot be trusted.
     fn take_back(&mut self, store: &mut Store<HostState>, cut_off: bool) -> bool {
-        let call = &mut store.data_mut().call;
+        let call = &mut store.data_mut().caps.call;
         self.sql = call.sql.take();
         self.kv = std::mem::take(&mut call.kv_batch);
         self.sql_lost |= call.sql_lost;
@@ -626,7 +629,7 @@ impl Batch<'_> {
 /// which case it cannot commit: its outcome becomes that error (`unavailable` → retryable,
 /// `rejected` → fatal).
 fn sql_outcome(store: &mut Store<HostState>) -> Outcome {
-    let call = &mut store.data_mut().call;
+    let call = &mut store.data_mut().caps.call;
     let Some(e) = call.sql_failed.take() else {
         return Outcome::Ok;
     };

@@ -16,12 +16,13 @@
 //!   deploys while records flow.
 
 mod background;
+pub(crate) mod bindings;
 mod cache;
 mod capture;
 pub mod component;
-mod host;
 mod invoke;
 mod outcome;
+mod store;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,7 +44,7 @@ pub use invoke::{
 };
 pub use outcome::{FailureKind, HandlerFailure, Invocation, Outcome};
 
-use host::HostState;
+use store::HostState;
 
 /// The largest component accepted unless configured otherwise (see
 /// [`crate::config::DEFAULT_MAX_COMPONENT_MIB`]).
@@ -150,10 +151,12 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("linking wasi:http")?;
-        host::Handler::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
-            &mut linker,
-            |s| s,
-        )
+        // The imports work on the store's capability state: each capability's `Host` impl
+        // is on it, and none of them sees the rest of the store.
+        bindings::Handler::add_to_linker::<
+            HostState,
+            wasmtime::component::HasSelf<crate::capabilities::state::CapabilityState>,
+        >(&mut linker, |s| &mut s.caps)
         .map_err(anyhow::Error::from)
         .context("linking the kasm:handler imports")?;
         let cache = match &config.cache_dir {
@@ -226,7 +229,7 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let pre =
-            host::HandlerPre::new(pre).map_err(|e| LoadError::WrongExport(format!("{e:#}")))?;
+            bindings::HandlerPre::new(pre).map_err(|e| LoadError::WrongExport(format!("{e:#}")))?;
         Ok(LoadedHandler::new(self.clone(), pre, info, report, spec))
     }
 

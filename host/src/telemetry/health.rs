@@ -18,7 +18,7 @@ use serde::Serialize;
 pub const HEARTBEAT_LIMIT: Duration = Duration::from_secs(60);
 
 /// Where a handler's consumer loop is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", tag = "state", content = "reason")]
 pub enum LoopState {
     /// Joining the group; no assignment yet.
@@ -44,7 +44,7 @@ struct HandlerHealth {
 }
 
 /// One handler's view in a health report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HandlerReport {
     /// Loop state.
     #[serde(flatten)]
@@ -69,9 +69,10 @@ pub struct HandlerReport {
 }
 
 /// A whole report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Report {
     /// `live` / `ready` for the asked question, else `unhealthy` / `not-ready`.
+    #[schema(value_type = String)]
     pub status: &'static str,
     /// Whether a shutdown is under way.
     pub shutting_down: bool,

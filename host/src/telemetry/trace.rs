@@ -45,7 +45,7 @@ impl TraceConfig {
     /// From the process environment: `Some` when an OTLP endpoint is set and tracing is not
     /// disabled (`OTEL_SDK_DISABLED=true`, `OTEL_TRACES_EXPORTER=none`).
     pub fn from_env() -> Option<Self> {
-        Self::from_lookup(|k| std::env::var(k).ok())
+        Self::from_lookup(crate::config::environment::var)
     }
 
     /// [`Self::from_env`] through `get`.
@@ -79,7 +79,7 @@ impl Tracing {
             .build()
             .context("configuring the OTLP trace exporter (OTEL_EXPORTER_OTLP_*)")?;
         let mut resource = opentelemetry_sdk::Resource::builder();
-        if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        if crate::config::environment::var("OTEL_SERVICE_NAME").is_none() {
             resource = resource.with_service_name("kasm");
         }
         let provider = SdkTracerProvider::builder()

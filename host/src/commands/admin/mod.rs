@@ -14,22 +14,25 @@
 //! unreachable, the token is wrong, or the server answered 4xx/5xx (its `error` message is
 //! shown, and with `--json` its JSON answer is printed too).
 //!
-//! The DLQ answers are rendered from the JSON without a fixed schema (fields are looked up
-//! under a few likely names), so the client keeps working while those routes settle.
+//! Every answer is read into the very types the server writes (`admin::HandlerView`,
+//! `admin::deploy::SwapReport`, `dlq::list::Page`, `dlq::replay::ReplayReport`), and the replay
+//! request is the server's own `ReplayBody`: client and server cannot disagree on a field.
 
 #![allow(clippy::print_stderr, clippy::print_stdout)]
 // Printing to stdout and stderr is this module's job.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
-use serde::Deserialize;
-use serde_json::Value;
 
+use crate::admin::HandlerView;
+use crate::admin::deploy::SwapReport;
+use crate::admin::requests::{ReplayBody, ReplayPosition};
 use crate::config::Secret;
+use crate::dlq::list::Page;
+use crate::dlq::replay::ReplayReport;
 
 mod client;
 mod render;
@@ -210,87 +213,6 @@ pub fn run_blocking(cmd: &AdminCommand) -> anyhow::Result<ExitCode> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// HTTP
-
-// ---------------------------------------------------------------------------------------------
-// What the server sends (mirrors of the `Serialize` types in `admin`, `deploy` and `pipeline`;
-// tolerant of missing fields so an older or newer host still renders).
-
-#[derive(Debug, Deserialize)]
-struct HandlerView {
-    name: String,
-    #[serde(default)]
-    group_id: String,
-    #[serde(default)]
-    topics: Vec<String>,
-    #[serde(default)]
-    status: String,
-    active_version: VersionView,
-    #[serde(default)]
-    history: Vec<SwapView>,
-    #[serde(default)]
-    partitions: BTreeMap<String, PartitionView>,
-    #[serde(default)]
-    counters: Counters,
-}
-
-#[derive(Debug, Deserialize)]
-struct VersionView {
-    sha256: String,
-    #[serde(default)]
-    size: u64,
-    #[serde(default)]
-    capabilities: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct SwapView {
-    from: Option<String>,
-    to: String,
-    #[serde(default)]
-    at_ms: i64,
-    #[serde(default)]
-    reason: String,
-    #[serde(default)]
-    first_offsets: BTreeMap<String, i64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct PartitionView {
-    committed: Option<i64>,
-    lag: Option<i64>,
-    #[serde(default)]
-    in_flight: u64,
-    #[serde(default)]
-    paused: bool,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Counters {
-    #[serde(default)]
-    processed: u64,
-    #[serde(default)]
-    skipped: u64,
-    #[serde(default)]
-    retried: u64,
-    #[serde(default)]
-    dead_lettered: u64,
-}
-
-#[derive(Debug, Deserialize)]
-struct SwapReport {
-    handler: String,
-    previous: String,
-    active: String,
-    #[serde(default)]
-    load: String,
-    #[serde(default)]
-    compile_ms: f64,
-    #[serde(default)]
-    swap_us: f64,
-}
-
-// ---------------------------------------------------------------------------------------------
 // Commands
 
 fn handlers(args: &AdminArgs) -> anyhow::Result<ExitCode> {
@@ -309,7 +231,7 @@ fn handlers(args: &AdminArgs) -> anyhow::Result<ExitCode> {
         .map(|h| {
             vec![
                 h.name.clone(),
-                h.status.clone(),
+                h.status.as_str().to_owned(),
                 short_sha(&h.active_version.sha256).to_owned(),
                 h.partitions.len().to_string(),
                 total_lag(&h.partitions),
@@ -425,7 +347,7 @@ fn set_paused(args: &NameArgs, pause: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let h: HandlerView = parse(&text, &format!("POST /v1/handlers/{{name}}{route}"))?;
-    println!("{}  {}", h.name, h.status);
+    println!("{}  {}", h.name, h.status.as_str());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -452,26 +374,26 @@ fn dlq_list(args: &DlqListArgs) -> anyhow::Result<ExitCode> {
     if client.print_raw(&text) {
         return Ok(ExitCode::SUCCESS);
     }
-    let v: Value = parse(&text, "GET /v1/handlers/{name}/dlq")?;
-    print!("{}", render_dlq_list(&v));
+    let page: Page = parse(&text, "GET /v1/handlers/{name}/dlq")?;
+    print!("{}", render_dlq_list(&page));
     Ok(ExitCode::SUCCESS)
 }
 
 fn dlq_replay(args: &DlqReplayArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.admin)?;
-    let mut body = if args.all {
-        serde_json::json!({ "all": true })
-    } else {
-        let records: Vec<Value> = args
+    let body = ReplayBody {
+        all: args.all,
+        records: args
             .offsets
             .iter()
-            .map(|p| serde_json::json!({ "partition": p.partition, "offset": p.offset }))
-            .collect();
-        serde_json::json!({ "records": records })
+            .map(|p| ReplayPosition {
+                partition: p.partition,
+                offset: p.offset,
+            })
+            .collect(),
+        topic: args.topic.clone(),
     };
-    if let Some(topic) = &args.topic {
-        body["topic"] = Value::String(topic.clone());
-    }
+    let body = serde_json::to_value(&body).context("encoding the replay request")?;
     let text = client
         .send(
             Verb::Post,
@@ -480,15 +402,15 @@ fn dlq_replay(args: &DlqReplayArgs) -> anyhow::Result<ExitCode> {
             Body::Json(body),
         )
         .with_context(|| format!("replaying dead letters of handler `{}`", args.handler))?;
-    let v: Value = if client.json {
+    let report: ReplayReport = if client.json {
         client.print_raw(&text);
-        serde_json::from_str(&text).unwrap_or(Value::Null)
+        parse(&text, "POST /v1/handlers/{name}/dlq/replay")?
     } else {
-        let v = parse(&text, "POST /v1/handlers/{name}/dlq/replay")?;
-        print!("{}", render_replay(&v));
-        v
+        let report = parse(&text, "POST /v1/handlers/{name}/dlq/replay")?;
+        print!("{}", render_replay(&report));
+        report
     };
-    Ok(if replay_incomplete(&v) {
+    Ok(if replay_incomplete(&report) {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
@@ -501,7 +423,7 @@ fn dlq_replay(args: &DlqReplayArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::client::{base_url, segment};
-    use super::render::{field, utc};
+    use super::render::utc;
     use super::*;
 
     #[test]
@@ -544,73 +466,109 @@ mod tests {
     }
 
     #[test]
-    fn dlq_lists_render_from_several_shapes() {
-        let v = serde_json::json!({
-            "records": [
-                {"partition": 0, "offset": 7, "source": {"topic": "in", "partition": 3, "offset": 41},
-                 "error_kind": "fatal", "attempts": 1, "replay_count": 0, "error_message": "bad\ninput"},
-                {"partition": 0, "offset": 8, "headers": {"kasm-dlq-source-topic": "in",
-                 "kasm-dlq-source-partition": "1", "kasm-dlq-source-offset": "9",
-                 "kasm-dlq-error-kind": "trap", "kasm-dlq-attempts": "3",
-                 "kasm-dlq-error-message": "unreachable"}}
+    fn dlq_lists_render_what_the_server_sends() {
+        // Dead letters as the server decodes them, through JSON as the client receives them.
+        let letter = |offset: i64, headers: &[(&str, &str)]| {
+            crate::dlq::decode::decode(&crate::kafka::Record {
+                topic: "in.dlq".to_owned(),
+                partition: 0,
+                offset,
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+                    .collect(),
+                ..Default::default()
+            })
+        };
+        let page = Page {
+            records: vec![
+                letter(
+                    7,
+                    &[
+                        ("kasm-dlq-source-topic", "in"),
+                        ("kasm-dlq-source-partition", "3"),
+                        ("kasm-dlq-source-offset", "41"),
+                        ("kasm-dlq-error-kind", "fatal"),
+                        ("kasm-dlq-attempts", "1"),
+                        ("kasm-dlq-error-message", "bad\ninput"),
+                    ],
+                ),
+                letter(
+                    8,
+                    &[
+                        ("kasm-dlq-source-topic", "in"),
+                        ("kasm-dlq-source-partition", "1"),
+                        ("kasm-dlq-source-offset", "9"),
+                        ("kasm-dlq-error-kind", "trap"),
+                        ("kasm-dlq-attempts", "3"),
+                        ("kasm-dlq-error-message", "unreachable"),
+                        ("kasm-replay-count", "1"),
+                    ],
+                ),
             ],
-            "next": "0:9"
-        });
-        let out = render_dlq_list(&v);
+            next: Some("0:9".parse().unwrap()),
+        };
+        let page: Page = serde_json::from_str(&serde_json::to_string(&page).unwrap()).unwrap();
+        let out = render_dlq_list(&page);
         assert!(
             out.contains("0:7") && out.contains("in/3@41") && out.contains("fatal"),
             "{out}"
         );
         assert!(out.contains("bad input"), "{out}");
-        assert!(
-            out.contains("in/1@9") && out.contains("trap") && out.contains("unreachable"),
-            "{out}"
-        );
-        assert!(out.contains("more: --from 0:9"), "{out}");
-        assert_eq!(render_dlq_list(&serde_json::json!([])), "no dead letters\n");
-
-        // Provenance in its own object, headers as [name, value] pairs, a cursor per partition.
-        let v = serde_json::json!({
-            "records": [{"partition": 1, "offset": 2, "replay_count": 1,
-                "provenance": {"source_topic": "orders", "source_partition": 4, "source_offset": 99,
-                               "error_kind": "timeout", "attempts": 5, "error_message": "deadline"},
-                "headers": [["kasm-dlq-error-kind", "ignored"], ["x", "y"]]}],
-            "next": "0:3,1:3"
-        });
-        let out = render_dlq_list(&v);
-        let line = out.lines().nth(1).unwrap();
-        for want in ["1:2", "orders/4@99", "timeout", "5", "1", "deadline"] {
+        let line = out.lines().find(|l| l.starts_with("0:8")).unwrap();
+        for want in ["in/1@9", "trap", "3", "1", "unreachable"] {
             assert!(line.contains(want), "{want}: {out}");
         }
-        assert!(out.contains("more: --from 0:3,1:3"), "{out}");
-        let pairs = serde_json::json!({"headers": [["a", "1"], ["b", "2"], ["a", "3"]]});
-        assert_eq!(field(&pairs, &["headers.a"]).as_deref(), Some("3"));
+        assert!(out.contains("more: --from 0:9"), "{out}");
+        let empty = Page {
+            records: Vec::new(),
+            next: None,
+        };
+        assert_eq!(render_dlq_list(&empty), "no dead letters\n");
     }
 
     #[test]
     fn replay_answers_render_counts_and_reasons() {
-        let v = serde_json::json!({
-            "replayed": 2,
-            "refused": [{"partition": 0, "offset": 3, "reason": "replay limit reached"}]
-        });
-        let out = render_replay(&v);
-        assert!(out.contains("replayed   2"), "{out}");
+        use crate::dlq::replay::{RefusalKind, Refused, Replayed};
+        let refused = |offset: i64, kind: RefusalKind, reason: &str| Refused {
+            dlq_partition: 0,
+            dlq_offset: offset,
+            kind,
+            reason: reason.to_owned(),
+        };
+        let r = ReplayReport {
+            replayed: Vec::new(),
+            refused: vec![refused(3, RefusalKind::ReplayLimit, "replay limit reached")],
+            stopped: None,
+        };
+        let out = render_replay(&r);
+        assert!(out.contains("replayed   0"), "{out}");
         assert!(out.contains("refused    1"), "{out}");
-        assert!(out.contains("0:3  replay limit reached"), "{out}");
-        assert!(replay_incomplete(&v));
+        assert!(
+            out.contains("0:3  replay-limit: replay limit reached"),
+            "{out}"
+        );
+        assert!(replay_incomplete(&r));
 
-        let v = serde_json::json!({
-            "replayed": [{"dlq_partition": 0, "dlq_offset": 1, "topic": "in", "partition": 0,
-                          "offset": 10, "replay_count": 1}],
-            "refused": [{"dlq_partition": 0, "dlq_offset": 2, "kind": "write-failed",
-                         "reason": "broker down"}],
-            "stopped": "writing 0:2 failed"
-        });
-        let out = render_replay(&v);
+        let r = ReplayReport {
+            replayed: vec![Replayed {
+                dlq_partition: 0,
+                dlq_offset: 1,
+                event_id: None,
+                topic: "in".to_owned(),
+                partition: 0,
+                offset: 10,
+                replay_count: 1,
+            }],
+            refused: vec![refused(2, RefusalKind::WriteFailed, "broker down")],
+            stopped: Some("writing 0:2 failed".to_owned()),
+        };
+        let r: ReplayReport = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        let out = render_replay(&r);
         assert!(out.contains("replayed   1"), "{out}");
         assert!(out.contains("0:2  write-failed: broker down"), "{out}");
         assert!(out.contains("stopped    writing 0:2 failed"), "{out}");
-        let done = serde_json::json!({"replayed": [], "refused": [], "stopped": null});
+        let done = ReplayReport::default();
         assert!(!replay_incomplete(&done));
     }
 

@@ -3,9 +3,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde_json::Value;
-
-use super::{HandlerView, PartitionView, SwapReport};
+use crate::admin::HandlerView;
+use crate::admin::deploy::SwapReport;
+use crate::dlq::list::Page;
+use crate::dlq::replay::ReplayReport;
+use crate::handler::PartitionView;
+use crate::runtime::LoadSource;
 
 pub(super) fn render_handler(h: &HandlerView) -> String {
     let mut out = String::new();
@@ -13,9 +16,13 @@ pub(super) fn render_handler(h: &HandlerView) -> String {
     let caps = if v.capabilities.is_empty() {
         "no capability".to_owned()
     } else {
-        v.capabilities.join(", ")
+        v.capabilities
+            .iter()
+            .map(|c| c.interface())
+            .collect::<Vec<_>>()
+            .join(", ")
     };
-    let _ = writeln!(out, "handler    {} ({})", h.name, h.status);
+    let _ = writeln!(out, "handler    {} ({})", h.name, h.status.as_str());
     let _ = writeln!(out, "group      {}", h.group_id);
     let _ = writeln!(out, "topics     {}", h.topics.join(", "));
     let _ = writeln!(out, "version    {}", v.sha256);
@@ -45,7 +52,7 @@ pub(super) fn render_handler(h: &HandlerView) -> String {
             let firsts: Vec<String> = firsts.iter().map(|(k, o)| format!("{k}@{o}")).collect();
             vec![
                 utc(s.at_ms),
-                s.reason.clone(),
+                s.reason.to_string(),
                 format!("{from} → {}", short_sha(&s.to)),
                 if firsts.is_empty() {
                     "-".to_owned()
@@ -97,10 +104,9 @@ pub(super) fn render_swap(r: &SwapReport, what: &str) -> String {
         let _ = writeln!(out, "active     {}", r.active);
         return out;
     }
-    let load = match r.load.as_str() {
-        "cache" => "loaded precompiled artifact",
-        "" | "compiled" => "compiled",
-        other => other,
+    let load = match r.load {
+        LoadSource::Cache => "loaded precompiled artifact",
+        LoadSource::Compiled => "compiled",
     };
     let _ = writeln!(out, "{what:<10} {} (done)", r.handler);
     let _ = writeln!(out, "active     {}", r.active);
@@ -110,81 +116,29 @@ pub(super) fn render_swap(r: &SwapReport, what: &str) -> String {
     out
 }
 
-pub(super) fn render_dlq_list(v: &Value) -> String {
-    let empty = Vec::new();
-    let records = v
-        .as_array()
-        .or_else(|| {
-            ["records", "items", "entries", "dead_letters"]
-                .iter()
-                .find_map(|k| v.get(*k).and_then(Value::as_array))
-        })
-        .unwrap_or(&empty);
+/// A page of dead letters as a table, and where the next page starts.
+pub(super) fn render_dlq_list(page: &Page) -> String {
     let mut out = String::new();
-    if records.is_empty() {
+    if page.records.is_empty() {
         let _ = writeln!(out, "no dead letters");
     } else {
-        let rows = records
+        let rows = page
+            .records
             .iter()
             .map(|r| {
-                let f = |paths: &[&str]| field(r, paths).unwrap_or_else(|| "-".to_owned());
-                let source = format!(
-                    "{}/{}@{}",
-                    f(&[
-                        "provenance.source_topic",
-                        "source.topic",
-                        "source_topic",
-                        "headers.kasm-dlq-source-topic",
-                    ]),
-                    f(&[
-                        "provenance.source_partition",
-                        "source.partition",
-                        "source_partition",
-                        "headers.kasm-dlq-source-partition",
-                    ]),
-                    f(&[
-                        "provenance.source_offset",
-                        "source.offset",
-                        "source_offset",
-                        "headers.kasm-dlq-source-offset",
-                    ]),
-                );
-                let message = f(&[
-                    "provenance.error_message",
-                    "error_message",
-                    "error.message",
-                    "message",
-                    "reason",
-                    "error",
-                    "headers.kasm-dlq-error-message",
-                ]);
+                let p = &r.provenance;
                 vec![
+                    format!("{}:{}", r.partition, r.offset),
                     format!(
-                        "{}:{}",
-                        f(&[
-                            "partition",
-                            "dlq_partition",
-                            "dlq.partition",
-                            "position.partition"
-                        ]),
-                        f(&["offset", "dlq_offset", "dlq.offset", "position.offset"]),
+                        "{}/{}@{}",
+                        p.source_topic.as_deref().unwrap_or("-"),
+                        opt(p.source_partition),
+                        opt(p.source_offset),
                     ),
-                    source,
-                    f(&[
-                        "provenance.error_kind",
-                        "error_kind",
-                        "error.kind",
-                        "kind",
-                        "headers.kasm-dlq-error-kind",
-                    ]),
-                    f(&[
-                        "provenance.attempts",
-                        "attempts",
-                        "error.attempts",
-                        "headers.kasm-dlq-attempts",
-                    ]),
-                    f(&["replay_count", "replays", "headers.kasm-replay-count"]),
-                    short(&message, 80),
+                    p.error_kind.clone().unwrap_or_else(|| "-".to_owned()),
+                    opt(p.attempts),
+                    r.replay_count.to_string(),
+                    short(p.error_message.as_deref().unwrap_or("-"), 80),
                 ]
             })
             .collect();
@@ -194,98 +148,42 @@ pub(super) fn render_dlq_list(v: &Value) -> String {
             rows,
         ));
     }
-    if let Some(next) =
-        field(v, &["next", "next_cursor", "next_from", "cursor"]).filter(|n| !n.is_empty())
+    if let Some(next) = page
+        .next
+        .as_ref()
+        .map(ToString::to_string)
+        .filter(|n| !n.is_empty())
     {
         let _ = writeln!(out, "more: --from {next}");
     }
     out
 }
 
-pub(super) fn render_replay(v: &Value) -> String {
+/// What a replay did: how many were replayed, each refusal with its reason, and where it
+/// stopped.
+pub(super) fn render_replay(r: &ReplayReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "replayed   {}", count(v.get("replayed")));
-    let refused = v.get("refused");
-    let _ = writeln!(out, "refused    {}", count(refused));
-    let reasons: Vec<String> = match refused {
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|r| match r {
-                Value::Object(_) => {
-                    let at = match (
-                        field(r, &["dlq_partition", "partition"]),
-                        field(r, &["dlq_offset", "offset"]),
-                    ) {
-                        (Some(p), Some(o)) => format!("{p}:{o}"),
-                        _ => "-".to_owned(),
-                    };
-                    let why =
-                        field(r, &["reason", "error", "message"]).unwrap_or_else(|| r.to_string());
-                    match field(r, &["kind"]) {
-                        Some(kind) => format!("{at}  {kind}: {why}"),
-                        None => format!("{at}  {why}"),
-                    }
-                }
-                other => scalar(other).unwrap_or_else(|| other.to_string()),
-            })
-            .collect(),
-        Some(Value::Object(m)) => m
-            .iter()
-            .map(|(k, r)| format!("{k}  {}", scalar(r).unwrap_or_else(|| r.to_string())))
-            .collect(),
-        _ => Vec::new(),
-    };
-    for r in reasons {
-        let _ = writeln!(out, "           {r}");
+    let _ = writeln!(out, "replayed   {}", r.replayed.len());
+    let _ = writeln!(out, "refused    {}", r.refused.len());
+    for f in &r.refused {
+        let _ = writeln!(
+            out,
+            "           {}:{}  {}: {}",
+            f.dlq_partition,
+            f.dlq_offset,
+            f.kind.as_str(),
+            f.reason
+        );
     }
-    if let Some(why) = field(v, &["stopped"]) {
+    if let Some(why) = &r.stopped {
         let _ = writeln!(out, "stopped    {why}");
     }
     out
 }
 
-/// Whether a replay did less than asked: some dead letters refused, or it stopped early.
-pub(super) fn replay_incomplete(v: &Value) -> bool {
-    count(v.get("refused")) > 0 || field(v, &["stopped"]).is_some()
-}
-
-/// A count from a number, or the length of an array or object.
-pub(super) fn count(v: Option<&Value>) -> u64 {
-    match v {
-        Some(Value::Number(n)) => n.as_u64().unwrap_or(0),
-        Some(Value::Array(a)) => a.len() as u64,
-        Some(Value::Object(m)) => m.len() as u64,
-        _ => 0,
-    }
-}
-
-/// A string, number or bool as text.
-pub(super) fn scalar(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-/// The first of `paths` (dot-separated) that holds a scalar in `v`, as text. A step into an
-/// array of `[name, value]` pairs (how headers may come) takes the last pair of that name.
-pub(super) fn field(v: &Value, paths: &[&str]) -> Option<String> {
-    paths.iter().find_map(|path| {
-        let mut cur = v;
-        for k in path.split('.') {
-            cur = match cur {
-                Value::Array(pairs) => pairs
-                    .iter()
-                    .rev()
-                    .find(|p| p.get(0).and_then(Value::as_str) == Some(k))
-                    .and_then(|p| p.get(1))?,
-                other => other.get(k)?,
-            };
-        }
-        scalar(cur)
-    })
+/// Whether a replay left something undone (exit code 1).
+pub(super) fn replay_incomplete(r: &ReplayReport) -> bool {
+    !r.refused.is_empty() || r.stopped.is_some()
 }
 
 /// At most `max` characters of `s` on one line.
@@ -307,7 +205,7 @@ pub(super) fn short_sha(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
 }
 
-pub(super) fn opt(v: Option<i64>) -> String {
+pub(super) fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 

@@ -1,0 +1,123 @@
+//! Restoring a partition's ledger: reading its ledger partition to the end (partition EOF,
+//! and at least the high watermark, which some brokers under-report) into the local copy.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message as _;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::ledger::LedgerEntry;
+
+use super::*;
+
+/// How long a restore may go without reading anything before it fails (and is tried again).
+pub(super) const RESTORE_STALL: Duration = Duration::from_secs(30);
+/// Entries applied to the cache per lock taken during a restore.
+pub(super) const RESTORE_CHUNK: usize = 16 * 1024;
+/// The consumer that reads ledger partitions.
+pub(super) type Reader = BaseConsumer<ReaderContext>;
+/// A reader's callbacks: the end of a partition is how a restore knows it is done, not an
+/// error to log (librdkafka also reports it to the client's error callback).
+pub(super) struct ReaderContext;
+impl rdkafka::client::ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::warn!(%error, reason, "ledger reader: kafka client error");
+        }
+    }
+}
+impl rdkafka::consumer::ConsumerContext for ReaderContext {}
+/// Read ledger partition `lp` of `topic` from `from` (the log start if `None` or before it) to
+/// its end; `apply` gets the entries in chunks. Returns where the read started and ended.
+///
+/// The end is where the consumer reaches partition EOF, and at least the high watermark
+/// asked for first: a broker's ListOffsets may lag what it has acknowledged (Tansu 0.6 answers
+/// hundreds of records short right after a burst of writes), so the watermark alone could stop
+/// a restore short of entries whose writes were acknowledged.
+pub(super) fn read_partition(
+    config: &ClientConfig,
+    topic: &str,
+    lp: i32,
+    from: Option<i64>,
+    mut apply: impl FnMut(&[(String, LedgerEntry)]),
+) -> anyhow::Result<(i64, i64)> {
+    let c: Reader = config
+        .create_with_context(ReaderContext)
+        .context("creating a ledger reader")?;
+    let (low, high) = c
+        .fetch_watermarks(topic, lp, REQUEST_TIMEOUT)
+        .with_context(|| format!("reading the ends of {topic}/{lp}"))?;
+    let start = from.map_or(low, |f| f.max(low));
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, lp, Offset::Offset(start))
+        .context("building the assignment")?;
+    c.assign(&tpl).context("assigning the ledger partition")?;
+    let mut chunk: Vec<(String, LedgerEntry)> = Vec::with_capacity(RESTORE_CHUNK);
+    let mut next = start;
+    let mut last_progress = Instant::now();
+    loop {
+        match c.poll(Duration::from_millis(100)) {
+            None => {
+                if last_progress.elapsed() > RESTORE_STALL {
+                    bail!(
+                        "reading {topic}/{lp}: nothing for {RESTORE_STALL:?} at offset {next} (high watermark {high})"
+                    );
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) if next >= high => break,
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => {
+                return Err(anyhow::Error::new(e)).with_context(|| format!("reading {topic}/{lp}"));
+            }
+            Some(Ok(m)) => {
+                last_progress = Instant::now();
+                let offset = m.offset();
+                next = next.max(offset + 1);
+                if let (Some(k), Some(v)) = (m.key(), m.payload()) {
+                    let key = std::str::from_utf8(k).with_context(|| {
+                        format!("{topic}/{lp} offset {offset}: key is not UTF-8")
+                    })?;
+                    let entry =
+                        decode_value(v).with_context(|| format!("{topic}/{lp} offset {offset}"))?;
+                    chunk.push((key.to_owned(), entry));
+                    if chunk.len() >= RESTORE_CHUNK {
+                        apply(&chunk);
+                        chunk.clear();
+                    }
+                }
+            }
+        }
+    }
+    apply(&chunk);
+    Ok((start, next))
+}
+/// Where a restore applies what it reads.
+pub(super) struct RestoreTarget {
+    pub(super) cache: Arc<RwLock<HashMap<String, HandlerCache>>>,
+    pub(super) handler: String,
+    pub(super) cutoff_ms: i64,
+    pub(super) applied: u64,
+}
+impl RestoreTarget {
+    pub(super) fn apply(&mut self, chunk: &[(String, LedgerEntry)]) {
+        if chunk.is_empty() {
+            return;
+        }
+        let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
+        let h = cache.entry(self.handler.clone()).or_default();
+        for (k, e) in chunk {
+            if e.at_ms >= self.cutoff_ms {
+                h.insert(k, e);
+                self.applied += 1;
+            }
+        }
+    }
+}
