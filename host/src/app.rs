@@ -291,7 +291,11 @@ impl Host {
     /// The graceful shutdown sequence (see the module docs).
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.health.shutting_down();
+        // Aborted, then awaited: the task holds the handlers (and through them the kv store
+        // and the databases) until it is dropped, and a host started next on the same data
+        // folder must find them closed.
         self.sweeper.abort();
+        let _ = self.sweeper.await;
         let pipeline = self.pipeline;
         let stopped = tokio::task::spawn_blocking(move || pipeline.stop())
             .await

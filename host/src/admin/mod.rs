@@ -649,7 +649,10 @@ pub async fn serve(
         if let Err(e) = served {
             tracing::error!(error = %e, "admin server failed");
         }
+        // The sampler ends on `stop` too; waiting for it lets go of the handlers it holds
+        // before the server's task (which shutdown awaits) ends.
         sampler.abort();
+        let _ = sampler.await;
     });
     Ok(Served {
         addr: bound,

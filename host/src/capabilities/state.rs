@@ -101,15 +101,7 @@ impl CapabilityState {
             topic: topic.to_owned(),
             partition,
             offset,
-            effects: Effects::default(),
-            sql: None,
-            sql_failed: None,
-            queued_bytes: 0,
-            deadline: None,
-            kv_batch: std::collections::HashMap::new(),
-            savepoint: 0,
-            savepoint_open: false,
-            sql_lost: false,
+            ..CallState::default()
         };
         self.http.trace = None;
     }

@@ -519,6 +519,13 @@ mod tests {
         for want in ["in/1@9", "trap", "3", "1", "unreachable"] {
             assert!(line.contains(want), "{want}: {out}");
         }
+        // Column by column: attempts 3 and one replay, where the table puts them.
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(
+            columns,
+            ["0:8", "in/1@9", "trap", "3", "1", "unreachable"],
+            "{out}"
+        );
         assert!(out.contains("more: --from 0:9"), "{out}");
         let empty = Page {
             records: Vec::new(),
