@@ -141,28 +141,38 @@ pub fn record(data: &[u8]) {
     let max_payload_bytes = usize::from(u.u16()).max(1);
     let payload = u.rest().to_vec();
 
-    let event = Event::from_record(
-        topic.clone(),
+    let mut config = handler_config().clone();
+    config.max_payload_bytes = max_payload_bytes;
+    config.payload = if flags & 4 == 4 {
+        PayloadFormat::Json
+    } else {
+        PayloadFormat::Bytes
+    };
+    let record = Record {
+        topic: topic.clone(),
         partition,
         offset,
-        key.clone(),
-        payload.clone(),
-        headers.clone(),
+        key: key.clone(),
+        payload: Some(payload.clone()),
+        headers: headers.clone(),
         timestamp_ms,
-    );
+    };
+    let event = Event::new(record, 1, config.payload == PayloadFormat::Json);
     assert!(!event.id.is_empty(), "an event always has an id");
     assert_eq!(
         event.id,
         identify_event_id(&topic, partition, offset, &payload, &headers),
         "the id is a function of the record"
     );
-    assert_eq!(event.payload, payload);
-    assert_eq!(event.headers, headers);
-    assert_eq!(event.key, key);
-    // The rule: the first `event-id` header if it is non-blank UTF-8, else a non-blank JSON
-    // string field `event_id`, else the coordinates.
+    assert_eq!(event.payload(), payload);
+    assert_eq!(event.record.headers, headers);
+    assert_eq!(event.record.key, key);
+    // The rule: the last `event-id` header if it is non-blank UTF-8 (the last of a name
+    // counts, for every header), else a non-blank JSON string field `event_id`, else the
+    // coordinates.
     let header = headers
         .iter()
+        .rev()
         .find(|(k, _)| k == EVENT_ID_HEADER)
         .and_then(|(_, v)| std::str::from_utf8(v).ok())
         .map(str::trim)
@@ -174,7 +184,7 @@ pub fn record(data: &[u8]) {
             assert!(is_json(&payload), "an id from the payload means JSON");
             if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&payload) {
                 assert_eq!(
-                    v.get("event_id").and_then(|f| f.as_str()),
+                    v.get("event_id").and_then(|f| f.as_str()).map(str::trim),
                     Some(event.id.as_str())
                 );
             }
@@ -182,14 +192,8 @@ pub fn record(data: &[u8]) {
         None => {}
     }
 
-    let mut config = handler_config().clone();
-    config.max_payload_bytes = max_payload_bytes;
-    config.payload = if flags & 4 == 4 {
-        PayloadFormat::Json
-    } else {
-        PayloadFormat::Bytes
-    };
-    let refused = kasm_host::pipeline::record::undecodable(&config, &event);
+    let key = kasm_host::pipeline::record::ledger_key(&event.id, &event.record.headers);
+    let refused = kasm_host::pipeline::record::undecodable(&config, &event, &key);
     let too_long_id = event.id.len() > kasm_host::ledger::MAX_KEY_PART_BYTES;
     let too_big = payload.len() > max_payload_bytes;
     let not_json = config.payload == PayloadFormat::Json && !is_json(&payload);

@@ -95,7 +95,7 @@ fn bench_calls(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(5));
     for (label, name, payload) in cases {
         let bytes = component(name);
-        let event = Event::from_record("task-events", 0, 1, None, payload, vec![], Some(0));
+        let event = Event::from_parts("task-events", 0, 1, None, payload, vec![], Some(0));
         for (mode, reuse) in [("fresh", 0u32), ("reused", u32::MAX)] {
             let mut spec = HandlerSpec::new(name);
             spec.grants = Grants::all();

@@ -16,7 +16,7 @@ use kasm_host::{Event, FailureKind, Invocation, LoadedHandler, Outcome};
 use kasm_tests::{component_bytes, load, runtime};
 
 fn event(payload: serde_json::Value) -> Event {
-    Event::from_record(
+    Event::from_parts(
         "hostile-in",
         0,
         7,

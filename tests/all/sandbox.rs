@@ -8,7 +8,7 @@ use kasm_host::{Event, FailureKind, Invocation, LoadedHandler, Outcome};
 use kasm_tests::{load, runtime};
 
 fn event(payload: serde_json::Value) -> Event {
-    Event::from_record(
+    Event::from_parts(
         "fixtures",
         0,
         42,

@@ -81,7 +81,7 @@ fn handler(db: &Arc<dyn SqlDatabase>) -> Arc<LoadedHandler> {
 }
 
 async fn call(h: &LoadedHandler, script: serde_json::Value) -> kasm_host::Invocation {
-    let e = Event::from_record(
+    let e = Event::from_parts(
         "t",
         0,
         1,

@@ -371,7 +371,7 @@ fn a_guest_log_line_carries_the_trace_and_span_ids_of_its_record() {
         .enable_all()
         .build()
         .unwrap();
-    let event = kasm_host::Event::from_record(
+    let event = kasm_host::Event::from_parts(
         "fixtures",
         0,
         42,

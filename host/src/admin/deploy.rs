@@ -1,8 +1,10 @@
 //! Hot swap: deploy a new component version for a handler while it runs, roll back, and keep
 //! the active versions across restarts.
 //!
-//! A deploy validates and compiles the upload off the request path, on low-priority threads
-//! (`Runtime::load_in_background`: the compile yields the cores to the records still flowing),
+//! A deploy hashes, validates and compiles the upload off the request path, on low-priority
+//! threads (`Runtime::in_background`: the work yields the cores to the records still flowing,
+//! and no thread of the async runtime that the partition workers share waits for it; the
+//! replaced version is dropped there too),
 //! with the handler's own grants and limits, exactly as at startup; a refusal leaves the active
 //! version untouched and says why. On success the bytes are stored content-addressed
 //! (`data_dir/components/<sha256>.wasm`), the active set is persisted
@@ -182,7 +184,15 @@ impl Deployer {
     ) -> Result<SwapReport, DeployError> {
         let (ctx, _) = self.handler(name)?;
         let mut state = self.lock.lock().await;
-        let sha = sha256_hex(&bytes);
+        // Hashing an 18 MB component takes ~10 ms: not on a thread the workers run on.
+        let (bytes, sha) = self
+            .runtime
+            .in_background(move || {
+                let sha = sha256_hex(&bytes);
+                (bytes, sha)
+            })
+            .await
+            .map_err(DeployError::Internal)?;
         let current = ctx.component.load().info().sha256.clone();
         if sha == current {
             return Ok(SwapReport {
@@ -241,13 +251,19 @@ impl Deployer {
         let (ctx, hc) = self.handler(name)?;
         let spec = spec_for(name, hc, &ctx.resources);
         let started = Instant::now();
-        let sha = sha256_hex(&bytes);
-        let loaded = self
+        let runtime = self.runtime.clone();
+        // The bytes go to the compile thread and come back, to be stored: no copy.
+        let (bytes, loaded) = self
             .runtime
-            .load_in_background(bytes.clone(), spec)
+            .in_background(move || {
+                let loaded = runtime.load(&bytes, spec);
+                (bytes, loaded)
+            })
             .await
             .context("component loading task failed")
-            .map_err(DeployError::Internal)??;
+            .map_err(DeployError::Internal)?;
+        let loaded = loaded?;
+        let sha = loaded.info().sha256.clone();
         let compile = started.elapsed();
         let load = loaded.load_report().source;
         // The schema the new version runs on (new migration files are applied now; a failure
@@ -301,8 +317,9 @@ impl Deployer {
         .map_err(DeployError::Internal)?;
 
         let swap_start = Instant::now();
-        ctx.component.store(Arc::new(loaded));
+        let replaced = ctx.component.swap(Arc::new(loaded));
         let swap = swap_start.elapsed();
+        self.runtime.release_in_background(replaced);
         ctx.push_history(Some(previous.clone()), sha.clone(), reason);
         ctx.metrics.swapped(name, compile.as_secs_f64());
         ctx.metrics.active_version(name, &sha);

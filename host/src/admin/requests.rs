@@ -33,16 +33,22 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
 }
 
 /// Query of `GET /v1/handlers/{name}/dlq`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DlqQuery {
     /// Page size (default 50).
+    #[param(minimum = 1, maximum = 1000, default = 50)]
     pub limit: Option<usize>,
-    /// Cursor from the previous page's `next`.
+    /// Cursor from the previous page's `next` (`partition:offset,...`).
+    #[param(pattern = "^([0-9]{1,9}:[0-9]{1,18}(,[0-9]{1,9}:[0-9]{1,18})*)?$")]
     pub from: Option<String>,
     /// Which source topic's dead-letter topic (default: the handler's first topic).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
 }
+
+// The documented `maximum` of `limit` (an attribute takes a literal).
+const _: () = assert!(MAX_LIST_LIMIT == 1000);
 
 impl DlqQuery {
     /// The page size: `limit` if given (1 to [`MAX_LIST_LIMIT`]), else 50.

@@ -162,7 +162,7 @@ async fn invoke(cli: &Cli, args: &InvokeArgs) -> anyhow::Result<ExitCode> {
         Ok(h) => h,
         Err(e) => bail!("component {} refused: {e}", args.component.display()),
     };
-    let mut event = Event::from_record(
+    let mut event = Event::from_parts(
         args.topic.clone(),
         args.partition,
         args.offset,
@@ -175,7 +175,7 @@ async fn invoke(cli: &Cli, args: &InvokeArgs) -> anyhow::Result<ExitCode> {
     let inv = handler.invoke(&event).await.with_context(|| {
         format!(
             "handler={name} topic={} partition={} offset={}",
-            event.topic, event.partition, event.offset
+            event.record.topic, event.record.partition, event.record.offset
         )
     })?;
     let code = if matches!(inv.outcome, Outcome::Ok) {
@@ -242,7 +242,7 @@ fn print_invoke_text(handler: &crate::runtime::LoadedHandler, event: &Event, inv
     println!("{}", describe_load(handler.load_report()));
     println!(
         "event      id={} topic={} partition={} offset={} attempt={}",
-        event.id, event.topic, event.partition, event.offset, event.attempt
+        event.id, event.record.topic, event.record.partition, event.record.offset, event.attempt
     );
     let took = format!("{:.2} ms", inv.duration.as_secs_f64() * 1000.0);
     match &inv.outcome {

@@ -20,6 +20,7 @@ pub const MAX_LIST_LIMIT: usize = 1000;
 
 /// One page of a listing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = DeadLetterPage)]
 pub struct Page {
     /// The dead letters, in (partition, offset) order.
     pub records: Vec<DeadLetter>,

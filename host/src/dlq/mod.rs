@@ -50,11 +50,5 @@ pub const REPLAY_ID_HEADER: &str = "kasm-replay-id";
 /// handlers consuming the same topic already handled the original and skip it.
 pub const REPLAY_HANDLER_HEADER: &str = "kasm-replay-handler";
 
-/// The value of the last header named `key` (the rule for every `kasm-*` header).
-pub fn last_header<'a>(headers: &'a [(String, Vec<u8>)], key: &str) -> Option<&'a [u8]> {
-    headers
-        .iter()
-        .rev()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_slice())
-}
+/// The value of the last header named `key` (the rule for every header, `kasm-*` included).
+pub use crate::event::last_header;

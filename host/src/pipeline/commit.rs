@@ -4,19 +4,19 @@
 //! writes, one ledger write, then the offsets. Also the helpers that retry a write until it is
 //! acknowledged or the worker is stopped, and that turn a failed record into its dead letter.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::capabilities::Publish;
+use crate::config::RetryPolicy;
 use crate::dlq::letter::{self as dlq, DlqKind, Failure, Provenance};
 use crate::handler::HandlerCtx;
 use crate::kafka::Record;
 use crate::kafka::producer::{OutRecord, Pending};
 use crate::ledger::{LedgerEntry, LedgerOutcome};
 use crate::now_ms;
-use crate::runtime::Batch;
+use crate::runtime::{Batch, FailureKind};
 use crate::telemetry::trace::ChildSpan;
 
 use super::worker::{Abandoned, Completion, Fate, Settled, Slot, Telemetry};
@@ -56,7 +56,7 @@ pub(super) async fn commit(
         slots
             .iter()
             .filter(|s| matches!(&s.fate, Fate::Ok(h) if h.savepoint.is_some()))
-            .map(|s| s.key.as_str())
+            .map(|s| s.queued.key.as_str())
             .collect()
     } else {
         Vec::new()
@@ -100,9 +100,9 @@ pub(super) async fn commit(
                 Fate::Dead(..) => LedgerOutcome::DeadLettered,
                 Fate::Skipped | Fate::Again => return None,
             };
-            let r = &s.queued.record;
+            let r = &s.queued.event.record;
             Some((
-                s.key.clone(),
+                s.queued.key.clone(),
                 LedgerEntry {
                     outcome,
                     at_ms,
@@ -158,26 +158,18 @@ pub(super) async fn commit(
             }
             Fate::Skipped => {
                 skipped += 1;
-                tracing::debug!(event_id = %s.event_id, "already done: skipped");
+                tracing::debug!(event_id = %s.queued.event.id, "already done: skipped");
             }
-            Fate::Dead(f) => {
-                ctx.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                ctx.metrics
-                    .dead_letter(&ctx.name, &s.queued.record.topic, f.kind.as_str());
-            }
+            Fate::Dead(f) => t.dead_lettered(f.kind.as_str()),
         }
-        let r = s.queued.record;
+        let r = s.queued.event.record;
         settled.done.push(Completion {
             topic: r.topic,
             partition: r.partition,
             offset: r.offset,
         });
     }
-    ctx.stats.processed.fetch_add(ok, Ordering::Relaxed);
-    ctx.stats.skipped.fetch_add(skipped, Ordering::Relaxed);
-    ctx.stats.published.fetch_add(published, Ordering::Relaxed);
-    t.ok.inc_by(ok);
-    t.skipped.inc_by(skipped);
+    t.settled(ok, skipped, published);
     Ok(settled)
 }
 
@@ -223,7 +215,7 @@ pub(super) async fn deliver(
         }
     }
     let policy = ctx.config.retry;
-    let mut attempts: Vec<u32> = slots.iter().map(|s| s.queued.attempt).collect();
+    let mut attempts: Vec<u32> = slots.iter().map(|s| s.queued.event.attempt).collect();
     let mut first_failure: Vec<Option<i64>> =
         slots.iter().map(|s| s.queued.first_failure).collect();
     let mut dead_letter_wait = Duration::from_millis(100);
@@ -282,9 +274,9 @@ pub(super) async fn deliver(
             }
             let message = format!("{:#}", m.error);
             let slot = &slots[i];
-            let r = &slot.queued.record;
+            let r = &slot.queued.event.record;
             if m.dead_letter {
-                tracing::error!(event_id = %slot.event_id, dlq_topic = %ctx.config.dlq_topic_for(&r.topic), error = %message, "dead-letter write failed; holding the partition and retrying");
+                tracing::error!(event_id = %slot.queued.event.id, dlq_topic = %ctx.config.dlq_topic_for(&r.topic), error = %message, "dead-letter write failed; holding the partition and retrying");
                 ctx.health
                     .stuck(&ctx.name, &r.topic, r.partition, Some(message));
                 dead_letter_failed = true;
@@ -293,33 +285,41 @@ pub(super) async fn deliver(
                 continue;
             }
             let message = format!("publishing the handler's records failed: {message}");
-            let now = now_ms();
-            let first = *first_failure[i].get_or_insert(now);
-            if attempts[i] >= policy.attempts {
-                let wrote = matches!(&slot.fate, Fate::Ok(h) if h.savepoint.is_some());
-                slots[i].fate = Fate::Dead(Failure {
-                    kind: DlqKind::RetriesExhausted,
-                    message,
-                    attempts: attempts[i],
-                    first_failure_ms: first,
-                    last_failure_ms: now,
-                });
-                // Its SQL writes go: they are in the batch's transaction with the others',
-                // which is given up; the records that wrote in it run again.
-                if wrote {
-                    batch.abandon_sql();
-                    forget_sql_writes(slots);
+            match after_failure(
+                &policy,
+                &mut attempts[i],
+                &mut first_failure[i],
+                FailureKind::Retryable,
+                message,
+            ) {
+                AfterFailure::Dead(failure) => {
+                    let wrote = matches!(&slot.fate, Fate::Ok(h) if h.savepoint.is_some());
+                    slots[i].fate = Fate::Dead(failure);
+                    // Its SQL writes go: they are in the batch's transaction with the others',
+                    // which is given up; the records that wrote in it run again.
+                    if wrote {
+                        batch.abandon_sql();
+                        forget_sql_writes(slots);
+                    }
+                    wanted.push((i, None));
                 }
-                wanted.push((i, None));
-                continue;
+                AfterFailure::Retry {
+                    wait: backoff,
+                    reason,
+                } => {
+                    let slot = &slots[i];
+                    t.retried(
+                        &slot.queued.event.id,
+                        attempts[i],
+                        backoff,
+                        &reason,
+                        "sending the handler's records again",
+                        None,
+                    );
+                    wait = wait.max(backoff);
+                    wanted.extend(m.publishes.into_iter().map(|j| (i, Some(j))));
+                }
             }
-            attempts[i] += 1;
-            ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
-            t.retried.inc();
-            let backoff = policy.backoff(attempts[i], rand::random::<f64>());
-            tracing::info!(event_id = %slot.event_id, attempt = attempts[i], wait = ?backoff, reason = %message, "sending the handler's records again");
-            wait = wait.max(backoff);
-            wanted.extend(m.publishes.into_iter().map(|j| (i, Some(j))));
         }
         // A record turned `Again` after its re-sends were chosen sends nothing now.
         wanted.retain(|(i, _)| !matches!(slots[*i].fate, Fate::Again));
@@ -370,8 +370,9 @@ pub(super) async fn send_all(
                 None => continue,
             },
             (Fate::Dead(failure), None) => {
-                let r = &slot.queued.record;
-                let (topic, mut headers) = dead_letter_parts(ctx, sha, r, &slot.event_id, failure);
+                let r = &slot.queued.event.record;
+                let (topic, mut headers) =
+                    dead_letter_parts(ctx, sha, r, &slot.queued.event.id, failure);
                 if let Some(record_span) = &slot.span {
                     headers = crate::telemetry::trace::with_traceparent(
                         &headers,
@@ -398,11 +399,11 @@ pub(super) async fn send_all(
 /// A record's dead letter was acknowledged at `dlq_offset`: said once, and its partition is
 /// no longer held.
 pub(super) fn dead_lettered(ctx: &HandlerCtx, slot: &Slot, dlq_offset: i64) {
-    let r = &slot.queued.record;
+    let r = &slot.queued.event.record;
     ctx.health.stuck(&ctx.name, &r.topic, r.partition, None);
     if let Fate::Dead(failure) = &slot.fate {
         tracing::warn!(
-            event_id = %slot.event_id, dlq_topic = %ctx.config.dlq_topic_for(&r.topic), dlq_offset,
+            event_id = %slot.queued.event.id, dlq_topic = %ctx.config.dlq_topic_for(&r.topic), dlq_offset,
             kind = failure.kind.as_str(), attempts = failure.attempts, reason = %failure.message,
             "dead-lettered"
         );
@@ -440,6 +441,48 @@ pub(super) fn dlq_record<'a>(
         payload: r.payload.as_deref().unwrap_or_default(),
         headers,
         partition: None,
+    }
+}
+
+/// What a failed attempt of a record leads to.
+pub(super) enum AfterFailure {
+    /// Try again after `wait` (the attempt number has moved on); `reason` is the failure.
+    Retry { wait: Duration, reason: String },
+    /// Dead-letter it with this failure.
+    Dead(Failure),
+}
+
+/// The one retry-or-dead-letter decision, for a handler's failure and for publishes the
+/// producer gave up on alike: a failure that retrying cannot mend is dead-lettered as what it
+/// is; a retryable one is tried again with the policy's backoff until its attempts are used
+/// up, then dead-lettered as `retries-exhausted`. `attempt` is the attempt that failed (the
+/// next one on a retry); `first_failure` is set by the first failure.
+pub(super) fn after_failure(
+    policy: &RetryPolicy,
+    attempt: &mut u32,
+    first_failure: &mut Option<i64>,
+    kind: FailureKind,
+    message: String,
+) -> AfterFailure {
+    let now = now_ms();
+    let first = *first_failure.get_or_insert(now);
+    if !kind.is_retryable() || *attempt >= policy.attempts {
+        return AfterFailure::Dead(Failure {
+            kind: if kind.is_retryable() {
+                DlqKind::RetriesExhausted
+            } else {
+                DlqKind::Failure(kind)
+            },
+            message,
+            attempts: *attempt,
+            first_failure_ms: first,
+            last_failure_ms: now,
+        });
+    }
+    *attempt += 1;
+    AfterFailure::Retry {
+        wait: policy.backoff(*attempt, rand::random::<f64>()),
+        reason: message,
     }
 }
 

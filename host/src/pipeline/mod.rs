@@ -19,6 +19,7 @@ pub mod consumer;
 mod group;
 pub mod offsets;
 pub mod record;
+mod telemetry;
 pub mod worker;
 
 use std::sync::Arc;

@@ -49,11 +49,8 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -68,8 +65,9 @@ use crate::now_ms;
 use crate::runtime::{FailureKind, Outcome};
 use crate::telemetry::trace::{RecordFacts, RecordSpan};
 
-use super::commit::{commit, forget_sql_writes};
-use super::record::{into_event, into_record, replay_for_another, stored_key, undecodable};
+use super::commit::{AfterFailure, after_failure, commit, forget_sql_writes};
+use super::record::{event_for, ledger_key, replay_for_another, stored_key, undecodable};
+pub(super) use super::telemetry::Telemetry;
 
 /// A record the worker finished (handled, skipped or dead-lettered).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,11 +84,15 @@ pub struct Completion {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Abandoned;
 
-/// A record taken from the intake and not finished, with what its earlier attempts left.
+/// A record taken from the intake and not finished, identified once (however often it runs),
+/// with what its earlier attempts left.
 pub(super) struct Queued {
-    pub(super) record: Record,
-    /// The attempt it runs as next (1 for a record that never ran).
-    pub(super) attempt: u32,
+    /// The record, its event id, and the attempt it runs as next (1 for one that never ran).
+    pub(super) event: Event,
+    /// Its ledger key (see [`stored_key`]).
+    pub(super) key: String,
+    /// Why the host will not run the handler on it (see [`undecodable`]).
+    pub(super) refused: Option<String>,
     pub(super) first_failure: Option<i64>,
     /// Not before this (a retry's backoff).
     pub(super) not_before: Option<Instant>,
@@ -99,32 +101,18 @@ pub(super) struct Queued {
 }
 
 impl Queued {
-    fn new(record: Record) -> Self {
+    fn new(config: &HandlerConfig, record: Record) -> Self {
+        let event = event_for(config, record, 1);
+        let full = ledger_key(&event.id, &event.record.headers);
+        let refused = undecodable(config, &event, &full);
+        let key = stored_key(&full);
         Self {
-            record,
-            attempt: 1,
+            event,
+            key,
+            refused,
             first_failure: None,
             not_before: None,
             alone: false,
-        }
-    }
-}
-
-/// The partition's counters and histogram, resolved once (no labels built per record).
-pub(super) struct Telemetry {
-    pub(super) ok: Counter,
-    pub(super) skipped: Counter,
-    pub(super) retried: Counter,
-    pub(super) calls: Histogram,
-}
-
-impl Telemetry {
-    fn new(ctx: &HandlerCtx, topic: &str) -> Self {
-        Self {
-            ok: ctx.metrics.records_counter(&ctx.name, topic, "ok"),
-            skipped: ctx.metrics.records_counter(&ctx.name, topic, "skipped"),
-            retried: ctx.metrics.records_counter(&ctx.name, topic, "retried"),
-            calls: ctx.metrics.call_histogram(&ctx.name),
         }
     }
 }
@@ -171,7 +159,7 @@ pub(crate) async fn run(
                 r = hold.changed(), if held => if r.is_ok() { None } else { break },
             };
             if let Some(r) = next {
-                queue.push_back(Queued::new(r));
+                queue.push_back(Queued::new(&ctx.config, r));
             }
             continue;
         }
@@ -187,16 +175,15 @@ pub(crate) async fn run(
             }
         }
         let taken: Vec<Queued> = queue.drain(..n).collect();
-        ctx.stats
-            .received
-            .fetch_add(taken.len() as u64, Ordering::Relaxed);
-        let t = telemetry.get_or_insert_with(|| Telemetry::new(&ctx, &taken[0].record.topic));
+        let first = &taken[0].event.record;
+        let t = telemetry.get_or_insert_with(|| Telemetry::new(&ctx, &first.topic));
+        t.received(taken.len());
         let span = tracing::info_span!(
             "batch",
             handler = %ctx.name,
-            topic = %taken[0].record.topic,
-            partition = taken[0].record.partition,
-            first_offset = taken[0].record.offset,
+            topic = %first.topic,
+            partition = first.partition,
+            first_offset = first.offset,
             records = taken.len(),
         );
         let result = run_batch(&ctx, t, taken, &mut last_version, &hold, &stop)
@@ -307,8 +294,8 @@ async fn fill(
                 }
             }
         };
-        let size = r.payload.as_ref().map_or(0, Vec::len);
-        queue.push_back(Queued::new(r));
+        let size = r.payload().len();
+        queue.push_back(Queued::new(config, r));
         if n > 0 && bytes + size > config.max_batch_bytes {
             // It leads the next batch.
             return n;
@@ -319,7 +306,7 @@ async fn fill(
 }
 
 fn payload_len(q: &Queued) -> usize {
-    q.record.payload.as_ref().map_or(0, Vec::len)
+    q.event.payload().len()
 }
 
 /// How many of `queue`'s first records form the next batch, and whether that batch is full
@@ -368,22 +355,9 @@ pub(super) struct Handled {
     pub(super) savepoint: Option<u32>,
 }
 
-/// A record of a batch, identified, before it runs.
-pub(super) struct Prepared {
-    pub(super) q: Queued,
-    pub(super) event: Event,
-    pub(super) key: String,
-    pub(super) tombstone: bool,
-    /// A replay meant for another handler.
-    pub(super) elsewhere: bool,
-}
-
 /// One record of a batch, as it goes through.
 pub(super) struct Slot {
     pub(super) queued: Queued,
-    pub(super) event_id: String,
-    /// Its ledger key (see [`stored_key`]).
-    pub(super) key: String,
     pub(super) fate: Fate,
     /// Its span, when tracing is on: ended with its fate when the batch settles (in
     /// [`commit`]).
@@ -410,29 +384,16 @@ async fn run_batch(
     let component = ctx.component.load_full();
     let sha = component.info().sha256.clone();
     if *last_version != sha {
-        let first = &taken[0].record;
+        let first = &taken[0].event.record;
         ctx.note_handled(&sha, &first.topic, first.partition, first.offset);
         last_version.clone_from(&sha);
     }
     let mut batch = component.batch();
     let policy = ctx.config.retry;
-    // Each record identified once: its event, ledger key, and whether it is a replay meant
-    // for another handler (skipped without a claim or a lookup).
-    let mut prepared: Vec<Prepared> = taken
-        .into_iter()
-        .map(|mut q| {
-            let tombstone = q.record.payload.is_none();
-            let event = into_event(std::mem::take(&mut q.record), q.attempt);
-            let key = stored_key(&event.id, &event.headers).into_owned();
-            let elsewhere = replay_for_another(&event, &ctx.name);
-            Prepared {
-                q,
-                event,
-                key,
-                tombstone,
-                elsewhere,
-            }
-        })
+    // A replay meant for another handler is skipped without a claim or a lookup.
+    let elsewhere: Vec<bool> = taken
+        .iter()
+        .map(|q| replay_for_another(&q.event, &ctx.name))
         .collect();
     // This batch's claims on its keys, given back when it ends however it ends; then the
     // ledger asked about every claimed key at once. The claim comes first: a key another
@@ -444,16 +405,13 @@ async fn run_batch(
     let mut inbox_down = false;
     let (claimed, known) = if ctx.config.ledger {
         let claimed = ctx.claim(
-            prepared
+            taken
                 .iter()
-                .map(|p| (!p.elsewhere).then_some(p.key.as_str())),
+                .zip(&elsewhere)
+                .map(|(q, elsewhere)| (!elsewhere).then_some(q.key.as_str())),
             &mut claims.keys,
         );
-        let ask: Vec<&str> = prepared
-            .iter()
-            .take(claimed)
-            .map(|p| p.key.as_str())
-            .collect();
+        let ask: Vec<&str> = taken.iter().take(claimed).map(|q| q.key.as_str()).collect();
         let mut known = match ctx.ledger.contains_many(&ctx.name, &ask).await {
             Ok(known) => known,
             // Not knowing is not a reason to skip: run them (at-least-once) and say so.
@@ -492,25 +450,18 @@ async fn run_batch(
     } else {
         (usize::MAX, Vec::new())
     };
-    let mut slots: Vec<Slot> = Vec::with_capacity(prepared.len());
+    let mut slots: Vec<Slot> = Vec::with_capacity(taken.len());
     // Keys finished (handled or dead-lettered) earlier in this batch: a second copy is
     // skipped, as the ledger will once the batch is written.
     let mut finished: HashSet<String> = HashSet::new();
     let mut split = false;
-    for (i, p) in prepared.drain(..).enumerate() {
-        let Prepared {
-            mut q,
-            mut event,
-            key,
-            tombstone,
-            elsewhere,
-        } = p;
+    for (i, (mut q, elsewhere)) in taken.into_iter().zip(elsewhere).enumerate() {
         // A hold (a commit refused for a rebalance, a pause) stops the batch where it is: what
         // ran commits, no new record starts.
         split |= *hold.borrow() || stop.is_cancelled();
         let mut fate = if split {
             Some(Fate::Again)
-        } else if elsewhere || (ctx.config.ledger && finished.contains(&key)) {
+        } else if elsewhere || (ctx.config.ledger && finished.contains(&q.key)) {
             Some(Fate::Skipped)
         } else if inbox_down {
             q.not_before = Some(Instant::now() + INBOX_WAIT);
@@ -531,12 +482,12 @@ async fn run_batch(
             None
         };
         if fate.is_none()
-            && let Some(reason) = undecodable(&ctx.config, &event)
+            && let Some(reason) = &q.refused
         {
             let now = now_ms();
             fate = Some(Fate::Dead(Failure {
                 kind: DlqKind::Failure(FailureKind::Undecodable),
-                message: reason,
+                message: reason.clone(),
                 attempts: 0,
                 first_failure_ms: now,
                 last_failure_ms: now,
@@ -547,17 +498,18 @@ async fn run_batch(
         let span = if matches!(fate, Some(Fate::Again)) {
             None
         } else {
+            let (event, r) = (&q.event, &q.event.record);
             ctx.tracer.as_ref().map(|t| {
                 t.record(
                     RecordFacts {
                         handler: &ctx.name,
                         group: &ctx.group_id,
-                        topic: &event.topic,
-                        partition: event.partition,
-                        offset: event.offset,
+                        topic: &r.topic,
+                        partition: r.partition,
+                        offset: r.offset,
                         event_id: &event.id,
                     },
-                    &event.headers,
+                    &r.headers,
                 )
             })
         };
@@ -565,13 +517,13 @@ async fn run_batch(
             Some(f) => f,
             None => {
                 batch.set_trace(span.clone());
-                let failed = match batch.invoke(&event).await {
+                let failed = match batch.invoke(&q.event).await {
                     Err(e) => Err((
                         FailureKind::Retryable,
                         format!("host failure running the handler: {e:#}"),
                     )),
                     Ok(inv) => {
-                        t.calls.observe(inv.duration.as_secs_f64());
+                        t.call(inv.duration);
                         match inv.outcome {
                             Outcome::Ok => Ok(inv),
                             Outcome::Failed(f) => Err((f.kind, f.message)),
@@ -583,47 +535,33 @@ async fn run_batch(
                         effects: inv.effects,
                         savepoint: inv.savepoint,
                     })),
-                    Err((kind, message)) => {
-                        let now = now_ms();
-                        let first = *q.first_failure.get_or_insert(now);
-                        // A failure that retrying cannot mend goes to the DLQ as what it is; a
-                        // retryable one once the attempts are used up.
-                        if !kind.is_retryable() || q.attempt >= policy.attempts {
-                            let failure = Failure {
-                                kind: if kind.is_retryable() {
-                                    DlqKind::RetriesExhausted
-                                } else {
-                                    DlqKind::Failure(kind)
-                                },
-                                message,
-                                attempts: q.attempt,
-                                first_failure_ms: first,
-                                last_failure_ms: now,
-                            };
-                            Fate::Dead(failure)
-                        } else {
-                            q.attempt += 1;
-                            let wait = policy.backoff(q.attempt, rand::random::<f64>());
+                    Err((kind, message)) => match after_failure(
+                        &policy,
+                        &mut q.event.attempt,
+                        &mut q.first_failure,
+                        kind,
+                        message,
+                    ) {
+                        AfterFailure::Dead(failure) => Fate::Dead(failure),
+                        AfterFailure::Retry { wait, reason } => {
                             q.not_before = Some(Instant::now() + wait);
-                            ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
-                            t.retried.inc();
-                            tracing::info!(event_id = %event.id, attempt = q.attempt, ?wait, reason = %message, "retrying");
-                            if let Some(s) = &span {
-                                s.note_retry(q.attempt, &message);
-                            }
+                            t.retried(
+                                &q.event.id,
+                                q.event.attempt,
+                                wait,
+                                &reason,
+                                "retrying",
+                                span.as_ref(),
+                            );
                             split = true;
                             Fate::Again
                         }
-                    }
+                    },
                 }
             }
         };
-        let event_id = std::mem::take(&mut event.id);
-        q.record = into_record(event, tombstone);
         let mut slot = Slot {
             queued: q,
-            event_id,
-            key,
             fate,
             span,
         };
@@ -640,7 +578,7 @@ async fn run_batch(
             batch.reset();
         }
         if matches!(slot.fate, Fate::Ok(_) | Fate::Dead(..)) {
-            finished.insert(slot.key.clone());
+            finished.insert(slot.queued.key.clone());
         }
         slots.push(slot);
     }

@@ -50,6 +50,21 @@ impl BackgroundPool {
             .context("the background compile thread ended without an answer (it panicked)")
     }
 
+    /// Run `job` on a low-priority thread without waiting for it. With no pool (the threads
+    /// could not start), it runs here.
+    pub(super) fn detach<F>(&self, job: F)
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        match self.pool() {
+            Ok(pool) => pool.spawn(job),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "no background compile thread; running the job here");
+                job();
+            }
+        }
+    }
+
     fn pool(&self) -> anyhow::Result<Arc<rayon::ThreadPool>> {
         let mut slot = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(pool) = slot.as_ref() {

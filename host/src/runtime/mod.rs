@@ -12,10 +12,11 @@
 //! - Loading ([`Runtime::load`]) is blocking (cranelift): call it off the async hot path,
 //!   e.g. in `spawn_blocking`. It checks bytes, compiles or loads the precompiled artifact,
 //!   checks the world and the grants, and pre-instantiates. Calls ([`LoadedHandler::invoke`])
-//!   are async. [`Runtime::load_in_background`] runs a load on low-priority threads, for
+//!   are async. [`Runtime::in_background`] runs a load on low-priority threads, for
 //!   deploys while records flow.
 
 mod background;
+mod batch;
 pub(crate) mod bindings;
 mod cache;
 mod capture;
@@ -35,13 +36,12 @@ use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
 };
 
+pub use batch::Batch;
 pub use cache::ArtifactCache;
 pub use component::{
     ComponentInfo, ImportInfo, ImportKind, LoadError, LoadReport, LoadSource, sha256_hex,
 };
-pub use invoke::{
-    Batch, HandlerSpec, INTERPRETED_INSTANCE_REUSE, LoadedHandler, default_instance_reuse,
-};
+pub use invoke::{HandlerSpec, INTERPRETED_INSTANCE_REUSE, LoadedHandler, default_instance_reuse};
 pub use outcome::{FailureKind, HandlerFailure, Invocation, Outcome};
 
 use store::HostState;
@@ -233,20 +233,24 @@ impl Runtime {
         Ok(LoadedHandler::new(self.clone(), pre, info, report, spec))
     }
 
-    /// [`Runtime::load`] on a low-priority thread, for loads while records flow (a deploy or
-    /// a rollback): the compile takes the CPU the handlers leave instead of competing with
-    /// them for it. The outer error is a host failure (no thread, a panic); the inner one is
-    /// the component's refusal.
-    pub async fn load_in_background(
-        &self,
-        bytes: Vec<u8>,
-        spec: HandlerSpec,
-    ) -> anyhow::Result<Result<LoadedHandler, LoadError>> {
-        let runtime = self.clone();
-        self.inner
-            .background
-            .run(move || runtime.load(&bytes, spec))
-            .await
+    /// Run `job` on a low-priority compile thread, for work on a component while records flow
+    /// (a deploy's hash and load, a rollback): it takes the CPU the handlers leave instead of
+    /// competing with them for it, and it holds none of the async runtime's threads that the
+    /// partition workers run on. The error is a host failure (no thread, a panic).
+    pub async fn in_background<T, F>(&self, job: F) -> anyhow::Result<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.inner.background.run(job).await
+    }
+
+    /// Drop a replaced version on a low-priority thread: unmapping its code and its pooled
+    /// instances' memory is a few milliseconds for an interpreter-sized component, which a
+    /// partition worker would otherwise wait for. Whoever still holds the version (a record
+    /// that started on it) lets go of it later, wherever that is.
+    pub fn release_in_background(&self, version: Arc<LoadedHandler>) {
+        self.inner.background.detach(move || drop(version));
     }
 
     /// Check a component as `kasm validate` does: every capability granted unless `grants`

@@ -70,6 +70,7 @@ pub struct HandlerReport {
 
 /// A whole report.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = HealthReport)]
 pub struct Report {
     /// `live` / `ready` for the asked question, else `unhealthy` / `not-ready`.
     #[schema(value_type = String)]
