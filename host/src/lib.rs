@@ -12,7 +12,8 @@
 //!   [`event`] (what a handler sees) → [`runtime`] (wasmtime: load, call) →
 //!   [`capabilities`] (what a handler may do) → [`ledger`] (what has run) → [`dlq`] (what
 //!   failed). [`handler`] is the per-handler state that the pipeline, hot swap and the admin
-//!   API share.
+//!   API share; `wit` is the WIT world's generated Rust side, which the runtime and the
+//!   capabilities both use and which uses nothing.
 
 pub mod admin;
 pub mod app;
@@ -27,6 +28,7 @@ pub mod ledger;
 pub mod pipeline;
 pub mod runtime;
 pub mod telemetry;
+pub(crate) mod wit;
 
 pub use event::{Event, identify_event_id};
 pub use runtime::{

@@ -105,6 +105,19 @@ pub(super) fn finish(api: OpenApi) -> Value {
             { "required": ["records"], "properties": { "all": { "const": false }, "records": { "minItems": 1 } } }
         ]);
     }
+    // The open routes (probes, metrics) need no credential at all: `security: []`, which
+    // removes the document's bearer requirement (`security(())` is written `[{}]`, "optional").
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for op in paths
+            .values_mut()
+            .filter_map(Value::as_object_mut)
+            .flat_map(|item| item.values_mut())
+        {
+            if op.get("security") == Some(&json!([{}])) {
+                op["security"] = json!([]);
+            }
+        }
+    }
     // An upload is the component's bytes, at least one.
     if let Some(types) = doc
         .pointer_mut("/paths/~1v1~1handlers~1{name}~1component/put/requestBody/content")

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 
 use std::sync::Arc;
 
-use crate::runtime::bindings;
+use crate::wit as bindings;
 
 use super::state::{CallState, CapabilityState};
 

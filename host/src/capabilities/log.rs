@@ -2,8 +2,8 @@
 
 use serde::Serialize;
 
-use crate::runtime::bindings;
-use crate::runtime::bindings::Level;
+use crate::wit as bindings;
+use crate::wit::Level;
 
 use super::state::CapabilityState;
 

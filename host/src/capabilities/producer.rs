@@ -10,7 +10,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::event::EVENT_ID_HEADER;
-use crate::runtime::bindings;
+use crate::wit as bindings;
 
 use super::state::CapabilityState;
 

@@ -1,7 +1,7 @@
 //! `settings`: a handler's own `settings` table from `kasm.toml` (always granted), so a
 //! handler gets configuration such as a webhook URL without the environment.
 
-use crate::runtime::bindings;
+use crate::wit as bindings;
 
 use super::state::CapabilityState;
 

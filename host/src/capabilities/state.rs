@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::runtime::bindings;
+use crate::wit as bindings;
 
 use super::http::HttpHooks;
 use super::sql::SqlTx;

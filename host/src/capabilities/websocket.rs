@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Secret;
 
-use crate::runtime::bindings;
+use crate::wit as bindings;
 
 use super::state::CapabilityState;
 

@@ -19,7 +19,8 @@ use crate::now_ms;
 use crate::runtime::{Batch, FailureKind};
 use crate::telemetry::trace::ChildSpan;
 
-use super::worker::{Abandoned, Completion, Fate, Settled, Slot, Telemetry};
+use super::batch::{Abandoned, Completion, Fate, Settled, Slot};
+use super::telemetry::Telemetry;
 
 /// After the batch's transaction was lost: every record whose SQL writes were in it is to run
 /// again; whether there was any.

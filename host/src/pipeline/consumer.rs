@@ -45,29 +45,10 @@ use crate::kafka::Record;
 use crate::kafka::consumer::close_bounded;
 use crate::telemetry::health::LoopState;
 
-use super::group::LoopContext;
-
-pub(super) type Tp = (String, i32);
-
-/// Most payload bytes the loop holds for one partition before pausing it, whatever
-/// `partition_buffer` says (large records must not multiply into gigabytes).
-pub const MAX_HELD_BYTES: usize = 8 << 20;
+use super::group::{LoopContext, MAX_HELD_BYTES, Tp};
 
 /// How often the loop commits every done position, moved or not (see `run_loop`).
 pub(super) const FULL_COMMIT_INTERVAL: Duration = Duration::from_secs(5);
-
-/// The intake of a partition's worker holds a quarter of `partition_buffer`, at least 64 (or
-/// the whole buffer when it is smaller) and at most this many records; the rest is held by the
-/// loop. The loop moves held records into the intake only when it comes round (every
-/// millisecond while any are held, at best), so a worker with records in flight that empties
-/// a small intake waits for the loop: with an intake of 64, 64 records in flight and nothing
-/// else arriving, the workers spent 70 % of a run waiting for records (`make bench`).
-pub(super) const MAX_INTAKE: usize = 1024;
-
-/// How many records a partition's intake holds for `partition_buffer`.
-pub(super) fn intake_capacity(partition_buffer: usize) -> usize {
-    (partition_buffer / 4).clamp(partition_buffer.clamp(1, 64), MAX_INTAKE)
-}
 
 /// The most records the loop takes from one partition's queue in one round, so that one
 /// busy partition does not keep the loop from the others and from the consumer's queue.

@@ -14,6 +14,7 @@
 //!
 //! [`Pipeline`] starts a loop per handler and stops them all on shutdown.
 
+mod batch;
 mod commit;
 pub mod consumer;
 mod group;

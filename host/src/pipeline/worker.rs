@@ -6,10 +6,12 @@
 //! `max_batch_bytes` of payload, waiting `batch_linger` (default 0) for more when the batch is
 //! not full — and runs the records through the handler one after another, on one instance
 //! (fresh per batch unless `instance_reuse` is set), inside one SQL transaction with a savepoint
-//! per record, with the kv writes staged. For each record, in order: identify → the ledger
-//! first (a record this handler already finished, whatever it is, is skipped; so is a second
-//! copy of one earlier in the batch) → size and JSON checks (`undecodable`) → the handler.
-//! A record's publishes and dead letter are staged; nothing waits per record.
+//! per record, with the kv writes staged. A record is identified once, when it enters the
+//! worker's queue: its [`Event`] (which owns it), its ledger key and whether the host refuses
+//! it (`undecodable`), kept however often it runs. Then, for each record of a batch, in order:
+//! the ledger first (a record this handler already finished, whatever it is, is skipped; so is
+//! a second copy of one earlier in the batch) → the refusal, if any → the handler. A record's
+//! publishes and dead letter are staged; nothing waits per record.
 //!
 //! Then the batch commits, in an order that can never lose an output:
 //! 1. its publishes and dead letters queued together, in record order, and every
@@ -55,67 +57,18 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::capabilities::Effects;
 use crate::config::HandlerConfig;
 use crate::dlq::letter::{DlqKind, Failure};
-use crate::event::Event;
 use crate::handler::HandlerCtx;
 use crate::kafka::Record;
 use crate::now_ms;
 use crate::runtime::{FailureKind, Outcome};
-use crate::telemetry::trace::{RecordFacts, RecordSpan};
+use crate::telemetry::trace::RecordFacts;
 
+use super::batch::{Abandoned, Completion, Fate, Handled, Queued, Settled, Slot};
 use super::commit::{AfterFailure, after_failure, commit, forget_sql_writes};
-use super::record::{event_for, ledger_key, replay_for_another, stored_key, undecodable};
-pub(super) use super::telemetry::Telemetry;
-
-/// A record the worker finished (handled, skipped or dead-lettered).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Completion {
-    /// Topic.
-    pub topic: String,
-    /// Partition.
-    pub partition: i32,
-    /// Offset.
-    pub offset: i64,
-}
-
-/// Why processing stopped without finishing what was in hand.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Abandoned;
-
-/// A record taken from the intake and not finished, identified once (however often it runs),
-/// with what its earlier attempts left.
-pub(super) struct Queued {
-    /// The record, its event id, and the attempt it runs as next (1 for one that never ran).
-    pub(super) event: Event,
-    /// Its ledger key (see [`stored_key`]).
-    pub(super) key: String,
-    /// Why the host will not run the handler on it (see [`undecodable`]).
-    pub(super) refused: Option<String>,
-    pub(super) first_failure: Option<i64>,
-    /// Not before this (a retry's backoff).
-    pub(super) not_before: Option<Instant>,
-    /// Runs in a batch of its own (it cut a batch's transaction off before).
-    pub(super) alone: bool,
-}
-
-impl Queued {
-    fn new(config: &HandlerConfig, record: Record) -> Self {
-        let event = event_for(config, record, 1);
-        let full = ledger_key(&event.id, &event.record.headers);
-        let refused = undecodable(config, &event, &full);
-        let key = stored_key(&full);
-        Self {
-            event,
-            key,
-            refused,
-            first_failure: None,
-            not_before: None,
-            alone: false,
-        }
-    }
-}
+use super::record::replay_for_another;
+use super::telemetry::Telemetry;
 
 /// Run the worker of one partition until its intake closes or `drain` is cancelled (then the
 /// batch in hand is finished and no new one is taken). `stop` abandons even the batch in hand
@@ -334,40 +287,6 @@ fn batch_len(config: &HandlerConfig, queue: &VecDeque<Queued>, max: usize) -> (u
         queue.len(),
         queue.len() >= max || bytes >= config.max_batch_bytes,
     )
-}
-
-/// What became of one record of a batch.
-pub(super) enum Fate {
-    /// Already finished (ledger, an earlier copy in the batch, a replay for another handler).
-    Skipped,
-    /// Handled `ok`: its publishes queued.
-    Ok(Box<Handled>),
-    /// To be dead-lettered (done once its dead letter is acknowledged).
-    Dead(Failure),
-    /// Not finished in this batch: runs again (a split, or its SQL writes were lost).
-    Again,
-}
-
-/// A record handled `ok` whose effects are not committed yet.
-pub(super) struct Handled {
-    pub(super) effects: Effects,
-    /// Its SQL savepoint in the batch's transaction, if it wrote.
-    pub(super) savepoint: Option<u32>,
-}
-
-/// One record of a batch, as it goes through.
-pub(super) struct Slot {
-    pub(super) queued: Queued,
-    pub(super) fate: Fate,
-    /// Its span, when tracing is on: ended with its fate when the batch settles (in
-    /// [`commit`]).
-    pub(super) span: Option<RecordSpan>,
-}
-
-/// The outcome of a batch: what is done, and what goes back to the front of the queue.
-pub(super) struct Settled {
-    pub(super) done: Vec<Completion>,
-    pub(super) again: Vec<Queued>,
 }
 
 /// Run one batch and commit it: see the module doc for the order.

@@ -13,10 +13,10 @@ use crate::capabilities::log::truncate_utf8;
 use crate::capabilities::sql::{SqlTx, savepoint_name};
 use crate::event::Event;
 
-use super::bindings::{WitEvent, WitHandlerError};
 use super::invoke::{LoadedHandler, Warm, with_output};
 use super::outcome::{FailureKind, HandlerFailure, Invocation, Outcome};
 use super::store::HostState;
+use crate::wit::{WitEvent, WitHandlerError};
 
 impl LoadedHandler {
     /// Start a batch: the records run through [`Batch::invoke`] share an instance, one SQL

@@ -20,9 +20,9 @@ use super::Runtime;
 use super::component::{ComponentInfo, LoadReport};
 use crate::capabilities::state::HandlerEnv;
 
-use super::bindings::{Handler, HandlerPre};
 use super::outcome::{FailureKind, HandlerFailure, Invocation, Outcome};
 use super::store::HostState;
+use crate::wit::{Handler, HandlerPre};
 
 /// How a handler is run: its name, grants and limits.
 #[derive(Debug, Clone)]

@@ -17,7 +17,6 @@
 
 mod background;
 mod batch;
-pub(crate) mod bindings;
 mod cache;
 mod capture;
 pub mod component;
@@ -153,7 +152,7 @@ impl Runtime {
             .context("linking wasi:http")?;
         // The imports work on the store's capability state: each capability's `Host` impl
         // is on it, and none of them sees the rest of the store.
-        bindings::Handler::add_to_linker::<
+        crate::wit::Handler::add_to_linker::<
             HostState,
             wasmtime::component::HasSelf<crate::capabilities::state::CapabilityState>,
         >(&mut linker, |s| &mut s.caps)
@@ -228,8 +227,8 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let pre =
-            bindings::HandlerPre::new(pre).map_err(|e| LoadError::WrongExport(format!("{e:#}")))?;
+        let pre = crate::wit::HandlerPre::new(pre)
+            .map_err(|e| LoadError::WrongExport(format!("{e:#}")))?;
         Ok(LoadedHandler::new(self.clone(), pre, info, report, spec))
     }
 

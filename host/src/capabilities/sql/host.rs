@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use crate::runtime::bindings;
-use crate::runtime::bindings::{WitSqlError, WitSqlRows, WitSqlValue};
+use crate::wit as bindings;
+use crate::wit::{WitSqlError, WitSqlRows, WitSqlValue};
 
 use super::{SqlError, SqlTx, SqlValue};
 use crate::capabilities::state::CapabilityState;
