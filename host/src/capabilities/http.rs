@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use super::state::HandlerEnv;
+use super::HostGrant;
 
 /// Outbound HTTP policy of one handler: only the granted hosts, every phase bounded.
 pub(crate) struct HttpHooks {
     handler: String,
-    grant: Option<crate::capabilities::HostGrant>,
+    grant: Option<HostGrant>,
     timeout: Duration,
     /// The span of the record being handled: each request gets a client span under it and
     /// its `traceparent`, and the call's log lines its ids.
@@ -18,11 +18,12 @@ pub(crate) struct HttpHooks {
 }
 
 impl HttpHooks {
-    pub fn new(env: &HandlerEnv) -> Self {
+    /// The policy of `handler`: its `http` grant, and the bound on each phase of a request.
+    pub fn new(handler: &str, grant: Option<HostGrant>, timeout: Duration) -> Self {
         Self {
-            handler: env.name.clone(),
-            grant: env.grants.http.clone(),
-            timeout: env.http_timeout,
+            handler: handler.to_owned(),
+            grant,
+            timeout,
             trace: None,
         }
     }

@@ -86,7 +86,7 @@ pub(crate) struct CapabilityState {
 
 impl CapabilityState {
     pub fn new(env: Arc<HandlerEnv>) -> Self {
-        let http = HttpHooks::new(&env);
+        let http = HttpHooks::new(&env.name, env.grants.http.clone(), env.http_timeout);
         Self {
             env,
             call: CallState::default(),
