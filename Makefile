@@ -94,10 +94,13 @@ bench-tansu: handlers
 ## chaos: the chaos campaign — the host as a process on the embedded cluster, faults of every
 ## kind at random moments (kills, SIGTERM, brokers down, request errors, slow round trips, leader
 ## moves, an unwritable DLQ, a second host, swaps), invariants checked after each round; summary
-## in target/chaos/summary.txt. CHAOS_SEED replays a plan; CHAOS_ROUNDS, CHAOS_EVENTS,
-## CHAOS_FAULTS (per round), CHAOS_SECONDS resize it. A short version runs in `make test`.
+## in target/chaos/summary.txt; then the multi-host campaign (three hosts in one group on the
+## Kafka ledger: SIGKILLs, rolling restarts, 3 → 1 → 3, wiped data folders; every run counted),
+## summary in target/chaos/group-summary.txt. CHAOS_SEED replays a plan; CHAOS_ROUNDS,
+## CHAOS_EVENTS, CHAOS_FAULTS (per round), CHAOS_SECONDS resize both. Short versions of both
+## run in `make test`.
 chaos: build
-	$(CARGO) test -p kasm-tests --test all -- --ignored --exact chaos::full_campaign --nocapture
+	$(CARGO) test -p kasm-tests --test all -- --ignored --exact chaos::full_campaign chaos::group_campaign --test-threads=1 --nocapture
 
 ## soak: an hour at a steady rate with swaps and faults, sampling the host's RSS and open fds
 ## into target/soak/samples.csv; fails unless growth levels off. SOAK_MINUTES shortens it. Not in CI.

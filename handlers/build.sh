@@ -57,6 +57,12 @@ cp "$out/fixture.wasm" "$dist/fixture-http.wasm.tmp"
 mv "$dist/fixture-http.wasm.tmp" "$dist/fixture-http.wasm"
 printf '%8d  %s\n' "$(wc -c <"$dist/fixture-http.wasm")" "dist/fixture-http.wasm"
 
+# The SQL fixture with its `post` step (it imports `http` too), for the tests that count runs.
+cargo build --release --target "$target" --manifest-path "$here/Cargo.toml" -p fixture-sql --features http
+cp "$out/fixture_sql.wasm" "$dist/fixture-sql-http.wasm.tmp"
+mv "$dist/fixture-sql-http.wasm.tmp" "$dist/fixture-sql-http.wasm"
+printf '%8d  %s\n' "$(wc -c <"$dist/fixture-sql-http.wasm")" "dist/fixture-sql-http.wasm"
+
 # The Python handlers and fixtures (py-*.wasm): componentize-py, installed from PyPI into
 # target/python/ on the first run; skipped when nothing changed.
 "$here/build-python.sh"

@@ -305,3 +305,28 @@ pub async fn wait_committed(
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// The PostgreSQL the tests use.
+pub fn pg_base_url() -> String {
+    std::env::var("KASM_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh schema in the test PostgreSQL; returns a URL whose connections work in it.
+pub async fn pg_schema() -> String {
+    let schema = unique("kasm").replace('-', "_");
+    let (client, conn) = tokio_postgres::connect(&pg_base_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {} (KASM_TEST_PG_URL): {e}", pg_base_url()));
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .unwrap();
+    let sep = if pg_base_url().contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    format!("{}{sep}options=-csearch_path%3D{schema}", pg_base_url())
+}

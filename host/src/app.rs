@@ -283,6 +283,14 @@ async fn sweep_ledger(ledger: Arc<dyn Ledger>, handlers: Vec<Arc<HandlerCtx>>) {
                     tracing::warn!(handler = %h.name, error = %e, "inbox sweep failed");
                 }
             }
+            if h.config.grants.kv {
+                let cutoff = crate::now_ms().saturating_sub(
+                    i64::try_from(h.config.ledger_retention.as_millis()).unwrap_or(i64::MAX),
+                );
+                if let Err(e) = h.resources.kv.sweep_applied(&h.name, cutoff).await {
+                    tracing::warn!(handler = %h.name, error = %format!("{e:#}"), "kv inbox sweep failed");
+                }
+            }
         }
     }
 }

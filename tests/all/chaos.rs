@@ -7,11 +7,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use kasm_tests::broker::Got;
+use kasm_tests::broker::{Got, TestBroker};
 use kasm_tests::chaos::check::{
     DlqExpect, Exec, LedgerSnapshot, Observation, Sink, Snapshot, SourceRecord, Swap, check,
     check_dead_letter,
 };
+use kasm_tests::chaos::group::{GroupConfig, GroupFault, run_group};
 use kasm_tests::chaos::soak::{Sample, SoakConfig, levelled_off};
 use kasm_tests::chaos::{CampaignConfig, FaultKind, Summary};
 
@@ -57,6 +58,31 @@ async fn short_campaign_keeps_every_invariant() {
     })
     .await;
     assert_clean(&s, 2 * FaultKind::ALL.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the multi-host campaign: `make chaos` (about 15 minutes)"]
+async fn group_campaign() {
+    // Three hosts in one group on the Kafka ledger: 50,000 events, 3 % of them business
+    // duplicates, 24 faults (kills, rolling restarts, 3 → 1 → 3, wiped data folders).
+    let cfg = GroupConfig {
+        rounds: 4,
+        events: 50_000,
+        faults_per_round: 6,
+        duplicates: 0.03,
+        seed: rand::random(),
+        max_duration: Duration::from_secs(40 * 60),
+        partitions: 4,
+        summary_file: "group-summary.txt".into(),
+    }
+    .from_env();
+    let min_faults = cfg.rounds * cfg.faults_per_round.max(GroupFault::ALL.len());
+    let events = cfg.events;
+    let rt = tokio::runtime::Handle::current();
+    let s = tokio::task::spawn_blocking(move || run_group(&cfg, TestBroker::from_env, &rt))
+        .await
+        .unwrap();
+    s.assert_clean(events, min_faults);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

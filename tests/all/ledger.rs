@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use kasm_tests::broker::{TestBroker, committed_offsets, produce, read_topic};
+use kasm_tests::chaos::group::{GroupConfig, GroupFault, run_group};
 use kasm_tests::hostproc::{HostProcess, http_get};
 use kasm_tests::{
     KAFKA_TEST_PROPS, Setup, assert_each_once, component, count_sources, events, publisher_body,
@@ -303,4 +304,115 @@ async fn sql_effects_committed_before_a_kill_that_lost_their_ledger_entries_appl
     assert_eq!(counter_of(&b, "sql", "processed"), (n - before) as u64);
     b.signal("TERM");
     assert!(b.wait_exit(Duration::from_secs(30)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_through_kills_rolling_restarts_scaling_and_wiped_folders_rerun_no_recorded_event()
+ {
+    // The short version of `make chaos`'s multi-host rounds: one round, one fault of each kind,
+    // on the embedded cluster (or the broker of KASM_TEST_BOOTSTRAP: CI runs it on Tansu too).
+    let cfg = GroupConfig {
+        rounds: 1,
+        events: 1_500,
+        faults_per_round: GroupFault::ALL.len(),
+        duplicates: 0.03,
+        seed: rand::random(),
+        max_duration: Duration::from_secs(600),
+        partitions: 4,
+        summary_file: "group-short-summary.txt".into(),
+    }
+    .from_env();
+    let rt = tokio::runtime::Handle::current();
+    let events = cfg.events;
+    let summary = tokio::task::spawn_blocking(move || run_group(&cfg, TestBroker::from_env, &rt))
+        .await
+        .unwrap();
+    summary.assert_clean(events, GroupFault::ALL.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_writes_applied_before_a_kill_that_lost_their_ledger_entries_are_not_run_again() {
+    use kasm_host::capabilities::{FileKv, KvStore as _};
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let s = Setup::new(TestBroker::embedded(), 2).await;
+    let n = 300;
+    let recs: Vec<kasm_tests::broker::Rec> = (0..n)
+        .map(|i| kasm_tests::broker::Rec {
+            key: Some(format!("k{i}").into_bytes()),
+            payload: serde_json::json!({"action": "kv", "key": format!("k{i}"), "value": "v"})
+                .to_string()
+                .into_bytes(),
+            headers: vec![("event-id".into(), format!("kv-{i}").into_bytes())],
+            partition: None,
+        })
+        .collect();
+    produce(&s.broker.producer(), &s.topic, &recs).await;
+    // Every write to the broker is refused from now on: the batches' kv writes are applied,
+    // their ledger entries never reach the ledger topic.
+    s.broker
+        .cluster()
+        .request_errors(
+            RDKafkaApiKey::Produce,
+            &vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 100_000],
+        )
+        .unwrap();
+    // One pod, restarted on its own disk: the kv store is in its data folder.
+    let dir = s.dir.path().join("pod");
+    std::fs::create_dir_all(&dir).unwrap();
+    let body = format!(
+        "[kafka]\n{KAFKA_TEST_PROPS}\n[handlers.kv]\ncomponent = \"{c}\"\ntopics = [\"{t}\"]\n\
+         group_id = \"{g}\"\nmax_batch = 50\ngrants = {{ kv = true, producer = [\"{o}\"] }}\n",
+        c = component(kasm_tests::components::FIXTURE).display(),
+        t = s.topic,
+        g = s.group,
+        o = s.out,
+    );
+    let config = write_config(&dir, &body);
+    let kv_path = dir.join("data").join("kv.redb");
+    let ids: Vec<String> = (0..n).map(|i| format!("kv-{i}")).collect();
+    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut a = HostProcess::start_logged(&config, &s.broker.bootstrap(), "warn,kasm_host=info");
+    // Each partition applies its first batch's kv writes (50 records), then waits on its
+    // ledger write for good; give it the time to get there.
+    std::thread::sleep(Duration::from_secs(6));
+    let printed = a.printed();
+    a.kill();
+    let applied = FileKv::open(&kv_path)
+        .unwrap()
+        .applied("kv", &id_refs)
+        .await
+        .unwrap();
+    assert!(
+        !applied.is_empty() && applied.len() < n,
+        "host a applied {} events' kv writes\n{printed}",
+        applied.len()
+    );
+    s.broker
+        .cluster()
+        .clear_request_errors(RDKafkaApiKey::Produce)
+        .unwrap();
+    let mut b = HostProcess::start_logged(&config, &s.broker.bootstrap(), "warn,kasm_host=info");
+    let committed = wait_committed(&s, n as i64, Duration::from_secs(90));
+    assert_eq!(
+        committed,
+        n as i64,
+        "host b committed {committed} of {n}\n{}",
+        b.printed()
+    );
+    let (processed, skipped) = (
+        counter_of(&b, "kv", "processed"),
+        counter_of(&b, "kv", "skipped"),
+    );
+    eprintln!(
+        "kv inbox: host a applied {} events' writes; the restarted host skipped {skipped}, ran {processed}",
+        applied.len()
+    );
+    // What host a applied, the restarted host skipped through the inbox; the rest it ran.
+    assert_eq!(skipped, applied.len() as u64);
+    assert_eq!(processed, (n - applied.len()) as u64);
+    b.signal("TERM");
+    assert!(b.wait_exit(Duration::from_secs(30)).success());
+    let kv = FileKv::open(&kv_path).unwrap();
+    assert_eq!(kv.applied("kv", &id_refs).await.unwrap().len(), n);
+    assert_eq!(kv.get("kv", "k0").await.unwrap(), Some(b"v".to_vec()));
 }

@@ -13,30 +13,7 @@ use kasm_host::runtime::LoadError;
 use kasm_host::{Event, FailureKind, LoadedHandler, Outcome};
 use kasm_tests::{component_bytes, load, runtime, unique};
 
-/// The PostgreSQL the tests use.
-pub fn pg_base_url() -> String {
-    std::env::var("KASM_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".into())
-}
-
-/// A fresh schema in the test PostgreSQL; returns a URL whose connections work in it.
-pub async fn pg_schema() -> String {
-    let schema = unique("kasm").replace('-', "_");
-    let (client, conn) = tokio_postgres::connect(&pg_base_url(), tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {} (KASM_TEST_PG_URL): {e}", pg_base_url()));
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!("CREATE SCHEMA {schema}"))
-        .await
-        .unwrap();
-    let sep = if pg_base_url().contains('?') {
-        '&'
-    } else {
-        '?'
-    };
-    format!("{}{sep}options=-csearch_path%3D{schema}", pg_base_url())
-}
+pub use kasm_tests::pg_schema;
 
 /// Count rows with a statement on the database directly.
 async fn count(db: &dyn SqlDatabase, table: &str) -> i64 {
@@ -218,6 +195,60 @@ async fn postgres_one_transaction_per_call() {
     let dir = tempfile::tempdir().unwrap();
     let target = SqlTarget::Postgres(pg_schema().await);
     one_transaction_per_call(database(&target, &dir.path().join("m")).await).await;
+}
+
+/// Two transactions that both applied one event (a host that has not learnt yet that it lost
+/// the partition, and its successor): the second one's inbox row conflicts, so it cannot
+/// commit, and its writes go with it.
+async fn a_second_transaction_for_an_inboxed_event_cannot_commit(db: Arc<dyn SqlDatabase>) {
+    use kasm_host::capabilities::SqlValue;
+    sql::ensure_inbox(db.as_ref()).await.unwrap();
+    let insert = "INSERT INTO t (id) VALUES ($1)";
+    let mut first = db.begin().await.unwrap();
+    first
+        .execute(insert, &[SqlValue::Text("first".into())])
+        .await
+        .unwrap();
+    sql::inbox_insert(first.as_mut(), "g", &["ev-1"], 1)
+        .await
+        .unwrap();
+    first.commit().await.unwrap();
+    let mut second = db.begin().await.unwrap();
+    second
+        .execute(insert, &[SqlValue::Text("second".into())])
+        .await
+        .unwrap();
+    let refused = sql::inbox_insert(second.as_mut(), "g", &["ev-1"], 2).await;
+    assert!(refused.is_err(), "the second inbox row was taken");
+    drop(second);
+    assert_eq!(count(db.as_ref(), "t").await, 1);
+    assert_eq!(
+        sql::inbox_contains(db.as_ref(), "g", &["ev-1", "ev-2"])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_second_transaction_for_an_inboxed_event_cannot_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = SqlTarget::Sqlite(dir.path().join("fx.sqlite"));
+    a_second_transaction_for_an_inboxed_event_cannot_commit(
+        database(&target, &dir.path().join("m")).await,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_second_transaction_for_an_inboxed_event_cannot_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = SqlTarget::Postgres(pg_schema().await);
+    a_second_transaction_for_an_inboxed_event_cannot_commit(
+        database(&target, &dir.path().join("m")).await,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

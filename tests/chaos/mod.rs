@@ -36,6 +36,7 @@
 //! so a replay is the same storm, not the same interleaving.
 
 pub mod check;
+pub mod group;
 pub mod observe;
 pub mod soak;
 

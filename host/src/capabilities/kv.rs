@@ -9,6 +9,11 @@
 //! applied together, in one store transaction per batch ([`KvStore::apply`]), after the batch's
 //! publishes are acknowledged and before its ledger entries are written. A record that fails
 //! leaves nothing behind in the store.
+//!
+//! The same transaction records which events wrote (the store's *inbox*, like the `sql`
+//! capability's `kasm_inbox`), and the worker's dedup check asks it: an event whose kv writes
+//! were applied is never run again on this store, even if the host stopped before the batch's
+//! ledger entries were written. A backend without transactions keeps no inbox.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -38,9 +43,18 @@ pub trait KvStore: Send + Sync + std::fmt::Debug {
     ) -> anyhow::Result<()>;
     /// Remove `key`; returns whether a live entry was there.
     async fn delete(&self, namespace: &str, key: &str) -> anyhow::Result<bool>;
-    /// Apply `writes` in order, all or none: when this returns `Ok` every write is durable.
-    /// A backend that has transactions overrides this; the default applies one by one.
-    async fn apply(&self, namespace: &str, writes: Vec<KvWrite>) -> anyhow::Result<()> {
+    /// Apply `writes` in order, all or none, and note `events` (the ledger keys of the records
+    /// that made them) in the inbox of `namespace` at `at_ms`, in the same transaction: when
+    /// this returns `Ok` every write and every note is durable. A backend that has
+    /// transactions overrides this; the default applies one by one and notes nothing.
+    async fn apply(
+        &self,
+        namespace: &str,
+        writes: Vec<KvWrite>,
+        events: Vec<String>,
+        at_ms: i64,
+    ) -> anyhow::Result<()> {
+        let _ = (events, at_ms);
         for w in writes {
             match w.value {
                 Some(value) => self.set(namespace, &w.key, value, w.ttl).await?,
@@ -50,6 +64,22 @@ pub trait KvStore: Send + Sync + std::fmt::Debug {
             }
         }
         Ok(())
+    }
+
+    /// Which of `events` the inbox of `namespace` holds (their writes were applied).
+    async fn applied(
+        &self,
+        namespace: &str,
+        events: &[&str],
+    ) -> anyhow::Result<std::collections::HashSet<String>> {
+        let _ = (namespace, events);
+        Ok(std::collections::HashSet::new())
+    }
+
+    /// Forget the inbox notes of `namespace` made before `cutoff_ms`; how many.
+    async fn sweep_applied(&self, namespace: &str, cutoff_ms: i64) -> anyhow::Result<u64> {
+        let _ = (namespace, cutoff_ms);
+        Ok(0)
     }
 }
 
@@ -124,6 +154,10 @@ impl KvStore for MemoryKv {
 }
 
 const KV: redb::TableDefinition<(&str, &str), &[u8]> = redb::TableDefinition::new("kv");
+
+/// The inbox: (namespace, event ledger key) → when its writes were applied (ms since the
+/// epoch).
+const INBOX: redb::TableDefinition<(&str, &str), i64> = redb::TableDefinition::new("kv_inbox");
 
 /// The embedded [`KvStore`]: a redb file. Each value is stored after an 8-byte big-endian
 /// expiry (ms since the Unix epoch; 0 = never), so a TTL survives a restart. Expired entries
@@ -218,15 +252,28 @@ impl KvStore for FileKv {
         .await
     }
 
-    /// One redb write transaction (one durable commit) for the whole batch.
-    async fn apply(&self, namespace: &str, writes: Vec<KvWrite>) -> anyhow::Result<()> {
-        if writes.is_empty() {
+    /// One redb write transaction (one durable commit) for the whole batch, its inbox notes
+    /// included.
+    async fn apply(
+        &self,
+        namespace: &str,
+        writes: Vec<KvWrite>,
+        events: Vec<String>,
+        at_ms: i64,
+    ) -> anyhow::Result<()> {
+        if writes.is_empty() && events.is_empty() {
             return Ok(());
         }
         let ns = namespace.to_owned();
         self.blocking(move |db| {
             let now = epoch_ms();
             let tx = db.begin_write()?;
+            {
+                let mut inbox = tx.open_table(INBOX)?;
+                for e in &events {
+                    inbox.insert((ns.as_str(), e.as_str()), at_ms)?;
+                }
+            }
             {
                 let mut t = tx.open_table(KV)?;
                 for w in &writes {
@@ -248,6 +295,56 @@ impl KvStore for FileKv {
             }
             tx.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn applied(
+        &self,
+        namespace: &str,
+        events: &[&str],
+    ) -> anyhow::Result<std::collections::HashSet<String>> {
+        if events.is_empty() {
+            return Ok(std::collections::HashSet::new());
+        }
+        let ns = namespace.to_owned();
+        let events: Vec<String> = events.iter().map(|e| (*e).to_owned()).collect();
+        self.blocking(move |db| {
+            use redb::{ReadableDatabase as _, TableError};
+            let tx = db.begin_read()?;
+            let t = match tx.open_table(INBOX) {
+                Ok(t) => t,
+                Err(TableError::TableDoesNotExist(_)) => {
+                    return Ok(std::collections::HashSet::new());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let mut found = std::collections::HashSet::new();
+            for e in events {
+                if t.get((ns.as_str(), e.as_str()))?.is_some() {
+                    found.insert(e);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn sweep_applied(&self, namespace: &str, cutoff_ms: i64) -> anyhow::Result<u64> {
+        let ns = namespace.to_owned();
+        self.blocking(move |db| {
+            let tx = db.begin_write()?;
+            let mut removed = 0;
+            {
+                let mut t = tx.open_table(INBOX)?;
+                t.retain(|(n, _), at| {
+                    let old = n == ns.as_str() && at < cutoff_ms;
+                    removed += u64::from(old);
+                    !old
+                })?;
+            }
+            tx.commit()?;
+            Ok(removed)
         })
         .await
     }
@@ -406,6 +503,8 @@ mod tests {
                 w("gone", None),
                 w("new", Some(b"3")),
             ],
+            vec!["ev-1".into(), "ev-2".into()],
+            1_000,
         )
         .await
         .unwrap();
@@ -413,6 +512,47 @@ mod tests {
         assert_eq!(kv.get("a", "gone").await.unwrap(), None);
         assert_eq!(kv.get("a", "new").await.unwrap(), Some(b"3".to_vec()));
         assert_eq!(kv.get("b", "k").await.unwrap(), None);
+        // The events that wrote are in the inbox of their namespace, and only there.
+        let found = kv.applied("a", &["ev-1", "ev-2", "ev-3"]).await.unwrap();
+        assert_eq!(found, ["ev-1".to_owned(), "ev-2".to_owned()].into());
+        assert!(kv.applied("b", &["ev-1"]).await.unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_inbox_survives_a_reopen_and_is_swept_by_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+        {
+            let kv = FileKv::open(&path).unwrap();
+            assert!(
+                kv.applied("a", &["ev-1"]).await.unwrap().is_empty(),
+                "a new store"
+            );
+            let write = || {
+                vec![KvWrite {
+                    key: "k".into(),
+                    value: Some(b"1".to_vec()),
+                    ttl: None,
+                }]
+            };
+            kv.apply("a", write(), vec!["old".into()], 1_000)
+                .await
+                .unwrap();
+            kv.apply("a", write(), vec!["new".into()], 5_000)
+                .await
+                .unwrap();
+            kv.apply("b", write(), vec!["old".into()], 1_000)
+                .await
+                .unwrap();
+        }
+        let kv = FileKv::open(&path).unwrap();
+        assert_eq!(kv.applied("a", &["old", "new"]).await.unwrap().len(), 2);
+        assert_eq!(kv.sweep_applied("a", 2_000).await.unwrap(), 1);
+        assert_eq!(
+            kv.applied("a", &["old", "new"]).await.unwrap(),
+            ["new".to_owned()].into()
+        );
+        assert_eq!(kv.applied("b", &["old"]).await.unwrap().len(), 1, "b's own");
     }
 
     #[tokio::test]

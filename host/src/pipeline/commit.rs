@@ -76,18 +76,26 @@ pub(super) async fn commit(
             }
         }
     }
-    // 3. kv: the writes of the records handled ok, in one store transaction.
-    let writes: Vec<_> = slots
-        .iter()
-        .filter_map(|s| match &s.fate {
-            Fate::Ok(h) => Some(h.effects.kv_writes.iter().cloned()),
-            _ => None,
-        })
-        .flatten()
-        .collect();
+    // 3. kv: the writes of the records handled ok, in one store transaction with the inbox
+    //    notes of the records that wrote (with the ledger on).
+    let mut writes = Vec::new();
+    let mut wrote = Vec::new();
+    for s in &slots {
+        if let Fate::Ok(h) = &s.fate
+            && !h.effects.kv_writes.is_empty()
+        {
+            writes.extend(h.effects.kv_writes.iter().cloned());
+            if ctx.config.ledger {
+                wrote.push(s.queued.key.clone());
+            }
+        }
+    }
     if !writes.is_empty() {
+        let at_ms = now_ms();
         retry_until_stopped("kv write", stop, || {
-            ctx.resources.kv.apply(&ctx.name, writes.clone())
+            ctx.resources
+                .kv
+                .apply(&ctx.name, writes.clone(), wrote.clone(), at_ms)
         })
         .await?;
     }

@@ -365,6 +365,27 @@ async fn run_batch(
                 }
             }
         }
+        // Likewise the kv store: an event whose kv writes were applied (its inbox note, made
+        // in the same store transaction) is done.
+        if ctx.config.grants.kv && !inbox_down {
+            let unknown: Vec<&str> = ask
+                .iter()
+                .zip(&known)
+                .filter(|(_, k)| !**k)
+                .map(|(a, _)| *a)
+                .collect();
+            match ctx.resources.kv.applied(&ctx.name, &unknown).await {
+                Ok(found) => {
+                    for (a, k) in ask.iter().zip(known.iter_mut()) {
+                        *k |= found.contains(*a);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(records = unknown.len(), error = %format!("{e:#}"), "kv inbox lookup failed; the batch waits and asks again");
+                    inbox_down = true;
+                }
+            }
+        }
         (claimed, known)
     } else {
         (usize::MAX, Vec::new())

@@ -250,7 +250,12 @@ impl LoadedHandler {
             } else if let Err(e) = self
                 .env
                 .kv
-                .apply(&self.env.name, inv.effects.kv_writes.clone())
+                .apply(
+                    &self.env.name,
+                    inv.effects.kv_writes.clone(),
+                    Vec::new(),
+                    crate::now_ms(),
+                )
                 .await
             {
                 inv.outcome = Outcome::Failed(HandlerFailure::new(

@@ -30,6 +30,11 @@ pub async fn ensure_inbox(db: &dyn SqlDatabase) -> anyhow::Result<()> {
 }
 
 /// Add `keys` of consumer group `group` to the inbox inside `tx` (a batch's transaction, before it commits).
+///
+/// No `ON CONFLICT`: a key already there means another transaction applied this event's writes
+/// since the batch looked (a host that has not yet learnt it lost the partition). The insert
+/// then fails, the batch's transaction with it, and its records run again, when the inbox
+/// lookup finds the key and skips them. Ignoring the conflict would commit the writes twice.
 pub async fn inbox_insert(
     tx: &mut dyn SqlTx,
     group: &str,
@@ -50,7 +55,6 @@ pub async fn inbox_insert(
             params.push(SqlValue::Text((*k).to_owned()));
             params.push(SqlValue::Integer(at_ms));
         }
-        statement.push_str(" ON CONFLICT (consumer_group, event_key) DO NOTHING");
         tx.execute(&statement, &params).await?;
     }
     Ok(())
