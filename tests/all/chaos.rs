@@ -74,15 +74,17 @@ async fn group_campaign() {
         max_duration: Duration::from_secs(40 * 60),
         partitions: 4,
         summary_file: "group-summary.txt".into(),
+        kinds: GroupFault::ALL.to_vec(),
+        leaves: true,
     }
     .from_env();
     let min_faults = cfg.rounds * cfg.faults_per_round.max(GroupFault::ALL.len());
-    let events = cfg.events;
+    let (events, kinds) = (cfg.events, cfg.kinds.clone());
     let rt = tokio::runtime::Handle::current();
     let s = tokio::task::spawn_blocking(move || run_group(&cfg, TestBroker::from_env, &rt))
         .await
         .unwrap();
-    s.assert_clean(events, min_faults);
+    s.assert_clean(&kinds, events, min_faults);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -310,7 +310,17 @@ async fn sql_effects_committed_before_a_kill_that_lost_their_ledger_entries_appl
 async fn three_hosts_through_kills_rolling_restarts_scaling_and_wiped_folders_rerun_no_recorded_event()
  {
     // The short version of `make chaos`'s multi-host rounds: one round, one fault of each kind,
-    // on the embedded cluster (or the broker of KASM_TEST_BOOTSTRAP: CI runs it on Tansu too).
+    // on the embedded cluster, or on the broker of KASM_TEST_BOOTSTRAP (CI runs it on Tansu
+    // too). Tansu 0.6 keeps a group waiting, without assignments, for a leader that left it by
+    // SIGTERM during a rebalance (its JoinGroup answers keep naming the departed member as
+    // leader for minutes): there every stop is a SIGKILL, and the round's faults are the two
+    // kinds made of kills (the group forgets a killed host when its session expires).
+    let external = std::env::var("KASM_TEST_BOOTSTRAP").is_ok_and(|b| !b.trim().is_empty());
+    let (kinds, leaves) = if external {
+        (vec![GroupFault::Sigkill, GroupFault::WipedRestart], false)
+    } else {
+        (GroupFault::ALL.to_vec(), true)
+    };
     let cfg = GroupConfig {
         rounds: 1,
         events: 1_500,
@@ -320,6 +330,8 @@ async fn three_hosts_through_kills_rolling_restarts_scaling_and_wiped_folders_re
         max_duration: Duration::from_secs(600),
         partitions: 4,
         summary_file: "group-short-summary.txt".into(),
+        kinds: kinds.clone(),
+        leaves,
     }
     .from_env();
     let rt = tokio::runtime::Handle::current();
@@ -327,7 +339,7 @@ async fn three_hosts_through_kills_rolling_restarts_scaling_and_wiped_folders_re
     let summary = tokio::task::spawn_blocking(move || run_group(&cfg, TestBroker::from_env, &rt))
         .await
         .unwrap();
-    summary.assert_clean(events, GroupFault::ALL.len());
+    summary.assert_clean(&kinds, events, GroupFault::ALL.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
