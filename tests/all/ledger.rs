@@ -45,6 +45,41 @@ fn wait_committed(s: &Setup, n: i64, timeout: Duration) -> i64 {
     }
 }
 
+/// `n` events `<prefix>-<i>` (in the `event-id` header, key `k<i>`), payload `payload(i)`.
+fn keyed_events(
+    prefix: &str,
+    n: usize,
+    payload: impl Fn(usize) -> serde_json::Value,
+) -> Vec<kasm_tests::broker::Rec> {
+    (0..n)
+        .map(|i| kasm_tests::broker::Rec {
+            key: Some(format!("k{i}").into_bytes()),
+            payload: payload(i).to_string().into_bytes(),
+            headers: vec![("event-id".into(), format!("{prefix}-{i}").into_bytes())],
+            partition: None,
+        })
+        .collect()
+}
+
+/// From now on the embedded cluster refuses every write (`refuse`), or takes them again: a
+/// batch's effects commit while its ledger entries never reach the ledger topic.
+fn refuse_writes(s: &Setup, refuse: bool) {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let cluster = s.broker.cluster();
+    if refuse {
+        cluster
+            .request_errors(
+                RDKafkaApiKey::Produce,
+                &vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 100_000],
+            )
+            .unwrap();
+    } else {
+        cluster
+            .clear_request_errors(RDKafkaApiKey::Produce)
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_sigkill_a_host_on_an_empty_data_folder_runs_nothing_the_killed_one_recorded() {
     let s = Setup::new(TestBroker::from_env(), 4).await;
@@ -195,7 +230,6 @@ async fn partitions_moving_between_three_hosts_repeat_no_recorded_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_effects_committed_before_a_kill_that_lost_their_ledger_entries_apply_once() {
-    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
     let s = Setup::new(TestBroker::embedded(), 2).await;
     let migrations = s.dir.path().join("migrations");
     std::fs::create_dir_all(&migrations).unwrap();
@@ -207,28 +241,15 @@ async fn sql_effects_committed_before_a_kill_that_lost_their_ledger_entries_appl
     .unwrap();
     let db = s.dir.path().join("shared.sqlite");
     let n = 400;
-    let recs: Vec<kasm_tests::broker::Rec> = (0..n)
-        .map(|i| kasm_tests::broker::Rec {
-            key: Some(format!("k{i}").into_bytes()),
-            payload: serde_json::json!({
-                "steps": [{"execute": "INSERT INTO t (id) VALUES ($1)", "params": [format!("r-{i}")]}],
-            })
-            .to_string()
-            .into_bytes(),
-            headers: vec![("event-id".into(), format!("sql-{i}").into_bytes())],
-            partition: None,
+    let recs = keyed_events("sql", n, |i| {
+        serde_json::json!({
+            "steps": [{"execute": "INSERT INTO t (id) VALUES ($1)", "params": [format!("r-{i}")]}],
         })
-        .collect();
+    });
     produce(&s.broker.producer(), &s.topic, &recs).await;
     // From now on every write to the broker is refused: the handler's transactions commit,
     // their ledger entries never reach the ledger topic.
-    s.broker
-        .cluster()
-        .request_errors(
-            RDKafkaApiKey::Produce,
-            &vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 100_000],
-        )
-        .unwrap();
+    refuse_writes(&s, true);
     let host_config = |data: &str| {
         let dir = s.dir.path().join(data);
         std::fs::create_dir_all(&dir).unwrap();
@@ -267,10 +288,7 @@ async fn sql_effects_committed_before_a_kill_that_lost_their_ledger_entries_appl
         a.printed()
     );
     a.kill();
-    s.broker
-        .cluster()
-        .clear_request_errors(RDKafkaApiKey::Produce)
-        .unwrap();
+    refuse_writes(&s, false);
     // Host b knows nothing: an empty data folder, and a ledger topic without these events.
     let mut b = HostProcess::start_logged(
         &host_config("b"),
@@ -345,29 +363,17 @@ async fn three_hosts_through_kills_rolling_restarts_scaling_and_wiped_folders_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_writes_applied_before_a_kill_that_lost_their_ledger_entries_are_not_run_again() {
     use kasm_host::capabilities::{FileKv, KvStore as _};
-    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
     let s = Setup::new(TestBroker::embedded(), 2).await;
     let n = 300;
-    let recs: Vec<kasm_tests::broker::Rec> = (0..n)
-        .map(|i| kasm_tests::broker::Rec {
-            key: Some(format!("k{i}").into_bytes()),
-            payload: serde_json::json!({"action": "kv", "key": format!("k{i}"), "value": "v"})
-                .to_string()
-                .into_bytes(),
-            headers: vec![("event-id".into(), format!("kv-{i}").into_bytes())],
-            partition: None,
-        })
-        .collect();
+    let recs = keyed_events(
+        "kv",
+        n,
+        |i| serde_json::json!({"action": "kv", "key": format!("k{i}"), "value": "v"}),
+    );
     produce(&s.broker.producer(), &s.topic, &recs).await;
     // Every write to the broker is refused from now on: the batches' kv writes are applied,
     // their ledger entries never reach the ledger topic.
-    s.broker
-        .cluster()
-        .request_errors(
-            RDKafkaApiKey::Produce,
-            &vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 100_000],
-        )
-        .unwrap();
+    refuse_writes(&s, true);
     // One pod, restarted on its own disk: the kv store is in its data folder.
     let dir = s.dir.path().join("pod");
     std::fs::create_dir_all(&dir).unwrap();
@@ -399,10 +405,7 @@ async fn kv_writes_applied_before_a_kill_that_lost_their_ledger_entries_are_not_
         "host a applied {} events' kv writes\n{printed}",
         applied.len()
     );
-    s.broker
-        .cluster()
-        .clear_request_errors(RDKafkaApiKey::Produce)
-        .unwrap();
+    refuse_writes(&s, false);
     let mut b = HostProcess::start_logged(&config, &s.broker.bootstrap(), "warn,kasm_host=info");
     let committed = wait_committed(&s, n as i64, Duration::from_secs(90));
     assert_eq!(

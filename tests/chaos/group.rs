@@ -107,24 +107,14 @@ impl GroupConfig {
     /// `self` with `CHAOS_ROUNDS`, `CHAOS_EVENTS`, `CHAOS_FAULTS` (per round), `CHAOS_SEED` and
     /// `CHAOS_SECONDS` from the environment where set; without `CHAOS_SEED` a random seed.
     pub fn from_env(mut self) -> Self {
-        let var = |k: &str| {
-            std::env::var(k)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        };
-        if let Some(v) = var("CHAOS_ROUNDS") {
-            self.rounds = v.max(1) as usize;
-        }
-        if let Some(v) = var("CHAOS_EVENTS") {
-            self.events = v as usize;
-        }
-        if let Some(v) = var("CHAOS_FAULTS") {
-            self.faults_per_round = v as usize;
-        }
-        if let Some(v) = var("CHAOS_SECONDS") {
-            self.max_duration = Duration::from_secs(v);
-        }
-        self.seed = var("CHAOS_SEED").unwrap_or(self.seed);
+        let knobs = super::Knobs::from_env();
+        knobs.resize(
+            &mut self.rounds,
+            &mut self.events,
+            &mut self.faults_per_round,
+            &mut self.max_duration,
+        );
+        self.seed = knobs.seed.unwrap_or(self.seed);
         self
     }
 }
@@ -387,15 +377,7 @@ pub fn run_group(
             ));
             break;
         }
-        let events = cfg.events / cfg.rounds
-            + if r + 1 == cfg.rounds {
-                cfg.events % cfg.rounds
-            } else {
-                0
-            };
-        let seed = cfg
-            .seed
-            .wrapping_add((r as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let (events, seed) = super::round_plan(cfg.events, cfg.rounds, r, cfg.seed);
         let t0 = Instant::now();
         let round = GroupRound::new(r, seed, cfg, broker(), rt.clone());
         let result = round.run(events, faults, cfg, &out_dir);

@@ -146,26 +146,78 @@ impl CampaignConfig {
     /// and `CHAOS_SECONDS` from the environment where set. Without `CHAOS_SEED` the seed is
     /// random (and printed).
     pub fn from_env(mut self) -> Self {
+        let knobs = Knobs::from_env();
+        knobs.resize(
+            &mut self.rounds,
+            &mut self.events,
+            &mut self.faults_per_round,
+            &mut self.max_duration,
+        );
+        self.seed = knobs.seed.unwrap_or_else(rand::random);
+        self
+    }
+}
+
+/// The `CHAOS_*` variables that resize a campaign, where set.
+#[derive(Debug, Default)]
+pub struct Knobs {
+    rounds: Option<u64>,
+    events: Option<u64>,
+    faults: Option<u64>,
+    seconds: Option<u64>,
+    /// `CHAOS_SEED`.
+    pub seed: Option<u64>,
+}
+
+impl Knobs {
+    /// `CHAOS_ROUNDS`, `CHAOS_EVENTS`, `CHAOS_FAULTS` (per round), `CHAOS_SECONDS` and
+    /// `CHAOS_SEED`.
+    pub fn from_env() -> Self {
         let var = |k: &str| {
             std::env::var(k)
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
         };
-        if let Some(v) = var("CHAOS_ROUNDS") {
-            self.rounds = v.max(1) as usize;
+        Self {
+            rounds: var("CHAOS_ROUNDS"),
+            events: var("CHAOS_EVENTS"),
+            faults: var("CHAOS_FAULTS"),
+            seconds: var("CHAOS_SECONDS"),
+            seed: var("CHAOS_SEED"),
         }
-        if let Some(v) = var("CHAOS_EVENTS") {
-            self.events = v as usize;
-        }
-        if let Some(v) = var("CHAOS_FAULTS") {
-            self.faults_per_round = v as usize;
-        }
-        if let Some(v) = var("CHAOS_SECONDS") {
-            self.max_duration = Duration::from_secs(v);
-        }
-        self.seed = var("CHAOS_SEED").unwrap_or_else(rand::random);
-        self
     }
+
+    /// Set what the environment set.
+    pub fn resize(
+        &self,
+        rounds: &mut usize,
+        events: &mut usize,
+        faults_per_round: &mut usize,
+        max_duration: &mut Duration,
+    ) {
+        if let Some(v) = self.rounds {
+            *rounds = v.max(1) as usize;
+        }
+        if let Some(v) = self.events {
+            *events = v as usize;
+        }
+        if let Some(v) = self.faults {
+            *faults_per_round = v as usize;
+        }
+        if let Some(v) = self.seconds {
+            *max_duration = Duration::from_secs(v);
+        }
+    }
+}
+
+/// Round `r`'s share of `events` over `rounds` (the last round takes the remainder), and its
+/// seed from the campaign's.
+pub fn round_plan(events: usize, rounds: usize, r: usize, seed: u64) -> (usize, u64) {
+    let share = events / rounds + if r + 1 == rounds { events % rounds } else { 0 };
+    (
+        share,
+        seed.wrapping_add((r as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+    )
 }
 
 /// What a campaign found.
@@ -344,15 +396,7 @@ pub fn run(cfg: &CampaignConfig, rt: &tokio::runtime::Handle) -> Summary {
             ));
             break;
         }
-        let events = cfg.events / cfg.rounds
-            + if r + 1 == cfg.rounds {
-                cfg.events % cfg.rounds
-            } else {
-                0
-            };
-        let seed = cfg
-            .seed
-            .wrapping_add((r as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let (events, seed) = round_plan(cfg.events, cfg.rounds, r, cfg.seed);
         let t0 = Instant::now();
         let round = Round::new(r, seed, cfg.partitions, cluster, rt.clone(), &versions);
         let result = round.run(events, faults, &out_dir);

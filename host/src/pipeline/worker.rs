@@ -343,21 +343,11 @@ async fn run_batch(
         // transaction committed there (its inbox row) is done, even if its ledger entry was
         // never written (a crash between the two, on this host or another one).
         if let Some(db) = &ctx.resources.sql {
-            let unknown: Vec<&str> = ask
-                .iter()
-                .zip(&known)
-                .filter(|(_, k)| !**k)
-                .map(|(a, _)| *a)
-                .collect();
+            let unknown = unknown_keys(&ask, &known);
             match crate::capabilities::sql::inbox_contains(db.as_ref(), &ctx.group_id, &unknown)
                 .await
             {
-                Ok(found) if !found.is_empty() => {
-                    for (a, k) in ask.iter().zip(known.iter_mut()) {
-                        *k |= found.contains(*a);
-                    }
-                }
-                Ok(_) => {}
+                Ok(found) => mark_known(&ask, &mut known, &found),
                 // Running them could apply their writes twice: they wait, and ask again.
                 Err(e) => {
                     tracing::warn!(records = unknown.len(), error = %e, "inbox lookup failed; the batch waits and asks again");
@@ -368,18 +358,9 @@ async fn run_batch(
         // Likewise the kv store: an event whose kv writes were applied (its inbox note, made
         // in the same store transaction) is done.
         if ctx.config.grants.kv && !inbox_down {
-            let unknown: Vec<&str> = ask
-                .iter()
-                .zip(&known)
-                .filter(|(_, k)| !**k)
-                .map(|(a, _)| *a)
-                .collect();
+            let unknown = unknown_keys(&ask, &known);
             match ctx.resources.kv.applied(&ctx.name, &unknown).await {
-                Ok(found) => {
-                    for (a, k) in ask.iter().zip(known.iter_mut()) {
-                        *k |= found.contains(*a);
-                    }
-                }
+                Ok(found) => mark_known(&ask, &mut known, &found),
                 Err(e) => {
                     tracing::warn!(records = unknown.len(), error = %format!("{e:#}"), "kv inbox lookup failed; the batch waits and asks again");
                     inbox_down = true;
@@ -526,6 +507,22 @@ async fn run_batch(
     batch.finish();
     drop(claims);
     settled
+}
+
+/// The keys of `ask` that `known` does not mark.
+fn unknown_keys<'a>(ask: &[&'a str], known: &[bool]) -> Vec<&'a str> {
+    ask.iter()
+        .zip(known)
+        .filter(|(_, k)| !**k)
+        .map(|(a, _)| *a)
+        .collect()
+}
+
+/// Mark in `known` the keys of `ask` that an inbox `found`.
+fn mark_known(ask: &[&str], known: &mut [bool], found: &HashSet<String>) {
+    for (a, k) in ask.iter().zip(known.iter_mut()) {
+        *k |= found.contains(*a);
+    }
 }
 
 /// How long a batch waits when its handler's inbox could not be read.
