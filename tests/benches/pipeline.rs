@@ -1704,31 +1704,46 @@ fn main() {
 /// written to partition 0 of a fresh ledger topic, then [`Ledger::restore`] timed, as a host
 /// does it when it is assigned the partition. On an external broker 1,000,000 entries
 /// (`KASM_BENCH_RESTORE_ENTRIES`); the embedded cluster keeps only about 5 MiB per partition,
-/// so there the row is 30,000 entries and the 1,000,000 figure is a projection from its rate.
+/// so there the row is 80,000 entries and the 1,000,000 figure is a projection from its rate.
 fn restore(b: &Bench) {
-    use kasm_host::ledger::{KafkaLedger, Ledger as _, LedgerEntry, LedgerOutcome, encode_value};
+    use kasm_host::ledger::{KafkaLedger, Ledger as _, LedgerEntry, LedgerOutcome};
     let external = b.broker.is_external();
     let n: usize = std::env::var("KASM_BENCH_RESTORE_ENTRIES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if external { 1_000_000 } else { 30_000 });
+        .unwrap_or(if external { 1_000_000 } else { 80_000 });
     let source = b.topic("restore-src", 1);
     let ledger_topic = format!("{source}.ledger");
-    b.rt.block_on(b.broker.create_topic(&ledger_topic, 1));
-    let producer: rdkafka::producer::FutureProducer = b
-        .client()
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .unwrap();
+    let env = kasm_env(b);
+    let retention = Duration::from_secs(7 * 86_400);
+    let new_ledger = || {
+        let kprod = kasm_host::kafka::producer::KafkaProducer::new(&env, &[]).unwrap();
+        KafkaLedger::new(kprod, &env, &[])
+    };
+    // The entries are written as a host writes them: batches of the default size, through
+    // the ledger's own write path, with event ids shaped like UUIDs.
+    let writer = new_ledger();
     let now = kasm_host::now_ms();
     let written = Instant::now();
     b.rt.block_on(async {
-        for chunk in (0..n).collect::<Vec<_>>().chunks(20_000) {
-            let sends: Vec<_> = chunk
-                .iter()
-                .map(|&i| {
+        writer
+            .register("h", &ledger_topic, std::slice::from_ref(&source), retention)
+            .await
+            .unwrap();
+        writer.restore("h", &source, 0).await.unwrap();
+        let batch = kasm_host::config::defaults::max_batch();
+        for start in (0..n).step_by(batch) {
+            let entries: Vec<(String, LedgerEntry)> = (start..n.min(start + batch))
+                .map(|i| {
+                    let id = format!("{:032x}", rand::random::<u128>());
+                    let key = format!(
+                        "{}-{}-{}-{}-{}",
+                        &id[..8],
+                        &id[8..12],
+                        &id[12..16],
+                        &id[16..20],
+                        &id[20..]
+                    );
                     let entry = LedgerEntry {
                         outcome: LedgerOutcome::Ok,
                         at_ms: now,
@@ -1737,35 +1752,17 @@ fn restore(b: &Bench) {
                         partition: 0,
                         offset: i as i64,
                     };
-                    let key = format!("evt-{i:08}");
-                    let value = encode_value(&entry).unwrap();
-                    producer
-                        .send_result(
-                            rdkafka::producer::FutureRecord::to(&ledger_topic)
-                                .partition(0)
-                                .key(key.as_bytes())
-                                .payload(&value),
-                        )
-                        .map_err(|(e, _)| e)
+                    (key, entry)
                 })
                 .collect();
-            for s in sends {
-                s.unwrap().await.unwrap().unwrap();
-            }
+            writer.record_many("h", entries).await.unwrap();
         }
     });
     let write_secs = written.elapsed().as_secs_f64();
-    let env = kasm_env(b);
-    let kprod = kasm_host::kafka::producer::KafkaProducer::new(&env, &[]).unwrap();
-    let ledger = KafkaLedger::new(kprod, &env, &[]);
+    let ledger = new_ledger();
     let (restored, secs) = b.rt.block_on(async {
         ledger
-            .register(
-                "h",
-                &ledger_topic,
-                std::slice::from_ref(&source),
-                Duration::from_secs(7 * 86_400),
-            )
+            .register("h", &ledger_topic, std::slice::from_ref(&source), retention)
             .await
             .unwrap();
         let t = Instant::now();

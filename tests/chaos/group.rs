@@ -159,6 +159,7 @@ pub struct GroupVerdict {
 /// - every produced event id ran and has its row (nothing lost), and the committed offsets
 ///   reached the source's ends (they add up to the records produced);
 /// - no run of an event after a snapshot had read its acknowledged ledger entry;
+/// - every event that ran has its entry in the ledger topic at the end;
 /// - exactly one audit row per distinct event id, and none for an event never produced;
 /// - every host stop was clean, and no host exited on its own.
 pub fn check_group(o: &GroupObservation) -> GroupVerdict {
@@ -208,6 +209,21 @@ pub fn check_group(o: &GroupObservation) -> GroupVerdict {
             "{} events never ran, e.g. {:?}",
             lost.len(),
             &lost[..lost.len().min(5)]
+        ));
+    }
+    // The last snapshot reads the ledger topic after every host stopped: each event that ran
+    // has its entry there, or the topic (or the way it is read) lost it.
+    let mut unrecorded: Vec<&str> = distinct
+        .iter()
+        .filter(|id| ran.contains_key(*id) && !o.recorded_at.contains_key(**id))
+        .copied()
+        .collect();
+    unrecorded.sort_unstable();
+    if !unrecorded.is_empty() {
+        v.violations.push(format!(
+            "{} events ran but have no entry in the ledger topic, e.g. {:?}",
+            unrecorded.len(),
+            &unrecorded[..unrecorded.len().min(5)]
         ));
     }
     let mut rowless: Vec<&str> = distinct
@@ -894,14 +910,10 @@ impl GroupRound {
         let mark = self.receiver.received.lock().expect("receiver lock").len();
         let records = log.records(&self.ledger_topic);
         for r in &records[self.ledger_read..] {
-            if r.payload.is_empty() {
-                continue;
-            }
-            if let Some(k) = &r.key {
-                self.obs
-                    .recorded_at
-                    .entry(String::from_utf8_lossy(k).into_owned())
-                    .or_insert(mark);
+            let decoded = kasm_host::ledger::decode_ledger_record(r.key.as_deref(), &r.payload)
+                .expect("a ledger record this kasm reads");
+            for (id, _) in decoded.map(|d| d.entries()).unwrap_or_default() {
+                self.obs.recorded_at.entry(id).or_insert(mark);
             }
         }
         self.ledger_read = records.len();
@@ -947,7 +959,12 @@ mod tests {
         GroupObservation {
             produced: ids(&["a", "b", "c", "b"]),
             runs: ids(&["a", "b", "c"]),
-            recorded_at: [("a".to_owned(), 3), ("b".to_owned(), 3)].into(),
+            recorded_at: [
+                ("a".to_owned(), 3),
+                ("b".to_owned(), 3),
+                ("c".to_owned(), 4),
+            ]
+            .into(),
             rows: [
                 ("a".to_owned(), 1),
                 ("b".to_owned(), 1),
@@ -988,6 +1005,17 @@ mod tests {
             ),
             "{:?}",
             v.violations
+        );
+    }
+
+    #[test]
+    fn an_event_that_ran_without_a_ledger_entry_at_the_end_is_a_violation() {
+        let mut o = clean();
+        o.recorded_at.remove("c");
+        let v = check_group(&o);
+        assert_eq!(
+            v.violations,
+            ["1 events ran but have no entry in the ledger topic, e.g. [\"c\"]"]
         );
     }
 

@@ -27,13 +27,15 @@
 //!
 //! # Backends
 //!
-//! [`FileLedger`] is the default, for one host: an embedded [redb](https://www.redb.org) file.
-//! redb is pure Rust (no C build on 2 cores), ACID with copy-on-write B-trees and checksummed
-//! commits (a torn write is rolled back on open, not half-read), supports concurrent readers
-//! beside one writer, and has ordered tuple keys, which gives the age index below for free.
-//! [`MemoryLedger`] keeps everything in a map, for tests. [`NoLedger`] keeps nothing: a handler
-//! configured with `ledger = false` gets plain at-least-once delivery without dedup. A shared store for several hosts in
-//! one consumer group can come later behind the same trait.
+//! [`KafkaLedger`] is the default: the entries are durable in a ledger topic per handler,
+//! partitioned like the source, so a partition's ledger follows it to whichever host owns it
+//! (restored on assignment, cached in memory). [`FileLedger`] (`ledger_store = "file"`) is for
+//! one host: an embedded [redb](https://www.redb.org) file. redb is pure Rust (no C build on 2
+//! cores), ACID with copy-on-write B-trees and checksummed commits (a torn write is rolled back
+//! on open, not half-read), supports concurrent readers beside one writer, and has ordered tuple
+//! keys, which gives the age index below for free. [`MemoryLedger`] keeps everything in a map,
+//! for tests. [`NoLedger`] keeps nothing: a handler configured with `ledger = false` gets plain
+//! at-least-once delivery without dedup.
 //!
 //! # Group commit
 //!
@@ -83,7 +85,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use file::{FileLedger, MAX_BATCH, WriterStats};
-pub use kafka::{KafkaLedger, decode_value, encode_value};
+pub use kafka::{BATCH_TAG, Batch, Decoded, Item, KafkaLedger, decode as decode_ledger_record};
 pub use memory::MemoryLedger;
 pub use off::NoLedger;
 

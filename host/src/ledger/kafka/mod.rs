@@ -4,10 +4,9 @@
 //! # Where an entry lives
 //!
 //! Each handler has a ledger topic (`<group_id>.ledger` unless configured), compacted and
-//! partitioned like its source topics: the entry of an event read from source partition `p` is
-//! written to ledger partition `p`, keyed by the event's ledger key, its value the version byte
-//! and the postcard encoding of the [`LedgerEntry`] (the same value the file ledger stores).
-//! [`Ledger::record_many`] returns once every entry is acknowledged by the broker (`acks=all`,
+//! partitioned like its source topics: the entries of a batch read from source partition `p`
+//! are written to ledger partition `p` as one record (see [`record`] for its format).
+//! [`Ledger::record_many`] returns once every record is acknowledged by the broker (`acks=all`,
 //! through the host's idempotent producer); only then does the pipeline report the batch's
 //! offsets done, so an offset is committed only behind acknowledged ledger writes.
 //!
@@ -35,8 +34,11 @@
 //! between the broker's decision and its own discovery of it is not read by the new owner if
 //! the new owner's restore had already passed it: that window is stated in the README.
 
+mod record;
 mod restore;
 mod topic;
+
+pub use record::{BATCH_TAG, Batch, Decoded, Item, decode};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -50,8 +52,7 @@ use crate::config::KafkaEnv;
 use crate::kafka::producer::{KafkaProducer, OutRecord};
 use crate::kafka::{Role, base_config};
 use crate::ledger::{
-    FORMAT_VERSION, Ledger, LedgerEntry, LedgerOutcome, Restored, abbreviate, check_key,
-    retention_cutoff,
+    Ledger, LedgerEntry, LedgerOutcome, Restored, abbreviate, check_key, retention_cutoff,
 };
 use crate::now_ms;
 
@@ -59,26 +60,6 @@ use restore::*;
 
 /// Metadata and watermark requests.
 pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The value stored for `entry`: the version byte, then postcard.
-pub fn encode_value(entry: &LedgerEntry) -> anyhow::Result<Vec<u8>> {
-    let mut v = vec![FORMAT_VERSION];
-    v.extend(postcard::to_allocvec(entry).context("encoding a ledger entry")?);
-    Ok(v)
-}
-
-/// The entry a stored value holds (see [`encode_value`]).
-pub fn decode_value(v: &[u8]) -> anyhow::Result<LedgerEntry> {
-    match v.split_first() {
-        Some((&FORMAT_VERSION, rest)) => {
-            postcard::from_bytes(rest).context("decoding a ledger entry")
-        }
-        Some((other, _)) => bail!(
-            "ledger entry format version {other} is not known to this kasm (it knows {FORMAT_VERSION}); upgrade kasm"
-        ),
-        None => bail!("empty ledger entry"),
-    }
-}
 
 /// One remembered event, as the cache keeps it: the topic and the component version are
 /// shared between entries.
@@ -119,10 +100,43 @@ impl HandlerCache {
             topic: self.intern(&e.topic),
             sha: self.intern(&e.component_sha256),
         };
+        self.put(key, slim);
+    }
+
+    fn put(&mut self, key: &str, slim: Slim) {
         match self.map.get_mut(key) {
             Some(old) => *old = slim,
             None => {
                 self.map.insert(Box::from(key), slim);
+            }
+        }
+    }
+
+    /// Insert what a ledger-topic record holds, leaving out entries older than `cutoff_ms`;
+    /// returns how many went in.
+    pub(super) fn insert_decoded(&mut self, d: &Decoded<'_>, cutoff_ms: i64) -> u64 {
+        match d {
+            Decoded::One(key, e) if e.at_ms >= cutoff_ms => {
+                self.insert(key, e);
+                1
+            }
+            Decoded::One(..) => 0,
+            Decoded::Batch(b) => {
+                let (topic, sha) = (self.intern(b.topic), self.intern(b.component_sha256));
+                let mut n = 0;
+                for i in b.items.iter().filter(|i| i.at_ms >= cutoff_ms) {
+                    let slim = Slim {
+                        at_ms: i.at_ms,
+                        offset: i.offset,
+                        partition: b.partition,
+                        outcome: i.outcome,
+                        topic: topic.clone(),
+                        sha: sha.clone(),
+                    };
+                    self.put(i.key, slim);
+                    n += 1;
+                }
+                n
             }
         }
     }
@@ -214,8 +228,28 @@ impl KafkaLedger {
     pub(super) fn apply(&self, handler: &str, entries: &[(String, LedgerEntry)]) {
         let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
         let h = cache.entry(handler.to_owned()).or_default();
+        // A batch's entries share their topic and component version: interned once.
+        let mut shared: Option<(Arc<str>, Arc<str>)> = None;
         for (k, e) in entries {
-            h.insert(k, e);
+            let (topic, sha) = match &shared {
+                Some((t, s)) if **t == *e.topic && **s == *e.component_sha256 => {
+                    (t.clone(), s.clone())
+                }
+                _ => {
+                    let pair = (h.intern(&e.topic), h.intern(&e.component_sha256));
+                    shared = Some(pair.clone());
+                    pair
+                }
+            };
+            let slim = Slim {
+                at_ms: e.at_ms,
+                offset: e.offset,
+                partition: e.partition,
+                outcome: e.outcome,
+                topic,
+                sha,
+            };
+            h.put(k, slim);
         }
     }
 
@@ -280,10 +314,7 @@ impl Ledger for KafkaLedger {
         entries: Vec<(String, LedgerEntry)>,
     ) -> anyhow::Result<()> {
         let (topic, _) = self.topic_of(handler)?;
-        let owned_first = entries
-            .first()
-            .is_some_and(|(_, e)| self.is_owned(handler, &e.topic, e.partition));
-        let mut pending = Vec::with_capacity(entries.len());
+        let mut asked: Option<(&str, i32)> = None;
         for (key, entry) in &entries {
             check_key(handler, key).with_context(|| {
                 format!(
@@ -292,36 +323,34 @@ impl Ledger for KafkaLedger {
                 )
             })?;
             // A batch's entries share one source partition: the owned set is asked once.
-            let known = entries
-                .first()
-                .is_some_and(|(_, f)| f.topic == entry.topic && f.partition == entry.partition);
-            let owned =
-                (known && owned_first) || self.is_owned(handler, &entry.topic, entry.partition);
-            if !owned {
+            if asked == Some((entry.topic.as_str(), entry.partition)) {
+                continue;
+            }
+            if !self.is_owned(handler, &entry.topic, entry.partition) {
                 bail!(
                     "handler={handler}: {}/{} is not assigned to this host (any more): its ledger entries are not written",
                     entry.topic,
                     entry.partition
                 );
             }
-            let value = encode_value(entry)?;
+            asked = Some((entry.topic.as_str(), entry.partition));
+        }
+        let mut pending = Vec::new();
+        for r in record::encode(&entries)
+            .with_context(|| format!("handler={handler}: encoding ledger entries"))?
+        {
             let p = self
                 .producer
                 .enqueue(OutRecord {
                     topic: &topic,
-                    key: Some(key.as_bytes()),
-                    payload: &value,
+                    key: Some(r.key.as_bytes()),
+                    payload: &r.value,
                     headers: &[],
-                    partition: Some(entry.partition),
+                    partition: Some(r.partition),
                 })
                 .await
-                .with_context(|| {
-                    format!(
-                        "handler={handler}: writing ledger entry {}",
-                        abbreviate(key)
-                    )
-                })?;
-            pending.push((entry.partition, p));
+                .with_context(|| format!("handler={handler}: writing ledger entries {}", r.key))?;
+            pending.push((r.partition, p));
         }
         let mut written: HashMap<i32, Vec<i64>> = HashMap::new();
         let mut failed = None;

@@ -11,14 +11,10 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::ledger::LedgerEntry;
-
 use super::*;
 
 /// How long a restore may go without reading anything before it fails (and is tried again).
 pub(super) const RESTORE_STALL: Duration = Duration::from_secs(30);
-/// Entries applied to the cache per lock taken during a restore.
-pub(super) const RESTORE_CHUNK: usize = 16 * 1024;
 /// The consumer that reads ledger partitions.
 pub(super) type Reader = BaseConsumer<ReaderContext>;
 /// A reader's callbacks: the end of a partition is how a restore knows it is done, not an
@@ -36,7 +32,7 @@ impl rdkafka::client::ClientContext for ReaderContext {
 }
 impl rdkafka::consumer::ConsumerContext for ReaderContext {}
 /// Read ledger partition `lp` of `topic` from `from` (the log start if `None` or before it) to
-/// its end; `apply` gets the entries in chunks. Returns where the read started and ended.
+/// its end; `apply` gets each record's entries. Returns where the read started and ended.
 ///
 /// The end is where the consumer reaches partition EOF, and at least the high watermark
 /// asked for first: a broker's ListOffsets may lag what it has acknowledged (Tansu 0.6 answers
@@ -47,7 +43,7 @@ pub(super) fn read_partition(
     topic: &str,
     lp: i32,
     from: Option<i64>,
-    mut apply: impl FnMut(&[(String, LedgerEntry)]),
+    mut apply: impl FnMut(&Decoded<'_>),
 ) -> anyhow::Result<(i64, i64)> {
     let c: Reader = config
         .create_with_context(ReaderContext)
@@ -60,7 +56,6 @@ pub(super) fn read_partition(
     tpl.add_partition_offset(topic, lp, Offset::Offset(start))
         .context("building the assignment")?;
     c.assign(&tpl).context("assigning the ledger partition")?;
-    let mut chunk: Vec<(String, LedgerEntry)> = Vec::with_capacity(RESTORE_CHUNK);
     let mut next = start;
     let mut last_progress = Instant::now();
     loop {
@@ -81,22 +76,14 @@ pub(super) fn read_partition(
                 last_progress = Instant::now();
                 let offset = m.offset();
                 next = next.max(offset + 1);
-                if let (Some(k), Some(v)) = (m.key(), m.payload()) {
-                    let key = std::str::from_utf8(k).with_context(|| {
-                        format!("{topic}/{lp} offset {offset}: key is not UTF-8")
-                    })?;
-                    let entry =
-                        decode_value(v).with_context(|| format!("{topic}/{lp} offset {offset}"))?;
-                    chunk.push((key.to_owned(), entry));
-                    if chunk.len() >= RESTORE_CHUNK {
-                        apply(&chunk);
-                        chunk.clear();
-                    }
+                let decoded = decode(m.key(), m.payload().unwrap_or_default())
+                    .with_context(|| format!("{topic}/{lp} offset {offset}"))?;
+                if let Some(d) = decoded {
+                    apply(&d);
                 }
             }
         }
     }
-    apply(&chunk);
     Ok((start, next))
 }
 /// Where a restore applies what it reads.
@@ -107,17 +94,13 @@ pub(super) struct RestoreTarget {
     pub(super) applied: u64,
 }
 impl RestoreTarget {
-    pub(super) fn apply(&mut self, chunk: &[(String, LedgerEntry)]) {
-        if chunk.is_empty() {
+    /// Apply one record's entries (a batch's, under one lock).
+    pub(super) fn apply(&mut self, d: &Decoded<'_>) {
+        if d.is_empty() {
             return;
         }
         let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
         let h = cache.entry(self.handler.clone()).or_default();
-        for (k, e) in chunk {
-            if e.at_ms >= self.cutoff_ms {
-                h.insert(k, e);
-                self.applied += 1;
-            }
-        }
+        self.applied += h.insert_decoded(d, self.cutoff_ms);
     }
 }
