@@ -77,7 +77,7 @@
 //! `KASM_BENCH_CONTENDERS=kasm defaults,peer` runs only the throughput rows and latency routes
 //! whose name contains one of the terms (see `picked`). For experiments, `KASM_BENCH_HANDLER`
 //! adds handler keys to every in-process kasm, `KASM_BENCH_KAFKA` librdkafka properties to
-//! every kasm's `[kafka]` table.
+//! every kasm's `[kafka]` table. `KASM_BENCH_LOG=kasm_host=info` prints the in-process hosts' log lines.
 
 #![allow(
     clippy::unwrap_used,
@@ -1665,6 +1665,14 @@ fn four_services(b: &Bench, n: usize, names: [Component; 4], label: &str) {
 }
 
 fn main() {
+    // `KASM_BENCH_LOG=<filter>` (e.g. `kasm_host=info`): the in-process hosts' log lines on
+    // stderr, to see what a slow round did.
+    if let Ok(filter) = std::env::var("KASM_BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

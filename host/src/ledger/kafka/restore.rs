@@ -15,6 +15,10 @@ use super::*;
 
 /// How long a restore may go without reading anything before it fails (and is tried again).
 pub(super) const RESTORE_STALL: Duration = Duration::from_secs(30);
+/// One wait of the restore's poll loop. Short: an event that arrives while a poll waits does
+/// not always end the wait (librdkafka's EOF after the first fetch of an empty partition came
+/// a whole 100 ms wait late), and a restore holds its partition's first record back.
+pub(super) const POLL: Duration = Duration::from_millis(5);
 /// The consumer that reads ledger partitions.
 pub(super) type Reader = BaseConsumer<ReaderContext>;
 /// A reader's callbacks: the end of a partition is how a restore knows it is done, not an
@@ -59,7 +63,7 @@ pub(super) fn read_partition(
     let mut next = start;
     let mut last_progress = Instant::now();
     loop {
-        match c.poll(Duration::from_millis(100)) {
+        match c.poll(POLL) {
             None => {
                 if last_progress.elapsed() > RESTORE_STALL {
                     bail!(
@@ -84,7 +88,22 @@ pub(super) fn read_partition(
             }
         }
     }
+    close_aside(c);
     Ok((start, next))
+}
+
+/// Close a reader on a thread of its own: librdkafka's close waits for its threads to wind
+/// down (~100 ms on the embedded cluster, ten times the restore of an empty partition), and
+/// the partition's first record waits for the restore.
+fn close_aside(c: Reader) {
+    let spawned = std::thread::Builder::new()
+        .name("kasm-ledger-reader-close".into())
+        .spawn(move || drop(c));
+    if let Err(e) = spawned {
+        // No thread to spare: the reader was closed in place (the closure is dropped with
+        // the error) and only the restore's time paid for it.
+        tracing::debug!(error = %e, "ledger reader closed in place");
+    }
 }
 /// Where a restore applies what it reads.
 pub(super) struct RestoreTarget {
