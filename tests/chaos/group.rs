@@ -198,47 +198,25 @@ pub fn check_group(o: &GroupObservation) -> GroupVerdict {
         ));
     }
     v.repeats = ran.values().map(|n| n - 1).sum();
-    let mut lost: Vec<&str> = distinct
-        .iter()
-        .filter(|id| !ran.contains_key(*id))
-        .copied()
-        .collect();
-    lost.sort_unstable();
-    if !lost.is_empty() {
-        v.violations.push(format!(
-            "{} events never ran, e.g. {:?}",
-            lost.len(),
-            &lost[..lost.len().min(5)]
-        ));
-    }
+    // Distinct events for which `missing` holds, reported as one violation `what` names.
+    let mut report = |what: &str, missing: &dyn Fn(&str) -> bool| {
+        let mut ids: Vec<&str> = distinct.iter().copied().filter(|id| missing(id)).collect();
+        ids.sort_unstable();
+        if !ids.is_empty() {
+            v.violations.push(format!(
+                "{} events {what}, e.g. {:?}",
+                ids.len(),
+                &ids[..ids.len().min(5)]
+            ));
+        }
+    };
+    report("never ran", &|id| !ran.contains_key(id));
     // The last snapshot reads the ledger topic after every host stopped: each event that ran
     // has its entry there, or the topic (or the way it is read) lost it.
-    let mut unrecorded: Vec<&str> = distinct
-        .iter()
-        .filter(|id| ran.contains_key(*id) && !o.recorded_at.contains_key(**id))
-        .copied()
-        .collect();
-    unrecorded.sort_unstable();
-    if !unrecorded.is_empty() {
-        v.violations.push(format!(
-            "{} events ran but have no entry in the ledger topic, e.g. {:?}",
-            unrecorded.len(),
-            &unrecorded[..unrecorded.len().min(5)]
-        ));
-    }
-    let mut rowless: Vec<&str> = distinct
-        .iter()
-        .filter(|id| !o.rows.contains_key(**id))
-        .copied()
-        .collect();
-    rowless.sort_unstable();
-    if !rowless.is_empty() {
-        v.violations.push(format!(
-            "{} events have no audit row, e.g. {:?}",
-            rowless.len(),
-            &rowless[..rowless.len().min(5)]
-        ));
-    }
+    report("ran but have no entry in the ledger topic", &|id| {
+        ran.contains_key(id) && !o.recorded_at.contains_key(id)
+    });
+    report("have no audit row", &|id| !o.rows.contains_key(id));
     let mut twice: Vec<(&String, &usize)> = o.rows.iter().filter(|(_, n)| **n > 1).collect();
     twice.sort();
     if !twice.is_empty() {
