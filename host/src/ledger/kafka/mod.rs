@@ -203,6 +203,11 @@ impl KafkaLedger {
             .set("auto.offset.reset", "earliest")
             .set("allow.auto.create.topics", "false")
             .set("fetch.wait.max.ms", "10")
+            // A fetch refused (a topic just created, whose partition's leader is not known
+            // yet) is tried again after this, not librdkafka's 500 ms: the partition's first
+            // record waits for the restore.
+            .set("fetch.error.backoff.ms", "10")
+            .set("topic.metadata.refresh.fast.interval.ms", "10")
             .set("max.partition.fetch.bytes", "16777216")
             .set("fetch.max.bytes", "67108864")
             .set("queued.max.messages.kbytes", "262144");
