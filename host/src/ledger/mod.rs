@@ -85,7 +85,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use file::{FileLedger, MAX_BATCH, WriterStats};
-pub use kafka::{BATCH_TAG, Batch, Decoded, Item, KafkaLedger, decode as decode_ledger_record};
+pub use kafka::{Batch, Decoded, Item, KafkaLedger, decode as decode_ledger_record};
 pub use memory::MemoryLedger;
 pub use off::NoLedger;
 

@@ -38,7 +38,7 @@ mod record;
 mod restore;
 mod topic;
 
-pub use record::{BATCH_TAG, Batch, Decoded, Item, decode};
+pub use record::{Batch, Decoded, Item, decode};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -121,24 +121,28 @@ impl HandlerCache {
                 1
             }
             Decoded::One(..) => 0,
-            Decoded::Batch(b) => {
-                let (topic, sha) = (self.intern(b.topic), self.intern(b.component_sha256));
-                let mut n = 0;
-                for i in b.items.iter().filter(|i| i.at_ms >= cutoff_ms) {
-                    let slim = Slim {
-                        at_ms: i.at_ms,
-                        offset: i.offset,
-                        partition: b.partition,
-                        outcome: i.outcome,
-                        topic: topic.clone(),
-                        sha: sha.clone(),
-                    };
-                    self.put(i.key, slim);
-                    n += 1;
-                }
-                n
-            }
+            Decoded::Batch(b) => self.insert_batch(b, cutoff_ms),
         }
+    }
+
+    /// Insert a batch's entries (its topic and component version interned once), leaving out
+    /// those older than `cutoff_ms`; returns how many went in.
+    pub(super) fn insert_batch(&mut self, b: &Batch<'_>, cutoff_ms: i64) -> u64 {
+        let (topic, sha) = (self.intern(b.topic), self.intern(b.component_sha256));
+        let mut n = 0;
+        for i in b.items.iter().filter(|i| i.at_ms >= cutoff_ms) {
+            let slim = Slim {
+                at_ms: i.at_ms,
+                offset: i.offset,
+                partition: b.partition,
+                outcome: i.outcome,
+                topic: topic.clone(),
+                sha: sha.clone(),
+            };
+            self.put(i.key, slim);
+            n += 1;
+        }
+        n
     }
 }
 
@@ -230,31 +234,11 @@ impl KafkaLedger {
             .contains(&(handler.to_owned(), topic.to_owned(), partition))
     }
 
-    pub(super) fn apply(&self, handler: &str, entries: &[(String, LedgerEntry)]) {
+    pub(super) fn apply(&self, handler: &str, batches: &[Batch<'_>]) {
         let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
         let h = cache.entry(handler.to_owned()).or_default();
-        // A batch's entries share their topic and component version: interned once.
-        let mut shared: Option<(Arc<str>, Arc<str>)> = None;
-        for (k, e) in entries {
-            let (topic, sha) = match &shared {
-                Some((t, s)) if **t == *e.topic && **s == *e.component_sha256 => {
-                    (t.clone(), s.clone())
-                }
-                _ => {
-                    let pair = (h.intern(&e.topic), h.intern(&e.component_sha256));
-                    shared = Some(pair.clone());
-                    pair
-                }
-            };
-            let slim = Slim {
-                at_ms: e.at_ms,
-                offset: e.offset,
-                partition: e.partition,
-                outcome: e.outcome,
-                topic,
-                sha,
-            };
-            h.put(k, slim);
+        for b in batches {
+            h.insert_batch(b, i64::MIN);
         }
     }
 
@@ -340,8 +324,9 @@ impl Ledger for KafkaLedger {
             }
             asked = Some((entry.topic.as_str(), entry.partition));
         }
+        let batches = record::batches(&entries);
         let mut pending = Vec::new();
-        for r in record::encode(&entries)
+        for r in record::encode(&batches)
             .with_context(|| format!("handler={handler}: encoding ledger entries"))?
         {
             let p = self
@@ -368,7 +353,7 @@ impl Ledger for KafkaLedger {
         if let Some(e) = failed {
             return Err(e).with_context(|| format!("handler={handler}: writing ledger entries"));
         }
-        self.apply(handler, &entries);
+        self.apply(handler, &batches);
         for (lp, offsets) in written {
             self.advance(handler, lp, offsets);
         }

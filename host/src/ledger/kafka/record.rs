@@ -63,9 +63,9 @@ pub(super) struct Encoded {
     pub(super) value: Vec<u8>,
 }
 
-/// The records that hold `entries`: consecutive entries of one source partition and component
-/// version go in one record, split where a value would pass [`MAX_RECORD_BYTES`].
-pub(super) fn encode(entries: &[(String, LedgerEntry)]) -> anyhow::Result<Vec<Encoded>> {
+/// The batches that hold `entries`: consecutive entries of one source partition and component
+/// version go in one batch, split where its record's value would pass [`MAX_RECORD_BYTES`].
+pub(super) fn batches(entries: &[(String, LedgerEntry)]) -> Vec<Batch<'_>> {
     let mut out = Vec::new();
     let mut rest = entries;
     while let Some((_, first)) = rest.first() {
@@ -84,7 +84,7 @@ pub(super) fn encode(entries: &[(String, LedgerEntry)]) -> anyhow::Result<Vec<En
             .max(1);
         let (run, tail) = rest.split_at(n);
         rest = tail;
-        let batch = Batch {
+        out.push(Batch {
             topic: &first.topic,
             partition: first.partition,
             component_sha256: &first.component_sha256,
@@ -97,24 +97,33 @@ pub(super) fn encode(entries: &[(String, LedgerEntry)]) -> anyhow::Result<Vec<En
                     offset: e.offset,
                 })
                 .collect(),
-        };
-        let (lo, hi) = run.iter().fold((i64::MAX, i64::MIN), |(lo, hi), (_, e)| {
-            (lo.min(e.offset), hi.max(e.offset))
-        });
-        let mut value = vec![BATCH_TAG];
-        value.extend(postcard::to_allocvec(&batch).context("encoding ledger entries")?);
-        out.push(Encoded {
-            partition: first.partition,
-            key: format!(
-                "{}/{}/{lo}-{hi}/{:016x}",
-                first.topic,
-                first.partition,
-                rand::random::<u64>()
-            ),
-            value,
         });
     }
-    Ok(out)
+    out
+}
+
+/// The records to produce for `batches`, one each.
+pub(super) fn encode(batches: &[Batch<'_>]) -> anyhow::Result<Vec<Encoded>> {
+    batches
+        .iter()
+        .map(|b| {
+            let (lo, hi) = b.items.iter().fold((i64::MAX, i64::MIN), |(lo, hi), i| {
+                (lo.min(i.offset), hi.max(i.offset))
+            });
+            let mut value = vec![BATCH_TAG];
+            value.extend(postcard::to_allocvec(b).context("encoding ledger entries")?);
+            Ok(Encoded {
+                partition: b.partition,
+                key: format!(
+                    "{}/{}/{lo}-{hi}/{:016x}",
+                    b.topic,
+                    b.partition,
+                    rand::random::<u64>()
+                ),
+                value,
+            })
+        })
+        .collect()
 }
 
 /// What one ledger-topic record holds.
@@ -220,7 +229,7 @@ mod tests {
         let entries: Vec<_> = (0..1000)
             .map(|i| (format!("evt-{i}"), entry("orders", 3, 500 + i, "ab")))
             .collect();
-        let records = encode(&entries).unwrap();
+        let records = encode(&batches(&entries)).unwrap();
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].partition, 3);
         assert!(records[0].key.starts_with("orders/3/500-1499/"));
@@ -235,7 +244,7 @@ mod tests {
             ("c".to_owned(), entry("t", 1, 3, "v2")),
             ("d".to_owned(), entry("u", 1, 4, "v2")),
         ];
-        let records = encode(&entries).unwrap();
+        let records = encode(&batches(&entries)).unwrap();
         assert_eq!(records.len(), 4);
         assert_eq!(
             records.iter().map(|r| r.partition).collect::<Vec<_>>(),
@@ -250,7 +259,7 @@ mod tests {
         let entries: Vec<_> = (0..2000)
             .map(|i| (format!("{long}{i}"), entry("t", 0, i, "v")))
             .collect();
-        let records = encode(&entries).unwrap();
+        let records = encode(&batches(&entries)).unwrap();
         assert!(records.len() >= 8, "{} records", records.len());
         assert!(records.iter().all(|r| r.value.len() <= MAX_RECORD_BYTES));
         assert_eq!(roundtrip(&records), entries);
@@ -259,7 +268,10 @@ mod tests {
     #[test]
     fn two_writes_of_the_same_offsets_get_different_keys() {
         let entries = vec![("a".to_owned(), entry("t", 0, 7, "v"))];
-        let (a, b) = (encode(&entries).unwrap(), encode(&entries).unwrap());
+        let (a, b) = (
+            encode(&batches(&entries)).unwrap(),
+            encode(&batches(&entries)).unwrap(),
+        );
         assert_ne!(a[0].key, b[0].key);
     }
 

@@ -15,10 +15,6 @@ use super::*;
 
 /// How long a restore may go without reading anything before it fails (and is tried again).
 pub(super) const RESTORE_STALL: Duration = Duration::from_secs(30);
-/// One wait of the restore's poll loop. Short: an event that arrives while a poll waits does
-/// not always end the wait (librdkafka's EOF after the first fetch of an empty partition came
-/// a whole 100 ms wait late), and a restore holds its partition's first record back.
-pub(super) const POLL: Duration = Duration::from_millis(5);
 /// The consumer that reads ledger partitions.
 pub(super) type Reader = BaseConsumer<ReaderContext>;
 /// A reader's callbacks: the end of a partition is how a restore knows it is done, not an
@@ -63,7 +59,7 @@ pub(super) fn read_partition(
     let mut next = start;
     let mut last_progress = Instant::now();
     loop {
-        match c.poll(POLL) {
+        match c.poll(Duration::from_millis(100)) {
             None => {
                 if last_progress.elapsed() > RESTORE_STALL {
                     bail!(
