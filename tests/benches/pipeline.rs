@@ -75,8 +75,9 @@
 //!   handler defaults.
 //!
 //! `KASM_BENCH_CONTENDERS=kasm defaults,peer` runs only the throughput rows and latency routes
-//! whose name contains one of the terms (see `picked`). For experiments, `KASM_BENCH_HANDLER`
-//! adds handler keys to every in-process kasm, `KASM_BENCH_KAFKA` librdkafka properties to
+//! whose name contains one of the terms (see `picked`); a term ending in `$` names one row
+//! whole (`kasm defaults$` leaves out *kasm defaults, traced*). For experiments,
+//! `KASM_BENCH_HANDLER` adds handler keys to every in-process kasm, `KASM_BENCH_KAFKA` librdkafka properties to
 //! every kasm's `[kafka]` table. `KASM_BENCH_LOG=kasm_host=info` prints the in-process hosts' log lines.
 
 #![allow(
@@ -330,7 +331,15 @@ impl Window {
 fn picked(name: &str) -> bool {
     let filter = std::env::var("KASM_BENCH_CONTENDERS").unwrap_or_default();
     let sep = if filter.contains('|') { '|' } else { ',' };
-    filter.is_empty() || filter.split(sep).any(|f| name.contains(f.trim()))
+    // A term ending in `$` names one row whole.
+    filter.is_empty()
+        || filter
+            .split(sep)
+            .map(str::trim)
+            .any(|f| match f.strip_suffix('$') {
+                Some(whole) => name == whole,
+                None => name.contains(f),
+            })
 }
 
 /// The baseline: poll, decode nothing, commit after each batch of what was polled.

@@ -56,9 +56,8 @@ pub(crate) struct CallState {
     /// The kv writes of the records before this one in its batch that ended `ok` (key →
     /// value, `None` deleted): what this call reads before the store.
     pub kv_batch: std::collections::HashMap<String, Option<Vec<u8>>>,
-    /// The savepoint this call's SQL runs under inside the batch's transaction
-    /// (`kasm_<n>`), and whether it was taken (at the call's first statement).
-    pub savepoint: u32,
+    /// Whether this call took its savepoint in the batch's transaction (at its first
+    /// statement).
     pub savepoint_open: bool,
     /// The batch's transaction is unusable (a statement did not answer in time): the batch
     /// cannot commit, and what it wrote is gone.

@@ -10,7 +10,7 @@ use wasmtime::Store;
 
 use crate::capabilities::SqlError;
 use crate::capabilities::log::truncate_utf8;
-use crate::capabilities::sql::{SqlTx, savepoint_name};
+use crate::capabilities::sql::{RELEASE_SAVEPOINT, ROLLBACK_TO_SAVEPOINT, SqlTx};
 use crate::event::Event;
 
 use super::invoke::{LoadedHandler, Warm, with_output};
@@ -92,7 +92,6 @@ impl Batch<'_> {
             // The batch's transaction and staged kv, lent to the call and taken back after.
             state.caps.call.sql = self.sql.take();
             state.caps.call.kv_batch = std::mem::take(&mut self.kv);
-            state.caps.call.savepoint = savepoint;
             state.caps.call.sql_lost = self.sql_lost;
             // Arm the deadline before instantiating: instantiation runs guest code.
             state.caps.call.deadline = Some(start + h.deadline);
@@ -184,9 +183,9 @@ impl Batch<'_> {
             // Its writes join the batch's transaction: the savepoint goes (in the next trip),
             // so that savepoints never nest (SQLite journals every page again for each level).
             if wrote && let Some(tx) = self.sql.as_mut() {
-                tx.defer(&format!("RELEASE SAVEPOINT {}", savepoint_name(savepoint)));
+                tx.defer(RELEASE_SAVEPOINT);
             }
-        } else if wrote && let Err(e) = self.rollback_to(savepoint).await {
+        } else if wrote && let Err(e) = self.rollback_to().await {
             tracing::warn!(handler = %h.env.name, event_id = %event.id, error = %e,
                 "rolling back a failed call's savepoint failed; the batch's transaction is dropped");
             self.lose_sql();
@@ -222,14 +221,12 @@ impl Batch<'_> {
         self.sql_lost = true;
     }
 
-    async fn rollback_to(&mut self, savepoint: u32) -> Result<(), SqlError> {
+    async fn rollback_to(&mut self) -> Result<(), SqlError> {
         let limit = self.handler.env.sql_timeout;
         let Some(tx) = self.sql.as_mut() else {
             return Ok(());
         };
-        let name = savepoint_name(savepoint);
-        let statement = format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}");
-        match tokio::time::timeout(limit, tx.batch(&statement)).await {
+        match tokio::time::timeout(limit, tx.run_fixed(ROLLBACK_TO_SAVEPOINT)).await {
             Ok(r) => r,
             Err(_) => Err(SqlError::Unavailable(format!(
                 "the database did not answer within {limit:?}"

@@ -117,9 +117,8 @@ pub struct Invocation {
     pub duration: Duration,
     /// Whether the call ran on a reused instance (one that served an earlier call).
     pub reused_instance: bool,
-    /// Inside a batch: the savepoint of the batch's SQL transaction that this call's writes
-    /// sat under, when it ended `ok` having written SQL: its writes are in the batch's
-    /// transaction.
+    /// Inside a batch: the call's place in it (0 for the first), when it ended `ok` having
+    /// written SQL under its savepoint: its writes are in the batch's transaction.
     #[serde(skip)]
     pub savepoint: Option<u32>,
 }

@@ -94,10 +94,7 @@ impl CapabilityState {
         let tx = self.call.sql.as_mut().ok_or_else(gone)?;
         if !self.call.savepoint_open {
             // Taken in the same trip as the call's first statement.
-            tx.defer(&format!(
-                "SAVEPOINT {}",
-                savepoint_name(self.call.savepoint)
-            ));
+            tx.defer(SAVEPOINT);
             self.call.savepoint_open = true;
         }
         Ok(tx)
@@ -125,10 +122,15 @@ fn gone() -> WitSqlError {
     WitSqlError::Unavailable("the batch's transaction is gone".into())
 }
 
-/// The name of savepoint `n` of a batch's transaction.
-pub fn savepoint_name(n: u32) -> String {
-    format!("kasm_{n}")
-}
+/// The savepoint a call's writes run under inside the batch's transaction. One name serves
+/// every call: a call's savepoint is released or rolled back before the next call takes it,
+/// so savepoints never nest, and the three statements below are the same text each time
+/// (prepared once per connection where the backend caches statements).
+pub const SAVEPOINT: &str = "SAVEPOINT kasm_call";
+/// A call's writes join the batch's transaction.
+pub const RELEASE_SAVEPOINT: &str = "RELEASE SAVEPOINT kasm_call";
+/// A failed call's writes are undone; the records before it keep theirs.
+pub const ROLLBACK_TO_SAVEPOINT: &[&str] = &["ROLLBACK TO SAVEPOINT kasm_call", RELEASE_SAVEPOINT];
 
 /// How a statement that did not answer within its bound is reported.
 const SQL_NO_ANSWER: &str = "the database did not answer within";

@@ -38,7 +38,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 
-pub use host::savepoint_name;
+pub use host::{RELEASE_SAVEPOINT, ROLLBACK_TO_SAVEPOINT, SAVEPOINT};
 pub use inbox::{ensure_inbox, inbox_contains, inbox_insert, inbox_sweep};
 pub use migrations::migrate;
 use postgres::PostgresDb;
@@ -108,10 +108,12 @@ pub trait SqlTx: Send {
     async fn query(&mut self, statement: &str, params: &[SqlValue]) -> Result<SqlRows, SqlError>;
     /// Run several statements without parameters (migrations).
     async fn batch(&mut self, statements: &str) -> Result<(), SqlError>;
-    /// Run `statements` (no parameters: `SAVEPOINT`, `RELEASE`) just before the next statement
-    /// or the commit, in the same trip to the database where the backend can. An error they
-    /// cause is that statement's.
-    fn defer(&mut self, statements: &str);
+    /// Run `statement` (no parameters: `SAVEPOINT`, `RELEASE`) just before the next statement
+    /// or the commit, in the same trip to the database where the backend can. An error it
+    /// causes is that statement's.
+    fn defer(&mut self, statement: &'static str);
+    /// Run `statements` (no parameters) one after another, now.
+    async fn run_fixed(&mut self, statements: &[&'static str]) -> Result<(), SqlError>;
     /// Bound each statement's run (where the backend can stop it itself).
     fn bound_statements(&mut self, _limit: Duration) {}
     /// Commit.

@@ -201,9 +201,14 @@ impl SqlTx for PostgresTx {
         Ok(self.client().await?.batch_execute(statements).await?)
     }
 
-    fn defer(&mut self, statements: &str) {
-        self.deferred.push_str(statements);
+    fn defer(&mut self, statement: &'static str) {
+        self.deferred.push_str(statement);
         self.deferred.push(';');
+    }
+
+    async fn run_fixed(&mut self, statements: &[&'static str]) -> Result<(), SqlError> {
+        // One trip for all of them.
+        self.batch(&statements.join(";")).await
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), SqlError> {

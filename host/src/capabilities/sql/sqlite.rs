@@ -110,7 +110,7 @@ impl SqlDatabase for SqliteDb {
             conn: Some(conn),
             idle: self.idle.clone(),
             open: false,
-            deferred: String::new(),
+            deferred: Vec::new(),
             limit: SQLITE_BUSY_TIMEOUT,
             _turn: turn,
         };
@@ -137,7 +137,7 @@ struct SqliteTx {
     idle: Arc<Mutex<Vec<rusqlite::Connection>>>,
     open: bool,
     /// Statements to run before the next one ([`SqlTx::defer`]).
-    deferred: String,
+    deferred: Vec<&'static str>,
     /// How long one statement may run before SQLite interrupts it.
     limit: Duration,
     /// This process's write turn; released after `Drop` has rolled back or pooled the
@@ -178,7 +178,7 @@ impl SqliteTx {
         f: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T>,
     ) -> Result<T, SqlError> {
         let limit = self.limit;
-        let deferred = std::mem::take(&mut self.deferred);
+        let deferred = &mut self.deferred;
         let conn = self
             .conn
             .as_mut()
@@ -189,12 +189,8 @@ impl SqliteTx {
             Some(move || started.elapsed() > limit),
         )
         .map_err(SqlError::from)?;
-        let result = (|| {
-            if !deferred.is_empty() {
-                conn.execute_batch(&deferred)?;
-            }
-            f(conn)
-        })();
+        let result = run_each(conn, deferred).and_then(|()| f(conn));
+        deferred.clear();
         let _ = conn.progress_handler(SQLITE_PROGRESS_STEPS, None::<fn() -> bool>);
         result.map_err(|e| match e.sqlite_error_code() {
             Some(rusqlite::ErrorCode::OperationInterrupted) => SqlError::Unavailable(format!(
@@ -203,6 +199,14 @@ impl SqliteTx {
             _ => SqlError::from(e),
         })
     }
+}
+
+/// Run fixed statements without parameters (savepoints), each prepared once per connection.
+fn run_each(conn: &rusqlite::Connection, statements: &[&str]) -> rusqlite::Result<()> {
+    for statement in statements {
+        conn.prepare_cached(statement)?.execute([])?;
+    }
+    Ok(())
 }
 
 /// How many SQLite VM steps pass between two looks at a statement's clock.
@@ -274,9 +278,12 @@ impl SqlTx for SqliteTx {
         self.run_here(|c| c.execute_batch(statements))
     }
 
-    fn defer(&mut self, statements: &str) {
-        self.deferred.push_str(statements);
-        self.deferred.push(';');
+    fn defer(&mut self, statement: &'static str) {
+        self.deferred.push(statement);
+    }
+
+    async fn run_fixed(&mut self, statements: &[&'static str]) -> Result<(), SqlError> {
+        self.run_here(|c| run_each(c, statements))
     }
 
     fn bound_statements(&mut self, limit: Duration) {
@@ -287,9 +294,7 @@ impl SqlTx for SqliteTx {
         // A deferred `RELEASE` is implied by the commit; anything else runs first.
         let deferred = std::mem::take(&mut self.deferred);
         self.run(move |c| {
-            if !deferred.is_empty() {
-                c.execute_batch(&deferred)?;
-            }
+            run_each(c, &deferred)?;
             c.execute_batch("COMMIT")
         })
         .await?;
