@@ -77,8 +77,8 @@
 //! `KASM_BENCH_CONTENDERS=kasm defaults,peer` runs only the throughput rows and latency routes
 //! whose name contains one of the terms (see `picked`); a term ending in `$` names one row
 //! whole (`kasm defaults$` leaves out *kasm defaults, traced*). For experiments,
-//! `KASM_BENCH_HANDLER` adds handler keys to every in-process kasm, `KASM_BENCH_KAFKA` librdkafka properties to
-//! every kasm's `[kafka]` table. `KASM_BENCH_LOG=kasm_host=info` prints the in-process hosts' log lines.
+//! `KASM_BENCH_HANDLER` adds handler keys to every in-process kasm, `KASM_BENCH_KAFKA`
+//! librdkafka properties to every kasm's `[kafka]` table. `KASM_BENCH_LOG=kasm_host=info` prints the in-process hosts' log lines.
 
 #![allow(
     clippy::unwrap_used,

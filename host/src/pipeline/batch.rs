@@ -75,8 +75,8 @@ pub(super) enum Fate {
 /// A record handled `ok` whose effects are not committed yet.
 pub(super) struct Handled {
     pub(super) effects: Effects,
-    /// Its SQL savepoint in the batch's transaction, if it wrote.
-    pub(super) savepoint: Option<u32>,
+    /// It wrote SQL under its savepoint: its writes are in the batch's transaction.
+    pub(super) wrote_sql: bool,
 }
 
 /// One record of a batch, as it goes through.

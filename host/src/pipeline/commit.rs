@@ -28,7 +28,7 @@ pub(super) fn forget_sql_writes(slots: &mut [Slot]) -> bool {
     let mut any = false;
     for s in slots.iter_mut() {
         if let Fate::Ok(h) = &s.fate
-            && h.savepoint.is_some()
+            && h.wrote_sql
         {
             s.fate = Fate::Again;
             any = true;
@@ -56,7 +56,7 @@ pub(super) async fn commit(
     let inbox: Vec<&str> = if ctx.config.ledger {
         slots
             .iter()
-            .filter(|s| matches!(&s.fate, Fate::Ok(h) if h.savepoint.is_some()))
+            .filter(|s| matches!(&s.fate, Fate::Ok(h) if h.wrote_sql))
             .map(|s| s.queued.key.as_str())
             .collect()
     } else {
@@ -302,7 +302,7 @@ pub(super) async fn deliver(
                 message,
             ) {
                 AfterFailure::Dead(failure) => {
-                    let wrote = matches!(&slot.fate, Fate::Ok(h) if h.savepoint.is_some());
+                    let wrote = matches!(&slot.fate, Fate::Ok(h) if h.wrote_sql);
                     slots[i].fate = Fate::Dead(failure);
                     // Its SQL writes go: they are in the batch's transaction with the others',
                     // which is given up; the records that wrote in it run again.

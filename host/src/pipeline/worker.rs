@@ -454,7 +454,7 @@ async fn run_batch(
                 match failed {
                     Ok(inv) => Fate::Ok(Box::new(Handled {
                         effects: inv.effects,
-                        savepoint: inv.savepoint,
+                        wrote_sql: inv.wrote_sql,
                     })),
                     Err((kind, message)) => match after_failure(
                         &policy,

@@ -28,7 +28,6 @@ impl LoadedHandler {
             sql: None,
             sql_lost: false,
             kv: HashMap::new(),
-            calls: 0,
             trace: None,
         }
     }
@@ -49,7 +48,6 @@ pub struct Batch<'h> {
     sql: Option<Box<dyn SqlTx>>,
     sql_lost: bool,
     kv: HashMap<String, Option<Vec<u8>>>,
-    calls: u32,
     /// The span of the next record, when tracing is on (see [`Batch::set_trace`]).
     trace: Option<crate::telemetry::trace::RecordSpan>,
 }
@@ -58,7 +56,6 @@ impl std::fmt::Debug for Batch<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Batch")
             .field("handler", &self.handler.env.name)
-            .field("calls", &self.calls)
             .field("sql_open", &self.sql.is_some())
             .field("sql_lost", &self.sql_lost)
             .finish_non_exhaustive()
@@ -82,8 +79,6 @@ impl Batch<'_> {
             Some(w) => (w.store, Some(w.bindings), w.calls, w.calls > 0),
             None => (h.new_store(), None, 0, false),
         };
-        let savepoint = self.calls;
-        self.calls = self.calls.wrapping_add(1);
         {
             let state = store.data_mut();
             let r = &event.record;
@@ -179,7 +174,7 @@ impl Batch<'_> {
             for w in &invocation.effects.kv_writes {
                 self.kv.insert(w.key.clone(), w.value.clone());
             }
-            invocation.savepoint = wrote.then_some(savepoint);
+            invocation.wrote_sql = wrote;
             // Its writes join the batch's transaction: the savepoint goes (in the next trip),
             // so that savepoints never nest (SQLite journals every page again for each level).
             if wrote && let Some(tx) = self.sql.as_mut() {

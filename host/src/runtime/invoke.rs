@@ -284,7 +284,7 @@ impl LoadedHandler {
             guest_output,
             duration: start.elapsed(),
             reused_instance: reused,
-            savepoint: None,
+            wrote_sql: false,
         }
     }
 

@@ -117,10 +117,10 @@ pub struct Invocation {
     pub duration: Duration,
     /// Whether the call ran on a reused instance (one that served an earlier call).
     pub reused_instance: bool,
-    /// Inside a batch: the call's place in it (0 for the first), when it ended `ok` having
-    /// written SQL under its savepoint: its writes are in the batch's transaction.
+    /// Inside a batch: the call ended `ok` having written SQL under its savepoint, so its
+    /// writes are in the batch's transaction.
     #[serde(skip)]
-    pub savepoint: Option<u32>,
+    pub wrote_sql: bool,
 }
 
 fn serialize_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
